@@ -1,0 +1,196 @@
+"""The exception tree of snakepit_celery, and ``error_kind()``.
+
+Every exception the package raises derives from :class:`SnakepitError`.
+``error_kind()`` maps any exception to one of the upstream error "atoms"
+(``timeout``, ``unavailable``...) so retry policies can name kinds instead of
+classes.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+__all__ = [
+    "ERROR_KINDS",
+    "CircuitOpenError",
+    "ConfigError",
+    "DeviceNotAvailableError",
+    "LockMismatchError",
+    "RetryExhaustedError",
+    "SnakepitError",
+    "StoreUnavailableError",
+    "WorkerCrashedError",
+    "error_kind",
+]
+
+#: The kinds ``error_kind()`` can return on its own (an exception's own
+#: ``snakepit_kind`` attribute may add others).
+ERROR_KINDS: frozenset[str] = frozenset(
+    {"timeout", "connection_refused", "unavailable", "worker_crash", "gpu_oom"}
+)
+
+LOCK_MISMATCH_REASONS = ("accelerator_mismatch", "insufficient_gpus", "missing_cpu_features")
+
+
+class SnakepitError(Exception):
+    """Base class of every exception raised by snakepit_celery."""
+
+
+class ConfigError(SnakepitError, ValueError):
+    """A setting or argument is invalid; the message names it and what is allowed."""
+
+    def __init__(self, setting: str, value: Any = None, allowed: str = "", message: str = "") -> None:
+        self.setting = setting
+        self.value = value
+        self.allowed = allowed
+        if not message:
+            message = f"invalid {setting}: {value!r}"
+            if allowed:
+                message += f" (allowed: {allowed})"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.setting, self.value, self.allowed, str(self)))
+
+
+class CircuitOpenError(SnakepitError):
+    """A call was refused by an open (or saturated half-open) circuit breaker."""
+
+    def __init__(self, breaker: str, retry_after: float = 0.0) -> None:
+        self.breaker = breaker
+        self.retry_after = max(0.0, float(retry_after))
+        super().__init__(f"circuit breaker {breaker!r} is open; retry after {self.retry_after:.3f}s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.breaker, self.retry_after))
+
+
+class RetryExhaustedError(SnakepitError):
+    """Retries ran out; ``last_error`` (also ``__cause__``) is the final failure."""
+
+    def __init__(self, attempts: int, last_error: BaseException | None = None) -> None:
+        self.attempts = attempts
+        self.last_error = last_error
+        detail = f": {type(last_error).__name__}: {last_error}" if last_error is not None else ""
+        super().__init__(f"gave up after {attempts} attempt(s){detail}")
+        if last_error is not None:
+            self.__cause__ = last_error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.attempts, self.last_error))
+
+
+class WorkerCrashedError(SnakepitError):
+    """The process running a task died (signal, OOM kill, abort, fatal GPU error)."""
+
+    snakepit_kind = "worker_crash"
+
+    def __init__(
+        self,
+        classification: str = "unknown",
+        exit_code: int | None = None,
+        signal: int | None = None,
+        worker_id: str | None = None,
+        device: str | None = None,
+        message: str = "",
+    ) -> None:
+        self.classification = str(classification)
+        self.exit_code = exit_code
+        self.signal = signal
+        self.worker_id = worker_id
+        self.device = device
+        if not message:
+            parts = [f"worker {worker_id or '?'} crashed ({self.classification})"]
+            if signal is not None:
+                parts.append(f"signal {signal}")
+            if exit_code is not None:
+                parts.append(f"exit code {exit_code}")
+            if device:
+                parts.append(f"device {device}")
+            message = ", ".join(parts)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.classification, self.exit_code, self.signal, self.worker_id, self.device, str(self)),
+        )
+
+
+class DeviceNotAvailableError(SnakepitError):
+    """No device matching the request is available on this machine."""
+
+    def __init__(self, requested: Any, message: str = "") -> None:
+        self.requested = requested
+        super().__init__(message or f"no device available for {requested!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.requested, str(self)))
+
+
+class LockMismatchError(SnakepitError):
+    """The hardware does not satisfy a lock file; ``reason`` says how."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        self.reason = reason
+        super().__init__(message or f"hardware does not match the lock file: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, str(self)))
+
+
+class StoreUnavailableError(SnakepitError):
+    """The shared store cannot be reached and ``fail_open`` is off."""
+
+
+_CUDA_MARKERS = ("cuda", "hip", "cublas", "cudnn", "gpu", "rocm")
+
+
+def _status_code(exc: BaseException) -> Any:
+    for attr in ("status_code", "status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def error_kind(exc: BaseException) -> str | None:
+    """Return the error kind of ``exc`` (``timeout``, ``unavailable``...) or None.
+
+    An exception's own ``snakepit_kind`` attribute wins over the built-in rules.
+    """
+    own = getattr(exc, "snakepit_kind", None)
+    if isinstance(own, str) and own:
+        return own
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError | socket.timeout) or name in (
+        "SoftTimeLimitExceeded",
+        "TimeLimitExceeded",
+    ):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection_refused"
+    if name == "WorkerLostError":
+        return "worker_crash"
+    message = str(exc).lower()
+    if "out of memory" in message and (
+        any(marker in message for marker in _CUDA_MARKERS) or name == "OutOfMemoryError"
+    ):
+        return "gpu_oom"
+    if name == "OutOfMemoryError" and "torch" in type(exc).__module__:
+        return "gpu_oom"
+    if isinstance(exc, ConnectionError) or _is_redis_connection_error(exc):
+        return "unavailable"
+    if _status_code(exc) == 503:
+        return "unavailable"
+    return None
+
+
+def _is_redis_connection_error(exc: BaseException) -> bool:
+    try:
+        import redis.exceptions
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)

@@ -1,0 +1,230 @@
+"""The ``Store`` protocol: the atomic operations shared state needs.
+
+The store is not a key/value bag: each method is one atomic operation (one
+Lua script on Redis), so every decision stays correct when many processes on
+many machines race. Time always comes from the store's own clock
+(Redis ``TIME``), never from the caller, so hosts with skewed clocks agree.
+
+Backends: ``RedisStore`` (``store/redis.py``) and ``MemoryStore``
+(``store/memory.py``, one process only). Pick one by URL with
+``store_from_url()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "BreakerDecision",
+    "BreakerRecord",
+    "BreakerSnapshot",
+    "HealthSnapshot",
+    "LedgerEntry",
+    "Store",
+    "TaintRecord",
+    "WorkerCrashes",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerDecision:
+    """Outcome of ``breaker_acquire``.
+
+    ``probe`` is a lease token when the call was admitted as a half-open probe
+    (pass it back to ``breaker_record``); ``transition`` is ``"half_open"``
+    when this very call observed the reset timeout passing (the caller sends
+    the ``breaker_half_open`` signal, so exactly one process does).
+    """
+
+    allowed: bool
+    state: str
+    retry_after: float = 0.0
+    probe: str | None = None
+    transition: str | None = None
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRecord:
+    """Outcome of ``breaker_record``: the state after it and the transition it caused.
+
+    ``transition`` is ``"opened"`` or ``"closed"`` for exactly one caller per
+    transition cluster-wide, else None.
+    """
+
+    state: str
+    failures: int
+    transition: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """Read-only view of a breaker (``breaker_peek``), with no side effect."""
+
+    state: str
+    failures: int
+    successes: int
+    half_open_calls: int
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCrashes:
+    """Crashes of one worker inside the window."""
+
+    count: int
+    last_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    """Crash counts of one pool (``health_stats``)."""
+
+    total_crashes: int
+    crashes_in_window: int
+    workers: Mapping[str, WorkerCrashes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TaintRecord:
+    """One active taint: ``member`` is ``worker:<id>`` or ``device:<node>:<device>``."""
+
+    member: str
+    expires_at: float
+    remaining: float
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """The crash ledger of one task id.
+
+    ``starts``: executions started; ``finishes``: executions that ended (any
+    outcome); ``crashes``: executions known to have died; ``running_on``: the
+    worker holding a live lease on the task, if any.
+    """
+
+    starts: int
+    finishes: int
+    crashes: int
+    running_on: str | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Atomic shared-state operations. All durations are seconds (float)."""
+
+    url: str
+
+    def now(self) -> float:
+        """The store's clock, epoch seconds."""
+        ...
+
+    def ping(self) -> bool:
+        """True when the store answers."""
+        ...
+
+    # -- circuit breaker ------------------------------------------------------
+    def breaker_acquire(
+        self, name: str, *, reset_timeout: float, half_open_max_calls: int, probe_ttl: float
+    ) -> BreakerDecision:
+        """Ask to make a call; in half-open this takes a probe slot (lease of ``probe_ttl``)."""
+        ...
+
+    def breaker_record(
+        self,
+        name: str,
+        *,
+        success: bool,
+        failure_threshold: int,
+        probe: str | None = None,
+        count: int = 1,
+    ) -> BreakerRecord:
+        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
+        ...
+
+    def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
+        """Current state without side effects (open past its timeout reads half_open)."""
+        ...
+
+    def breaker_reset(self, name: str) -> None:
+        """Forget everything about the breaker (closed, zero counts)."""
+        ...
+
+    # -- health monitor -------------------------------------------------------
+    def health_record(
+        self,
+        pool: str,
+        worker_id: str,
+        *,
+        window: float,
+        max_entries: int,
+        reason: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> HealthSnapshot:
+        """Record one crash, prune entries older than ``window`` (and beyond ``max_entries``)."""
+        ...
+
+    def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
+        """Crash counts of ``pool`` inside the window (no write)."""
+        ...
+
+    # -- taints ---------------------------------------------------------------
+    def taint_set(
+        self, pool: str, member: str, *, duration: float, details: Mapping[str, Any]
+    ) -> bool:
+        """Taint ``member`` for ``duration``; True when it was not tainted before."""
+        ...
+
+    def taint_list(self, pool: str) -> list[TaintRecord]:
+        """Active (unexpired) taints of ``pool``."""
+        ...
+
+    def taint_active(self, pool: str, member: str) -> bool:
+        """True while ``member`` is tainted."""
+        ...
+
+    def taint_clear(self, pool: str, member: str | None = None) -> int:
+        """Lift one taint (or all of ``pool`` when ``member`` is None); returns how many."""
+        ...
+
+    # -- crash ledger ---------------------------------------------------------
+    def ledger_start(self, task_id: str, *, worker_id: str, lease: float, ttl: float) -> LedgerEntry:
+        """Record that ``worker_id`` starts an execution; returns the entry *before* it.
+
+        A start while an earlier one never finished and its lease ran out
+        counts that earlier one as a crash.
+        """
+        ...
+
+    def ledger_finish(self, task_id: str) -> None:
+        """Record that the running execution ended (any outcome)."""
+        ...
+
+    def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
+        """Record that the running execution died; returns the entry after it."""
+        ...
+
+    def ledger_get(self, task_id: str) -> LedgerEntry | None:
+        """The entry for ``task_id``, or None."""
+        ...
+
+    # -- node registry --------------------------------------------------------
+    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
+        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh."""
+        ...
+
+    def node_list(self) -> list[dict[str, Any]]:
+        """Records of live nodes (each with ``node`` and ``heartbeat_age`` added)."""
+        ...
+
+    def node_remove(self, node: str) -> None:
+        """Drop a node's record (clean shutdown)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
