@@ -8,7 +8,9 @@ classes.
 
 from __future__ import annotations
 
+import difflib
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -40,7 +42,9 @@ class SnakepitError(Exception):
 class ConfigError(SnakepitError, ValueError):
     """A setting or argument is invalid; the message names it and what is allowed."""
 
-    def __init__(self, setting: str, value: Any = None, allowed: str = "", message: str = "") -> None:
+    def __init__(
+        self, setting: str, value: Any = None, allowed: str = "", message: str = ""
+    ) -> None:
         self.setting = setting
         self.value = value
         self.allowed = allowed
@@ -53,6 +57,20 @@ class ConfigError(SnakepitError, ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.setting, self.value, self.allowed, str(self)))
 
+    @classmethod
+    def unknown_name(cls, setting: str, name: str, known: Iterable[str]) -> ConfigError:
+        """An error for an unknown setting/argument ``name``, with a did-you-mean hint."""
+        choices = sorted(known)
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        allowed = ", ".join(choices)
+        return cls(
+            setting,
+            name,
+            allowed,
+            message=f"unknown {setting}: {name!r}{hint} (allowed: {allowed})",
+        )
+
 
 class CircuitOpenError(SnakepitError):
     """A call was refused by an open (or saturated half-open) circuit breaker."""
@@ -60,7 +78,9 @@ class CircuitOpenError(SnakepitError):
     def __init__(self, breaker: str, retry_after: float = 0.0) -> None:
         self.breaker = breaker
         self.retry_after = max(0.0, float(retry_after))
-        super().__init__(f"circuit breaker {breaker!r} is open; retry after {self.retry_after:.3f}s")
+        super().__init__(
+            f"circuit breaker {breaker!r} is open; retry after {self.retry_after:.3f}s"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.breaker, self.retry_after))
@@ -86,7 +106,7 @@ class WorkerCrashedError(SnakepitError):
 
     snakepit_kind = "worker_crash"
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional order is the public API
         self,
         classification: str = "unknown",
         exit_code: int | None = None,
@@ -114,7 +134,14 @@ class WorkerCrashedError(SnakepitError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             type(self),
-            (self.classification, self.exit_code, self.signal, self.worker_id, self.device, str(self)),
+            (
+                self.classification,
+                self.exit_code,
+                self.signal,
+                self.worker_id,
+                self.device,
+                str(self),
+            ),
         )
 
 
@@ -141,10 +168,25 @@ class LockMismatchError(SnakepitError):
 
 
 class StoreUnavailableError(SnakepitError):
-    """The shared store cannot be reached and ``fail_open`` is off."""
+    """The shared store cannot be reached and ``fail_open`` is off.
+
+    Its kind is ``unavailable``, so the default retry policy retries it.
+    """
+
+    snakepit_kind = "unavailable"
 
 
 _CUDA_MARKERS = ("cuda", "hip", "cublas", "cudnn", "gpu", "rocm")
+
+#: Class names (anywhere in an exception's MRO) that mean a kind, for libraries
+#: we must not import here: redis-py's and Celery's own ``TimeoutError`` (not
+#: subclasses of the builtin), billiard's time limits and lost workers.
+_KIND_BY_CLASS_NAME: dict[str, str] = {
+    "TimeoutError": "timeout",
+    "SoftTimeLimitExceeded": "timeout",
+    "TimeLimitExceeded": "timeout",
+    "WorkerLostError": "worker_crash",
+}
 
 
 def _status_code(exc: BaseException) -> Any:
@@ -156,6 +198,23 @@ def _status_code(exc: BaseException) -> Any:
     return getattr(response, "status_code", None)
 
 
+def _kind_by_class_name(exc: BaseException) -> str | None:
+    for cls in type(exc).__mro__:
+        kind = _KIND_BY_CLASS_NAME.get(cls.__name__)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _is_gpu_oom(exc: BaseException) -> bool:
+    message = str(exc).lower()
+    if "out of memory" not in message:
+        return False
+    if any(marker in message for marker in _CUDA_MARKERS):
+        return True
+    return type(exc).__name__ == "OutOfMemoryError"
+
+
 def error_kind(exc: BaseException) -> str | None:
     """Return the error kind of ``exc`` (``timeout``, ``unavailable``...) or None.
 
@@ -164,22 +223,14 @@ def error_kind(exc: BaseException) -> str | None:
     own = getattr(exc, "snakepit_kind", None)
     if isinstance(own, str) and own:
         return own
-    name = type(exc).__name__
-    if isinstance(exc, TimeoutError | socket.timeout) or name in (
-        "SoftTimeLimitExceeded",
-        "TimeLimitExceeded",
-    ):
+    if isinstance(exc, TimeoutError | socket.timeout):
         return "timeout"
     if isinstance(exc, ConnectionRefusedError):
         return "connection_refused"
-    if name == "WorkerLostError":
-        return "worker_crash"
-    message = str(exc).lower()
-    if "out of memory" in message and (
-        any(marker in message for marker in _CUDA_MARKERS) or name == "OutOfMemoryError"
-    ):
-        return "gpu_oom"
-    if name == "OutOfMemoryError" and "torch" in type(exc).__module__:
+    by_name = _kind_by_class_name(exc)
+    if by_name is not None:
+        return by_name
+    if _is_gpu_oom(exc):
         return "gpu_oom"
     if isinstance(exc, ConnectionError) or _is_redis_connection_error(exc):
         return "unavailable"
@@ -190,7 +241,7 @@ def error_kind(exc: BaseException) -> str | None:
 
 def _is_redis_connection_error(exc: BaseException) -> bool:
     try:
-        import redis.exceptions
+        import redis.exceptions  # noqa: PLC0415 - optional at import time
     except ImportError:  # pragma: no cover - redis is a dependency
         return False
-    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+    return isinstance(exc, redis.exceptions.ConnectionError)
