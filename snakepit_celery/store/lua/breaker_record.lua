@@ -1,0 +1,34 @@
+-- KEYS: breaker hash, probe lease zset
+-- ARGV: success 1/0, failure_threshold, probe token or '', count, key_ttl_ms
+-- -> {state, failures, transition|nil}
+local now = store_now()
+local count = tonumber(ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'state', 'failures')
+local state = h[1] or 'closed'
+local failures = tonumber(h[2]) or 0
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
+local transition = false
+if ARGV[1] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'successes', count)
+  if state == 'half_open' then
+    transition = 'closed'
+    redis.call('DEL', KEYS[2])
+  end
+  if state ~= 'open' then
+    state = 'closed'
+    failures = 0
+    redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0)
+  end
+else
+  failures = redis.call('HINCRBY', KEYS[1], 'failures', count)
+  if (state == 'closed' and failures >= tonumber(ARGV[2])) or state == 'half_open' then
+    state = 'open'
+    transition = 'opened'
+    redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', fmt(now))
+    redis.call('DEL', KEYS[2])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {state, failures, transition}

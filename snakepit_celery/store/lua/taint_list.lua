@@ -1,0 +1,16 @@
+-- KEYS: taint zset, details hash   ARGV: -   (prunes expired members)
+-- -> {now, member, expiry, details JSON, member, expiry, details JSON, ...}
+local now = store_now()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+end
+local out = {fmt(now)}
+local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #live, 2 do
+  out[#out + 1] = live[i]
+  out[#out + 1] = live[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '{}'
+end
+return out

@@ -1,0 +1,22 @@
+-- KEYS: taint zset (member -> expiry), details hash (member -> JSON)
+-- ARGV: member, duration, details JSON   -> 1 when newly tainted, else 0
+local now = store_now()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+end
+local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+local expires = now + tonumber(ARGV[2])
+if old and old > expires then
+  expires = old
+end
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local last = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+expire_at(KEYS[1], last)
+expire_at(KEYS[2], last)
+if old then
+  return 0
+end
+return 1

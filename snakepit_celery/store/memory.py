@@ -1,0 +1,394 @@
+"""``MemoryStore``: the ``Store`` protocol inside one process.
+
+Same semantics as ``RedisStore`` (the store tests run against both), with
+``time.time()`` as the clock and one lock making every operation atomic.
+Useful outside Celery and for tests of the parts above the store; state is
+not shared between processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from snakepit_celery.store.base import (
+    BreakerDecision,
+    BreakerRecord,
+    BreakerSnapshot,
+    HealthSnapshot,
+    LedgerEntry,
+    TaintRecord,
+    WorkerCrashes,
+)
+
+__all__ = ["MemoryStore"]
+
+#: Lifetime crash totals outlive the crash window by this much (seconds).
+TOTAL_TTL = 7 * 24 * 3600.0
+
+_all_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+@dataclass
+class _Breaker:
+    state: str = "closed"
+    failures: int = 0
+    successes: int = 0
+    opened_at: float = 0.0
+    leases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Pool:
+    crashes: list[tuple[float, str]] = field(default_factory=list)
+    total: int = 0
+    expires_at: float = 0.0
+
+
+@dataclass
+class _Ledger:
+    starts: int = 0
+    finishes: int = 0
+    crashes: int = 0
+    running_on: str | None = None
+    lease_until: float = 0.0
+    expires_at: float = 0.0
+
+
+class MemoryStore:
+    """In-process ``Store`` (``memory://``): atomic by a lock, clock ``time.time()``."""
+
+    def __init__(self, url: str = "memory://", *, key_prefix: str = "snakepit") -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self._lock = threading.RLock()
+        self._tokens = itertools.count(1)
+        self._breakers: dict[str, _Breaker] = {}
+        self._pools: dict[str, _Pool] = {}
+        self._taints: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
+        self._ledgers: dict[str, _Ledger] = {}
+        self._nodes: dict[str, tuple[float, float, dict[str, Any]]] = {}
+        _all_stores.add(self)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(url={self.url!r}, key_prefix={self.key_prefix!r})"
+
+    def _reinit_lock(self) -> None:
+        self._lock = threading.RLock()
+
+    def now(self) -> float:
+        """The store's clock: this process's ``time.time()``."""
+        return time.time()
+
+    def ping(self) -> bool:
+        """Always True: the store lives in this process."""
+        return True
+
+    # -- circuit breaker ------------------------------------------------------
+    def breaker_acquire(
+        self, name: str, *, reset_timeout: float, half_open_max_calls: int, probe_ttl: float
+    ) -> BreakerDecision:
+        """Ask to make a call; in half-open this takes a probe slot (lease of ``probe_ttl``)."""
+        with self._lock:
+            now = self.now()
+            br = self._breakers.get(name)
+            if br is None or br.state == "closed":
+                return BreakerDecision(True, "closed", failures=br.failures if br else 0)
+            transition = None
+            if br.state == "open":
+                remaining = br.opened_at + reset_timeout - now
+                if remaining > 0:
+                    return BreakerDecision(
+                        False, "open", retry_after=remaining, failures=br.failures
+                    )
+                br.state = "half_open"
+                br.leases.clear()
+                transition = "half_open"
+            _purge_leases(br, now)
+            if len(br.leases) < half_open_max_calls:
+                token = f"{now:.6f}:{next(self._tokens)}"
+                br.leases[token] = now + probe_ttl
+                return BreakerDecision(
+                    True, "half_open", probe=token, transition=transition, failures=br.failures
+                )
+            retry_after = max(0.0, min(br.leases.values(), default=now) - now)
+            return BreakerDecision(
+                False,
+                "half_open",
+                retry_after=retry_after,
+                transition=transition,
+                failures=br.failures,
+            )
+
+    def breaker_record(
+        self,
+        name: str,
+        *,
+        success: bool,
+        failure_threshold: int,
+        probe: str | None = None,
+        count: int = 1,
+    ) -> BreakerRecord:
+        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
+        with self._lock:
+            now = self.now()
+            br = self._breakers.setdefault(name, _Breaker())
+            if probe is not None:
+                br.leases.pop(probe, None)
+            transition = None
+            if success:
+                br.successes += count
+                if br.state == "half_open":
+                    transition = "closed"
+                    br.leases.clear()
+                if br.state != "open":
+                    br.state = "closed"
+                    br.failures = 0
+            else:
+                br.failures += count
+                if (br.state == "closed" and br.failures >= failure_threshold) or (
+                    br.state == "half_open"
+                ):
+                    br.state = "open"
+                    br.opened_at = now
+                    br.leases.clear()
+                    transition = "opened"
+            return BreakerRecord(br.state, br.failures, transition)
+
+    def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
+        """Current state without side effects (open past its timeout reads half_open)."""
+        with self._lock:
+            now = self.now()
+            br = self._breakers.get(name)
+            if br is None:
+                return BreakerSnapshot("closed", 0, 0, 0, 0.0)
+            state, retry_after = br.state, 0.0
+            if state == "open":
+                retry_after = br.opened_at + reset_timeout - now
+                if retry_after <= 0:
+                    state, retry_after = "half_open", 0.0
+            live = (
+                sum(1 for exp in br.leases.values() if exp > now) if br.state == "half_open" else 0
+            )
+            return BreakerSnapshot(state, br.failures, br.successes, live, retry_after)
+
+    def breaker_reset(self, name: str) -> None:
+        """Forget everything about the breaker (closed, zero counts)."""
+        with self._lock:
+            self._breakers.pop(name, None)
+
+    # -- health monitor -------------------------------------------------------
+    def health_record(
+        self,
+        pool: str,
+        worker_id: str,
+        *,
+        window: float,
+        max_entries: int,
+        reason: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> HealthSnapshot:
+        """Record one crash; the result's ``workers`` holds only ``worker_id``."""
+        with self._lock:
+            now = self.now()
+            hp = self._pools.get(pool)
+            if hp is None or hp.expires_at <= now:
+                hp = self._pools[pool] = _Pool()
+            hp.crashes.append((now, worker_id))
+            hp.total += 1
+            hp.expires_at = now + max(2 * window, TOTAL_TTL)
+            cutoff = now - window
+            hp.crashes = [c for c in hp.crashes if c[0] > cutoff][-max(max_entries, 1) :]
+            mine = [t for t, w in hp.crashes if w == worker_id]
+            workers = {worker_id: WorkerCrashes(len(mine), mine[-1] if mine else None)}
+            return HealthSnapshot(hp.total, len(hp.crashes), workers)
+
+    def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
+        """Crash counts of ``pool`` inside the window (no write)."""
+        with self._lock:
+            now = self.now()
+            hp = self._pools.get(pool)
+            if hp is None or hp.expires_at <= now:
+                return HealthSnapshot(0, 0, {})
+            recent = [c for c in hp.crashes if c[0] > now - window]
+            workers: dict[str, WorkerCrashes] = {}
+            for t, w in recent:
+                seen = workers.get(w)
+                workers[w] = WorkerCrashes((seen.count if seen else 0) + 1, t)
+            return HealthSnapshot(hp.total, len(recent), workers)
+
+    def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
+        """Crashes of one worker inside the window (no write)."""
+        with self._lock:
+            now = self.now()
+            hp = self._pools.get(pool)
+            if hp is None or hp.expires_at <= now:
+                return WorkerCrashes(0, None)
+            mine = [t for t, w in hp.crashes if w == worker_id and t > now - window]
+            return WorkerCrashes(len(mine), mine[-1] if mine else None)
+
+    # -- taints ---------------------------------------------------------------
+    def taint_set(
+        self, pool: str, member: str, *, duration: float, details: Mapping[str, Any]
+    ) -> bool:
+        """Taint ``member`` for ``duration``; True when it was not tainted before."""
+        with self._lock:
+            now = self.now()
+            taints = self._taints.setdefault(pool, {})
+            old = taints.get(member)
+            fresh = old is None or old[0] <= now
+            expires = now + duration if fresh or old is None else max(old[0], now + duration)
+            taints[member] = (expires, json.loads(json.dumps(dict(details), default=str)))
+            return fresh
+
+    def taint_list(self, pool: str) -> list[TaintRecord]:
+        """Active (unexpired) taints of ``pool``, soonest expiry first."""
+        with self._lock:
+            now = self.now()
+            taints = self._taints.get(pool, {})
+            for member in [m for m, (exp, _) in taints.items() if exp <= now]:
+                del taints[member]
+            return [
+                TaintRecord(member, exp, exp - now, details)
+                for member, (exp, details) in sorted(taints.items(), key=lambda kv: kv[1][0])
+            ]
+
+    def taint_active(self, pool: str, member: str) -> bool:
+        """True while ``member`` is tainted."""
+        with self._lock:
+            entry = self._taints.get(pool, {}).get(member)
+            return entry is not None and entry[0] > self.now()
+
+    def taint_clear(self, pool: str, member: str | None = None) -> int:
+        """Lift one taint (or all of ``pool`` when ``member`` is None); returns how many."""
+        with self._lock:
+            now = self.now()
+            taints = self._taints.get(pool, {})
+            if member is None:
+                cleared = sum(1 for exp, _ in taints.values() if exp > now)
+                taints.clear()
+                return cleared
+            entry = taints.pop(member, None)
+            return 1 if entry is not None and entry[0] > now else 0
+
+    # -- crash ledger ---------------------------------------------------------
+    def _ledger(self, task_id: str, now: float) -> _Ledger | None:
+        led = self._ledgers.get(task_id)
+        if led is not None and led.expires_at <= now:
+            del self._ledgers[task_id]
+            return None
+        return led
+
+    def ledger_start(
+        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+    ) -> LedgerEntry:
+        """Record that ``worker_id`` starts an execution; returns the entry before it.
+
+        An earlier start that never finished and whose lease ran out is counted
+        as a crash first. When another worker still holds a live lease nothing
+        is written and the result's ``running_on`` names that worker: the
+        caller must not run the task.
+        """
+        with self._lock:
+            now = self.now()
+            led = self._ledger(task_id, now) or _Ledger()
+            self._ledgers[task_id] = led
+            if led.running_on is not None:
+                if led.lease_until > now and led.running_on != worker_id:
+                    return LedgerEntry(led.starts, led.finishes, led.crashes, led.running_on)
+                if led.lease_until <= now:
+                    led.crashes += 1
+            before = LedgerEntry(led.starts, led.finishes, led.crashes, None)
+            led.starts += 1
+            led.running_on = worker_id
+            led.lease_until = now + lease
+            led.expires_at = now + ttl
+            return before
+
+    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
+        """Extend ``worker_id``'s lease on a running task; False when it does not hold it."""
+        with self._lock:
+            now = self.now()
+            led = self._ledger(task_id, now)
+            if led is None or led.running_on != worker_id:
+                return False
+            led.lease_until = now + lease
+            return True
+
+    def ledger_finish(self, task_id: str) -> None:
+        """Record that the running execution ended (any outcome)."""
+        with self._lock:
+            led = self._ledger(task_id, self.now())
+            if led is not None:
+                led.finishes += 1
+                led.running_on = None
+                led.lease_until = 0.0
+
+    def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
+        """Record that the running execution died; returns the entry after it."""
+        with self._lock:
+            now = self.now()
+            led = self._ledger(task_id, now) or _Ledger()
+            self._ledgers[task_id] = led
+            led.crashes += 1
+            led.running_on = None
+            led.lease_until = 0.0
+            led.expires_at = now + ttl
+            return LedgerEntry(led.starts, led.finishes, led.crashes, None)
+
+    def ledger_get(self, task_id: str) -> LedgerEntry | None:
+        """The entry for ``task_id``, or None."""
+        with self._lock:
+            now = self.now()
+            led = self._ledger(task_id, now)
+            if led is None:
+                return None
+            running = led.running_on if led.lease_until > now else None
+            return LedgerEntry(led.starts, led.finishes, led.crashes, running)
+
+    # -- node registry --------------------------------------------------------
+    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
+        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh."""
+        with self._lock:
+            now = self.now()
+            record = json.loads(json.dumps(dict(data), default=str))
+            self._nodes[node] = (now, now + ttl, record)
+
+    def node_list(self) -> list[dict[str, Any]]:
+        """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
+        with self._lock:
+            now = self.now()
+            for node in [n for n, (_, exp, _) in self._nodes.items() if exp <= now]:
+                del self._nodes[node]
+            return [
+                {**record, "node": node, "heartbeat_age": max(0.0, now - beat)}
+                for node, (beat, _, record) in sorted(self._nodes.items())
+            ]
+
+    def node_remove(self, node: str) -> None:
+        """Drop a node's record (clean shutdown)."""
+        with self._lock:
+            self._nodes.pop(node, None)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _purge_leases(br: _Breaker, now: float) -> None:
+    for token in [t for t, exp in br.leases.items() if exp <= now]:
+        del br.leases[token]
+
+
+def _reinit_after_fork() -> None:
+    for store in list(_all_stores):
+        store._reinit_lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
