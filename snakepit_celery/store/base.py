@@ -164,11 +164,20 @@ class Store(Protocol):
         reason: str | None = None,
         info: Mapping[str, Any] | None = None,
     ) -> HealthSnapshot:
-        """Record one crash, prune entries older than ``window`` (and beyond ``max_entries``)."""
+        """Record one crash, prune entries older than ``window`` (and beyond ``max_entries``).
+
+        The result's ``workers`` holds only ``worker_id`` (its crashes inside
+        the window), so recording stays O(log n) under a crash storm; use
+        ``health_stats`` for every worker. ``reason``/``info`` are not stored.
+        """
         ...
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
         """Crash counts of ``pool`` inside the window (no write)."""
+        ...
+
+    def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
+        """Crashes of one worker inside the window (no write; O(log n), for ``worker_health``)."""
         ...
 
     # -- taints ---------------------------------------------------------------
@@ -191,16 +200,24 @@ class Store(Protocol):
         ...
 
     # -- crash ledger ---------------------------------------------------------
-    def ledger_start(self, task_id: str, *, worker_id: str, lease: float, ttl: float) -> LedgerEntry:
+    def ledger_start(
+        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+    ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; returns the entry *before* it.
 
         A start while an earlier one never finished and its lease ran out
-        counts that earlier one as a crash.
+        counts that earlier one as a crash. While *another* worker still holds
+        a live lease nothing is written and the result's ``running_on`` names
+        that worker: the caller must not run the task (duplicate delivery).
         """
         ...
 
+    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
+        """Extend ``worker_id``'s lease on its running task; False when it does not hold it."""
+        ...
+
     def ledger_finish(self, task_id: str) -> None:
-        """Record that the running execution ended (any outcome)."""
+        """Record that the running execution ended (any outcome); no-op without an entry."""
         ...
 
     def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
@@ -227,4 +244,3 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
-
