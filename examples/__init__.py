@@ -1,0 +1,1 @@
+"""Example applications referenced by docker-compose.yml and deploy/."""
