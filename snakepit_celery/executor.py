@@ -1,0 +1,398 @@
+"""Executor helpers: run a callable with a timeout, retries, a circuit breaker, or in batch.
+
+Each helper takes a zero-argument callable (use ``functools.partial`` or a
+lambda for arguments) and has an ``a``-prefixed asyncio twin taking a
+coroutine function. Retries emit the ``retry_attempt``, ``retry_success`` and
+``retry_exhausted`` signals with the policy as sender.
+
+Thread-based helpers (``execute_with_timeout``, ``execute_batch``,
+``execute_async``) run work in daemon threads: Python cannot kill a thread, so
+work that outlives its timeout is *abandoned* (it keeps running in the
+background until it returns; it never blocks interpreter exit), not stopped.
+The asyncio twins cancel instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
+
+from snakepit_celery import signals
+from snakepit_celery.errors import CircuitOpenError, ConfigError, RetryExhaustedError
+from snakepit_celery.policy.retry import RetryPolicy
+from snakepit_celery.testing import is_testing
+
+__all__ = [
+    "Breaker",
+    "aexecute_async",
+    "aexecute_batch",
+    "aexecute_with_circuit_breaker",
+    "aexecute_with_protection",
+    "aexecute_with_retry",
+    "aexecute_with_timeout",
+    "execute_async",
+    "execute_batch",
+    "execute_with_circuit_breaker",
+    "execute_with_protection",
+    "execute_with_retry",
+    "execute_with_timeout",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Breaker(Protocol):
+    """What the executor needs from a circuit breaker (``CircuitBreaker`` fits)."""
+
+    def call(self, fn: Callable[[], T], /) -> T:
+        """Call ``fn`` through the breaker; raise ``CircuitOpenError`` when refused."""
+        ...
+
+    async def acall(self, fn: Callable[[], Awaitable[T]], /) -> T:
+        """Await ``fn()`` through the breaker; raise ``CircuitOpenError`` when refused."""
+        ...
+
+
+# -- validation ----------------------------------------------------------------
+
+
+def _check_timeout(name: str, value: Any, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        allowed = "a number of seconds >= 0" + (" or None" if optional else "")
+        raise ConfigError(name, value, allowed)
+    if math.isnan(value) or value < 0:
+        allowed = "a number of seconds >= 0" + (" or None" if optional else "")
+        raise ConfigError(name, value, allowed)
+    return float(value)
+
+
+def _check_concurrency(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError("max_concurrency", value, "an integer >= 1 or None")
+    return value
+
+
+def _resolve_policy(policy: RetryPolicy | None, overrides: dict[str, Any]) -> RetryPolicy:
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise ConfigError("policy", policy, "a RetryPolicy or None")
+    base = policy if policy is not None else RetryPolicy()
+    return base.replace(**overrides) if overrides else base
+
+
+# -- threads ----------------------------------------------------------------------
+
+
+def execute_async(fn: Callable[[], T]) -> Future[T]:
+    """Start ``fn()`` in a background daemon thread; return its ``Future``.
+
+    The caller's context variables are visible inside ``fn``. ``cancel()`` on
+    the returned future has no effect once started (it always is).
+    """
+    future: Future[T] = Future()
+    future.set_running_or_notify_cancel()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            result = context.run(fn)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name="snakepit-executor", daemon=True).start()
+    return future
+
+
+def execute_with_timeout(fn: Callable[[], T], timeout: float) -> T:
+    """Return ``fn()``, or raise ``TimeoutError`` if it takes longer than ``timeout`` seconds.
+
+    ``fn``'s own exception is re-raised. On timeout the thread running ``fn``
+    is abandoned, not killed (Python cannot kill threads); use a Celery time
+    limit or ``aexecute_with_timeout`` when the work must really stop.
+    """
+    seconds = _check_timeout("timeout", timeout)
+    future = execute_async(fn)
+    try:
+        return future.result(timeout=seconds)
+    except TimeoutError:
+        if future.done():
+            raise  # fn itself raised TimeoutError
+        raise TimeoutError(
+            f"call did not finish within {seconds:g}s (its thread was abandoned)"
+        ) from None
+
+
+_PENDING: Any = object()
+
+
+def execute_batch(
+    fns: Iterable[Callable[[], Any]],
+    timeout: float | None = 30.0,
+    max_concurrency: int | None = None,
+) -> list[Any]:
+    """Run ``fns`` in parallel threads; return their results in input order.
+
+    Like ``asyncio.gather(return_exceptions=True)``: an item that raised is its
+    exception instance, an item unfinished after ``timeout`` seconds for the
+    whole batch (None = no limit) is a ``TimeoutError`` instance (items not
+    started by then are never started). At most ``max_concurrency`` items run
+    at once (None = all).
+    """
+    calls = list(fns)
+    seconds = _check_timeout("timeout", timeout, optional=True)
+    limit = _check_concurrency(max_concurrency)
+    if not calls:
+        return []
+    results: list[Any] = [_PENDING] * len(calls)
+    lock = threading.Lock()
+    all_done = threading.Event()
+    queue = iter(range(len(calls)))
+    state = {"remaining": len(calls), "stopped": False}
+    context = contextvars.copy_context()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                index = None if state["stopped"] else next(queue, None)
+            if index is None:
+                return
+            try:
+                value = context.copy().run(calls[index])
+            except BaseException as exc:
+                value = exc
+            with lock:
+                results[index] = value
+                state["remaining"] -= 1
+                if state["remaining"] == 0:
+                    all_done.set()
+
+    for _ in range(min(len(calls), limit or len(calls))):
+        threading.Thread(target=worker, name="snakepit-batch", daemon=True).start()
+    all_done.wait(seconds)
+    with lock:
+        state["stopped"] = True
+        unfinished = sum(1 for value in results if value is _PENDING)
+        if unfinished:
+            logger.warning(
+                "batch timed out",
+                extra={"unfinished": unfinished, "total": len(calls), "timeout": seconds},
+            )
+        return [
+            TimeoutError(f"batch item {index} did not finish within {seconds:g}s")
+            if value is _PENDING
+            else value
+            for index, value in enumerate(results)
+        ]
+
+
+# -- retries ----------------------------------------------------------------------
+
+
+class _RetryRun:
+    """Bookkeeping of one retried call, shared by the sync and async loops."""
+
+    def __init__(self, policy: RetryPolicy, *, retry_open_circuit: bool) -> None:
+        self.policy = policy
+        self.retry_open_circuit = retry_open_circuit
+        self.attempt = 1
+        self.started = time.monotonic()
+
+    def failed(self, exc: Exception) -> float | None:
+        """Seconds to wait before the next attempt; None when ``exc`` is not retriable.
+
+        Raises ``RetryExhaustedError`` (from ``exc``) when attempts ran out. A
+        ``CircuitOpenError`` is never retried sooner than its ``retry_after``.
+        """
+        open_circuit = isinstance(exc, CircuitOpenError)
+        retriable = (open_circuit and self.retry_open_circuit) or self.policy.retry_for_error(exc)
+        if not retriable:
+            return None
+        if not self.policy.should_retry(self.attempt):
+            duration = time.monotonic() - self.started
+            logger.warning(
+                "retries exhausted",
+                extra={"attempts": self.attempt, "error": repr(exc), "duration": duration},
+            )
+            signals.retry_exhausted.send(
+                sender=self.policy,
+                attempts=self.attempt,
+                total_duration=duration,
+                last_error=exc,
+            )
+            raise RetryExhaustedError(self.attempt, exc) from exc
+        delay = self.policy.backoff_for_attempt(self.attempt)
+        if isinstance(exc, CircuitOpenError) and not is_testing():
+            delay = max(delay, exc.retry_after)
+        logger.info(
+            "retrying after failure",
+            extra={"attempt": self.attempt, "delay": delay, "error": repr(exc)},
+        )
+        signals.retry_attempt.send(sender=self.policy, attempt=self.attempt, delay=delay)
+        self.attempt += 1
+        return delay
+
+    def succeeded(self) -> None:
+        signals.retry_success.send(
+            sender=self.policy,
+            attempts=self.attempt,
+            total_duration=time.monotonic() - self.started,
+        )
+
+
+def _retry(fn: Callable[[], T], policy: RetryPolicy, *, retry_open_circuit: bool) -> T:
+    run = _RetryRun(policy, retry_open_circuit=retry_open_circuit)
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            delay = run.failed(exc)
+            if delay is None:
+                raise
+            if delay > 0:
+                time.sleep(delay)
+            continue
+        run.succeeded()
+        return result
+
+
+async def _aretry(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, *, retry_open_circuit: bool
+) -> T:
+    run = _RetryRun(policy, retry_open_circuit=retry_open_circuit)
+    while True:
+        try:
+            result = await fn()
+        except Exception as exc:
+            delay = run.failed(exc)
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+            continue
+        run.succeeded()
+        return result
+
+
+def execute_with_retry(
+    fn: Callable[[], T], policy: RetryPolicy | None = None, **policy_kwargs: Any
+) -> T:
+    """Call ``fn`` until it succeeds or the policy gives up.
+
+    ``policy_kwargs`` build a ``RetryPolicy`` (or override fields of
+    ``policy``). A non-retriable error is re-raised as is; when attempts run
+    out, ``RetryExhaustedError`` is raised with the last error as its cause.
+    """
+    return _retry(fn, _resolve_policy(policy, policy_kwargs), retry_open_circuit=False)
+
+
+def execute_with_circuit_breaker(breaker: Breaker, fn: Callable[[], T]) -> T:
+    """Call ``fn`` through ``breaker`` (``CircuitOpenError`` when it refuses)."""
+    return breaker.call(fn)
+
+
+def execute_with_protection(
+    breaker: Breaker,
+    fn: Callable[[], T],
+    policy: RetryPolicy | None = None,
+    **policy_kwargs: Any,
+) -> T:
+    """Retry outside, breaker inside: each attempt goes through ``breaker``.
+
+    A refusal (``CircuitOpenError``) counts as an attempt and is retried
+    whatever ``retriable_errors`` says, but never sooner than its
+    ``retry_after``, so an open breaker is waited out, not hammered.
+    """
+    resolved = _resolve_policy(policy, policy_kwargs)
+    return _retry(lambda: breaker.call(fn), resolved, retry_open_circuit=True)
+
+
+# -- asyncio twins ------------------------------------------------------------------
+
+
+def aexecute_async(fn: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+    """Schedule ``fn()`` on the running event loop; return its ``Task``."""
+
+    async def run() -> T:
+        return await fn()
+
+    return asyncio.get_running_loop().create_task(run())
+
+
+async def aexecute_with_timeout(fn: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """Await ``fn()``; cancel it and raise ``TimeoutError`` after ``timeout`` seconds."""
+    seconds = _check_timeout("timeout", timeout)
+    return await asyncio.wait_for(fn(), seconds)
+
+
+async def aexecute_with_retry(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy | None = None, **policy_kwargs: Any
+) -> T:
+    """``execute_with_retry`` for a coroutine function (sleeps with ``asyncio.sleep``)."""
+    return await _aretry(fn, _resolve_policy(policy, policy_kwargs), retry_open_circuit=False)
+
+
+async def aexecute_with_circuit_breaker(breaker: Breaker, fn: Callable[[], Awaitable[T]]) -> T:
+    """Await ``fn()`` through ``breaker`` (``CircuitOpenError`` when it refuses)."""
+    return await breaker.acall(fn)
+
+
+async def aexecute_with_protection(
+    breaker: Breaker,
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy | None = None,
+    **policy_kwargs: Any,
+) -> T:
+    """``execute_with_protection`` for a coroutine function."""
+    resolved = _resolve_policy(policy, policy_kwargs)
+    return await _aretry(lambda: breaker.acall(fn), resolved, retry_open_circuit=True)
+
+
+async def aexecute_batch(
+    fns: Iterable[Callable[[], Awaitable[Any]]],
+    timeout: float | None = 30.0,
+    max_concurrency: int | None = None,
+) -> list[Any]:
+    """``execute_batch`` for coroutine functions; unfinished items are cancelled."""
+    calls = list(fns)
+    seconds = _check_timeout("timeout", timeout, optional=True)
+    limit = _check_concurrency(max_concurrency)
+    if not calls:
+        return []
+    gate = asyncio.Semaphore(limit or len(calls))
+
+    async def run(call: Callable[[], Awaitable[Any]]) -> Any:
+        async with gate:
+            return await call()
+
+    tasks = [asyncio.ensure_future(run(call)) for call in calls]
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    if pending:
+        logger.warning(
+            "batch timed out",
+            extra={"unfinished": len(pending), "total": len(calls), "timeout": seconds},
+        )
+    results: list[Any] = []
+    for index, task in enumerate(tasks):
+        if task in pending:
+            results.append(TimeoutError(f"batch item {index} did not finish within {seconds:g}s"))
+        elif task.cancelled():
+            results.append(asyncio.CancelledError())
+        else:
+            error = task.exception()
+            results.append(error if error is not None else task.result())
+    return results
