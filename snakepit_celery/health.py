@@ -1,0 +1,182 @@
+"""Crash accounting for a pool of workers, shared by every process on the store.
+
+Each crash is one atomic store operation that also prunes entries older than
+the rolling window (on the store's clock) and caps how many are kept, so
+memory stays bounded under a crash storm. ``total_crashes`` is a lifetime
+counter that pruning never lowers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from snakepit_celery import signals
+from snakepit_celery.errors import ConfigError, StoreUnavailableError
+from snakepit_celery.store import fail_open, report_store_error, resolve_store
+from snakepit_celery.store.base import HealthSnapshot, Store
+
+__all__ = ["HealthMonitor", "HealthStats", "WorkerHealth"]
+
+logger = logging.getLogger(__name__)
+
+#: Fewest crash entries a pool keeps inside its window (the cap is ``max(10*max_crashes, this)``).
+MIN_MAX_ENTRIES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHealth:
+    """Crashes of one worker inside the window; ``healthy`` while below ``max_worker_crashes``."""
+
+    healthy: bool
+    crash_count: int
+    last_crash_time: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe plain types; keys equal the field names."""
+        return {
+            "healthy": self.healthy,
+            "crash_count": self.crash_count,
+            "last_crash_time": self.last_crash_time,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStats:
+    """Crash counts of one pool, as read from the store."""
+
+    pool: str
+    total_crashes: int
+    crashes_in_window: int
+    workers_with_crashes: int
+    max_crashes: int
+    crash_window: float
+    is_healthy: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe plain types; keys equal the field names."""
+        return {
+            "pool": self.pool,
+            "total_crashes": self.total_crashes,
+            "crashes_in_window": self.crashes_in_window,
+            "workers_with_crashes": self.workers_with_crashes,
+            "max_crashes": self.max_crashes,
+            "crash_window": self.crash_window,
+            "is_healthy": self.is_healthy,
+        }
+
+
+def _positive_int(setting: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(setting, value, "an integer >= 1")
+    return value
+
+
+def _positive_seconds(setting: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(setting, value, "a number of seconds > 0")
+    return float(value)
+
+
+_EMPTY = HealthSnapshot(total_crashes=0, crashes_in_window=0)
+
+
+class HealthMonitor:
+    """Rolling-window crash counts of a pool: unhealthy at ``max_crashes`` in ``crash_window``.
+
+    ``check_interval`` is kept for parity with upstream; pruning happens on
+    every ``record_crash`` (and reads ignore entries outside the window), so
+    no timer is needed.
+    """
+
+    def __init__(  # noqa: PLR0917 - positional order is the public API
+        self,
+        pool: str = "default",
+        max_crashes: int = 10,
+        crash_window: float = 60.0,
+        check_interval: float = 30.0,
+        max_worker_crashes: int = 3,
+        store: Store | str | None = None,
+    ) -> None:
+        if not isinstance(pool, str) or not pool:
+            raise ConfigError("pool", pool, "a non-empty string")
+        self.pool = pool
+        self.max_crashes = _positive_int("max_crashes", max_crashes)
+        self.crash_window = _positive_seconds("crash_window", crash_window)
+        self.check_interval = _positive_seconds("check_interval", check_interval)
+        self.max_worker_crashes = _positive_int("max_worker_crashes", max_worker_crashes)
+        self.max_entries = max(10 * self.max_crashes, MIN_MAX_ENTRIES)
+        self._store_arg = store
+        self._store: Store | None = None if store is None else resolve_store(store)
+
+    @property
+    def store(self) -> Store:
+        """The store holding this pool's crashes (the process default for ``store=None``)."""
+        return self._store if self._store is not None else resolve_store(None)
+
+    def __repr__(self) -> str:
+        store = self._store_arg if isinstance(self._store_arg, str | None) else self._store_arg.url
+        return (
+            f"HealthMonitor(pool={self.pool!r}, max_crashes={self.max_crashes}, "
+            f"crash_window={self.crash_window}, check_interval={self.check_interval}, "
+            f"max_worker_crashes={self.max_worker_crashes}, store={store!r})"
+        )
+
+    def record_crash(self, worker_id: str, reason: Any = None, **info: Any) -> None:
+        """Record one crash of ``worker_id`` and send ``worker_crash(pool, worker_id, reason)``."""
+        worker_id = str(worker_id)
+        try:
+            self.store.health_record(
+                self.pool,
+                worker_id,
+                window=self.crash_window,
+                max_entries=self.max_entries,
+                reason=None if reason is None else str(reason),
+                info=info or None,
+            )
+        except StoreUnavailableError as exc:
+            self._store_failed(exc)
+        signals.worker_crash.send(sender=self, pool=self.pool, worker_id=worker_id, reason=reason)
+
+    def is_healthy(self) -> bool:
+        """True while the pool's crashes inside the window stay below ``max_crashes``."""
+        return self._snapshot().crashes_in_window < self.max_crashes
+
+    def worker_health(self, worker_id: str) -> WorkerHealth:
+        """Crashes of one worker inside the window (an unknown worker is healthy, 0 crashes)."""
+        try:
+            crashes = self.store.health_worker(self.pool, str(worker_id), window=self.crash_window)
+        except StoreUnavailableError as exc:
+            self._store_failed(exc)
+            return WorkerHealth(healthy=True, crash_count=0, last_crash_time=None)
+        return WorkerHealth(
+            healthy=crashes.count < self.max_worker_crashes,
+            crash_count=crashes.count,
+            last_crash_time=crashes.last_time,
+        )
+
+    def stats(self) -> HealthStats:
+        """The pool's lifetime and windowed crash counts."""
+        snap = self._snapshot()
+        return HealthStats(
+            pool=self.pool,
+            total_crashes=snap.total_crashes,
+            crashes_in_window=snap.crashes_in_window,
+            workers_with_crashes=sum(1 for w in snap.workers.values() if w.count > 0),
+            max_crashes=self.max_crashes,
+            crash_window=self.crash_window,
+            is_healthy=snap.crashes_in_window < self.max_crashes,
+        )
+
+    def _snapshot(self) -> HealthSnapshot:
+        try:
+            return self.store.health_stats(self.pool, window=self.crash_window)
+        except StoreUnavailableError as exc:
+            self._store_failed(exc)
+            return _EMPTY
+
+    def _store_failed(self, exc: StoreUnavailableError) -> None:
+        if not fail_open():
+            raise exc
+        report_store_error(exc)
