@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import redis
 import redis.exceptions
@@ -45,6 +46,7 @@ from snakepit_celery.store.base import (
 __all__ = [
     "KEY_SCHEMA",
     "SCRIPTS",
+    "URL_SCHEMES",
     "ClusterURL",
     "RedisStore",
     "SentinelURL",
@@ -101,6 +103,9 @@ SCRIPTS: Mapping[str, str] = {
     "node_remove": "drop a node record",
 }
 
+#: URL schemes a RedisStore accepts.
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
 #: A breaker's keys vanish this long after its last write (seconds).
 BREAKER_TTL = 7 * 24 * 3600.0
 #: A pool's lifetime crash total survives this long without crashes (seconds).
@@ -111,6 +116,7 @@ _UNAVAILABLE = (
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,
     OSError,
 )
 
@@ -262,12 +268,21 @@ def _client_from_url(url: str, socket_timeout: float, connect_timeout: float) ->
             username=cconf.username,
             password=cconf.password,
             ssl=cconf.ssl,
-            cluster_error_retry_attempts=1,
             **timeouts,
         )
-    if scheme in ("redis", "rediss", "unix"):
-        return redis.Redis.from_url(url, **timeouts)
-    raise ConfigError("snakepit_store_url", url, "redis://, rediss://, unix://")
+    return redis.Redis.from_url(url, **timeouts)
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and errors)."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if "@" not in netloc:
+        return url
+    auth, _, hosts = netloc.rpartition("@")
+    user, colon, _ = auth.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{shown}@{hosts}{slash}{tail}"
 
 
 def _text(value: Any) -> str:
@@ -308,19 +323,47 @@ class RedisStore:
             )
         self.key_prefix = key_prefix
         self._shas = dict(_SHAS)
+        self._timeouts = (socket_timeout, connect_timeout)
+        self._client_lock = threading.Lock()
+        self._client: Any = None
         if isinstance(url_or_client, str):
+            if url_or_client.split("://", 1)[0].lower() not in URL_SCHEMES:
+                raise ConfigError("snakepit_store_url", url_or_client, ", ".join(URL_SCHEMES))
+            if url_or_client.startswith("redis+sentinel://"):
+                parse_sentinel_url(url_or_client)
+            elif url_or_client.startswith("redis+cluster://"):
+                parse_cluster_url(url_or_client)
             self.url = url_or_client
-            self.client: Any = _client_from_url(url_or_client, socket_timeout, connect_timeout)
             self._owns_client = True
         else:
             self.url = _safe_url(url_or_client)
-            self.client = url_or_client
+            self._client = url_or_client
             self._owns_client = False
 
+    @property
+    def client(self) -> Any:
+        """The redis-py client (``Redis``, Sentinel master or ``RedisCluster``), made on first use.
+
+        Creation is lazy because a Cluster client connects at construction:
+        a store for an unreachable cluster fails per call
+        (``StoreUnavailableError``), not when it is configured.
+        """
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    try:
+                        self._client = _client_from_url(self.url, *self._timeouts)
+                    except _UNAVAILABLE as exc:
+                        raise self._unavailable(exc) from exc
+        return self._client
+
     def __repr__(self) -> str:
-        safe = urlsplit(self.url)
-        shown = self.url if safe.password is None else self.url.replace(safe.password, "***", 1)
-        return f"RedisStore({shown!r}, key_prefix={self.key_prefix!r})"
+        return f"RedisStore({_redacted(self.url)!r}, key_prefix={self.key_prefix!r})"
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Redis store {_redacted(self.url)} unavailable: {type(exc).__name__}: {exc}"
+        )
 
     # -- keys and scripts -----------------------------------------------------
     def key(self, kind: str, name: str | None = None, part: str | None = None) -> str:
@@ -343,7 +386,7 @@ class RedisStore:
                 logger.debug("loaded script", extra={"snakepit_script": script})
                 return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"Redis store {self.url!r} unavailable: {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     def forget_scripts(self) -> None:
         """Make the next call of every script look up a wrong SHA (tests of NOSCRIPT reload)."""
@@ -355,7 +398,7 @@ class RedisStore:
         try:
             seconds, micros = self.client.time()
         except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"Redis store {self.url!r} unavailable: {exc}") from exc
+            raise self._unavailable(exc) from exc
         return int(seconds) + int(micros) / 1_000_000
 
     def ping(self) -> bool:
@@ -367,8 +410,9 @@ class RedisStore:
 
     def close(self) -> None:
         """Close the connection pool (only when this store created the client)."""
-        if self._owns_client:
-            self.client.close()
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
 
     # -- circuit breaker ------------------------------------------------------
     def _breaker_keys(self, name: str) -> list[str]:
@@ -429,7 +473,7 @@ class RedisStore:
         try:
             self.client.delete(*self._breaker_keys(name))
         except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"Redis store {self.url!r} unavailable: {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     # -- health monitor -------------------------------------------------------
     def health_record(
