@@ -1,0 +1,445 @@
+"""The worker bootstep: a node's presence in the fleet.
+
+On start a worker detects its hardware (honouring ``snakepit_hardware`` /
+``SNAKEPIT_HARDWARE``), refuses to start when ``snakepit_lock_file`` does not
+match it, consumes the snakepit queues of its devices (``routing.queues_for``)
+and registers itself in the store's node registry: identity, devices with
+UUIDs, queues, pid, host, state and the ids of the tasks it is running.
+
+A heartbeat thread refreshes that record every ``HEARTBEAT_INTERVAL`` seconds
+(it expires after ``HEARTBEAT_TTL`` without one) and watches taints: while the
+node is tainted it releases all its queues (unless no other live node could
+take the work), while one of its devices is tainted it releases that device's
+queues; they come back when the taint expires or is cleared. The thread only
+talks to the store; queue changes are applied on the worker's own event loop
+by a timer entry, since kombu consumers are not thread-safe. A thread (not the
+loop's timer) keeps the heartbeat alive while a ``solo`` pool runs a long task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery import signals as celery_signals
+from celery.exceptions import WorkerShutdown
+from celery.worker import state as worker_state
+
+from snakepit_celery import hardware, lockfile
+from snakepit_celery.celery.install import settings_for
+from snakepit_celery.celery.routing import (
+    FleetSnapshot,
+    app_store,
+    fleet_snapshot,
+    node_devices,
+    queues_for,
+    taint_pools,
+)
+from snakepit_celery.errors import ConfigError, LockMismatchError, StoreUnavailableError
+from snakepit_celery.store import fail_open, report_store_error
+from snakepit_celery.store.base import Store
+
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "HEARTBEAT_TTL",
+    "NodeAgent",
+    "SnakepitWorkerStep",
+    "check_lock_file",
+    "desired_queues",
+    "install_worker",
+    "worker_node",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two heartbeats of a node.
+HEARTBEAT_INTERVAL = 2.0
+#: A node whose record was not refreshed for this long is dead (three missed heartbeats).
+HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
+#: Seconds between two checks, on the worker's event loop, for queue changes to apply.
+APPLY_INTERVAL = 0.5
+
+
+def desired_queues(
+    node: str,
+    all_queues: Sequence[str],
+    devices: Sequence[Mapping[str, Any]],
+    snapshot: FleetSnapshot,
+    *,
+    extra_queues: Iterable[str] = (),
+) -> tuple[list[str], bool]:
+    """The queues ``node`` should consume given the fleet, and whether it is tainted but alone.
+
+    A tainted node keeps nothing (``extra_queues``, its non-snakepit queues,
+    included) unless no other live, untainted node exists; a tainted device
+    loses its device queue, and its kind's queue when no untainted device of
+    that kind is left. Pure: no I/O.
+    """
+    others = [
+        record
+        for record in snapshot.nodes
+        if record.get("node") != node
+        and record.get("state") != "stopping"
+        and not snapshot.node_tainted(str(record.get("node")))
+    ]
+    everything = [*all_queues, *(q for q in extra_queues if q not in all_queues)]
+    if snapshot.node_tainted(node):
+        if others:
+            return [], False
+        return everything, True
+    released: set[str] = set()
+    usable_kinds: set[str] = set()
+    for device in devices:
+        prefix = f"snakepit.node.{node}."
+        queue = f"{prefix}{device['kind']}.{device['index']}"
+        if snapshot.device_tainted(node, device):
+            released.add(queue)
+        else:
+            usable_kinds.add(str(device["kind"]))
+    for device in devices:
+        if device["kind"] not in usable_kinds:
+            released.add(f"snakepit.{device['kind']}")
+    return [q for q in everything if q not in released], False
+
+
+@dataclass
+class _QueueState:
+    """What the heartbeat thread decided and what the event loop applied (guarded by a lock)."""
+
+    wanted: list[str]
+    consuming: list[str]
+    alone_tainted: bool = False
+    tainted: bool = False
+
+
+class NodeAgent:
+    """One worker node in the registry: its record, heartbeat, and the queues it should consume.
+
+    Store I/O happens in ``beat()`` (heartbeat thread, or directly in tests);
+    ``apply(consumer)`` makes the consumer's queues match, on the event loop.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        node: str,
+        info: hardware.HardwareInfo,
+        store: Store,
+        *,
+        pools: Sequence[str] = ("default",),
+        extra_queues: Sequence[str] = (),
+        interval: float = HEARTBEAT_INTERVAL,
+        ttl: float = HEARTBEAT_TTL,
+    ) -> None:
+        self.app = app
+        self.node = node
+        self.info = info
+        self.store = store
+        self.pools = tuple(pools)
+        self.interval = interval
+        self.ttl = ttl
+        self.devices = node_devices(info)
+        self.queues = queues_for(node, info)
+        self.identity = _identity_of(info)
+        self.state = "running"
+        self.extra_queues = [q for q in extra_queues if q not in self.queues]
+        self._lock = threading.Lock()
+        self._queues = _QueueState(wanted=[*self.queues, *self.extra_queues], consuming=[])
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_alone_warning = False
+
+    # -- the record --------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """The JSON-safe record this node writes to the registry on every heartbeat."""
+        with self._lock:
+            consuming = list(self._queues.consuming)
+            tainted = self._queues.tainted
+        return {
+            "node": self.node,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "state": self.state,
+            "identity": self.identity,
+            "accelerator": self.identity.get("accelerator"),
+            "devices": [dict(d) for d in self.devices],
+            "queues": consuming,
+            "tainted": tainted,
+            "in_flight": _in_flight_task_ids(),
+            "heartbeat_interval": self.interval,
+        }
+
+    # -- store side (heartbeat thread) ------------------------------------------------
+    def register(self) -> None:
+        """Write this node's record now (refreshing its TTL)."""
+        self.store.node_register(self.node, self.record(), ttl=self.ttl)
+
+    def beat(self) -> None:
+        """One heartbeat: read the fleet, decide the queues, refresh the record."""
+        snapshot = fleet_snapshot(self.store, self.pools)
+        wanted, alone = desired_queues(
+            self.node, self.queues, self.devices, snapshot, extra_queues=self.extra_queues
+        )
+        with self._lock:
+            self._queues.wanted = wanted
+            self._queues.tainted = snapshot.node_tainted(self.node)
+            self._queues.alone_tainted = alone
+        if alone and not self._last_alone_warning:
+            logger.error(
+                "node %s is tainted but it is the only live node: it keeps consuming its queues",
+                self.node,
+                extra={"node": self.node},
+            )
+        self._last_alone_warning = alone
+        self.register()
+
+    def safe_beat(self) -> None:
+        """``beat()`` that never raises: store errors are reported (fail-open) or logged."""
+        try:
+            self.beat()
+        except StoreUnavailableError as exc:
+            report_store_error(exc, node=self.node)
+        except Exception:
+            logger.exception(
+                "snakepit heartbeat of %s failed", self.node, extra={"node": self.node}
+            )
+
+    def start_heartbeat(self) -> None:
+        """Start the heartbeat thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"snakepit-heartbeat-{self.node}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.safe_beat()
+
+    def close(self) -> None:
+        """Stop the heartbeat and remove the node from the registry."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(1.0, self.interval * 2))
+        try:
+            self.store.node_remove(self.node)
+        except StoreUnavailableError as exc:
+            report_store_error(exc, node=self.node)
+        logger.info("node %s left the fleet", self.node, extra={"node": self.node})
+
+    # -- consumer side (event loop) ---------------------------------------------------
+    def apply(self, consumer: Any) -> None:
+        """Make ``consumer`` consume exactly the wanted queues (cancel and re-add as needed)."""
+        with self._lock:
+            wanted = list(self._queues.wanted)
+            consuming = list(self._queues.consuming)
+        if wanted == consuming:
+            return
+        for queue in consuming:
+            if queue not in wanted:
+                consumer.cancel_task_queue(queue)
+        for queue in wanted:
+            if queue not in consuming:
+                consumer.add_task_queue(queue)
+        released = [q for q in self.queues if q not in wanted]
+        if released:
+            logger.warning(
+                "node %s released queues %s (tainted)",
+                self.node,
+                ", ".join(released),
+                extra={"node": self.node, "released": released},
+            )
+        elif any(q not in consuming for q in self.queues) and consuming:
+            logger.info("node %s consumes all its queues again", self.node)
+        with self._lock:
+            self._queues.consuming = wanted
+
+
+def _identity_of(info: hardware.HardwareInfo) -> dict[str, Any]:
+    """``hardware.identity()`` for ``info`` (the detected one is cached, so they agree)."""
+    identity = hardware.identity()
+    if identity.get("accelerator") != info.accelerator.value:  # pragma: no cover - defensive
+        identity = {**identity, "accelerator": info.accelerator.value}
+    return identity
+
+
+def _in_flight_task_ids() -> list[str]:
+    """Ids of the tasks this worker is running (read from another thread: retry on a race)."""
+    for _ in range(5):
+        try:
+            return sorted(str(request.id) for request in tuple(worker_state.active_requests))
+        except RuntimeError:  # set changed size during iteration
+            continue
+    return []
+
+
+def _consumer_queue_names(consumer: Any) -> list[str]:
+    queues = consumer.app.amqp.queues
+    return [str(name) for name in queues.consume_from] if queues.consume_from else []
+
+
+def check_lock_file(path: str, node: str) -> None:
+    """Refuse to start when the lock file does not match this host.
+
+    Logs one critical line with the reason and raises ``WorkerShutdown(1)``,
+    which stops the worker with exit code 1.
+    """
+    try:
+        lockfile.validate(path)
+    except (LockMismatchError, ConfigError) as exc:
+        reason = getattr(exc, "reason", "unusable_lock_file")
+        logger.critical(
+            "snakepit: node %s refuses to start: %s (lock file %s)",
+            node,
+            exc,
+            path,
+            extra={"node": node, "lock_file": path, "reason": reason},
+        )
+        raise WorkerShutdown(1) from exc
+
+
+class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer bootstep: hardware, lock file, queues, node registry, heartbeat and taint watch.
+
+    Starts once the task consumer exists (after ``Tasks``) and before the
+    event loop. A lock-file mismatch or a broken hardware override stops the
+    worker with exit code 1 and a one-line reason in its log.
+    """
+
+    name = "snakepit.worker"
+    label = "snakepit"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.agent: NodeAgent | None = None
+        self.tref: Any = None
+        c.snakepit = None
+        _note_worker_node(c.app, c.hostname)
+
+    def _create_agent(self, c: Any) -> NodeAgent:
+        app = c.app
+        settings = settings_for(app)
+        node = str(c.hostname)
+        try:
+            if settings.hardware:
+                hardware.configure(settings.hardware)
+            info = hardware.detect()
+        except ConfigError as exc:
+            logger.critical(
+                "snakepit: node %s refuses to start: %s", node, exc, extra={"node": node}
+            )
+            raise WorkerShutdown(1) from exc
+        if settings.lock_file:
+            check_lock_file(str(settings.lock_file), node)
+        agent = NodeAgent(
+            app,
+            node,
+            info,
+            app_store(app),
+            pools=taint_pools(app),
+            extra_queues=_consumer_queue_names(c),
+        )
+        logger.info(
+            "node %s: %s, queues %s",
+            node,
+            info.accelerator.value,
+            ", ".join(agent.queues),
+            extra={"node": node, "queues": agent.queues},
+        )
+        return agent
+
+    def start(self, c: Any) -> None:
+        """Create the node (first start), consume its queues, register it, start the heartbeat."""
+        if self.agent is None:
+            self.agent = self._create_agent(c)
+            _connect_shutdown(c, self)
+        agent = self.agent
+        c.snakepit = agent
+        try:
+            agent.beat()
+        except StoreUnavailableError as exc:
+            if not fail_open():
+                raise
+            report_store_error(exc, node=agent.node)
+        with agent._lock:
+            agent._queues.consuming = _consumer_queue_names(c)
+        agent.apply(c)
+        try:
+            agent.register()
+        except StoreUnavailableError as exc:
+            report_store_error(exc, node=agent.node)
+        agent.start_heartbeat()
+        self.tref = c.timer.call_repeatedly(APPLY_INTERVAL, self._apply, (c,), priority=10)
+
+    def _apply(self, c: Any) -> None:
+        agent = self.agent
+        if agent is None or c.task_consumer is None:
+            return
+        try:
+            agent.apply(c)
+        except Exception:
+            logger.exception("snakepit: could not change the queues of %s", agent.node)
+
+    def stop(self, c: Any) -> None:
+        """Stop applying queue changes; on shutdown, mark the node ``stopping`` (it still beats)."""
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        agent = self.agent
+        if agent is not None and c.blueprint.state != bootsteps.RUN:
+            agent.state = "stopping"
+            try:
+                agent.register()
+            except StoreUnavailableError as exc:
+                report_store_error(exc, node=agent.node)
+
+    def shutdown(self, c: Any) -> None:
+        """Consumer shutdown: same as stop (the node leaves on ``worker_shutdown``)."""
+        self.stop(c)
+
+    def leave(self) -> None:
+        """Remove the node from the fleet (after the pool finished its tasks)."""
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            agent.close()
+
+
+def _connect_shutdown(c: Any, step: SnakepitWorkerStep) -> None:
+    controller = getattr(c, "controller", None)
+
+    def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+        if controller is None or sender is controller:
+            step.leave()
+
+    celery_signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
+
+
+# -- the worker's node name, for the event bridge --------------------------------------
+
+_worker_nodes: dict[int, str] = {}
+
+
+def _note_worker_node(app: Celery, node: str) -> None:
+    _worker_nodes[id(app)] = node
+
+
+def worker_node(app: Celery) -> str | None:
+    """The node name of the worker running ``app`` in this process (and its pool children)."""
+    return _worker_nodes.get(id(app))
+
+
+def install_worker(app: Celery) -> None:
+    """Add the snakepit bootstep to ``app``'s worker consumer (idempotent)."""
+    steps = app.steps["consumer"]
+    if SnakepitWorkerStep not in steps:
+        steps.add(SnakepitWorkerStep)
