@@ -524,3 +524,18 @@ def test_node_remove_drops_record(store: Store) -> None:
     store.node_register("n1", {}, ttl=30.0)
     store.node_remove("n1")
     assert store.node_list() == []
+
+
+# -- inspection -----------------------------------------------------------------------
+
+
+def test_breaker_names_lists_breakers_with_state(store: Any) -> None:
+    fail(store, "payments")
+    open_breaker(store, "search")
+    assert store.breaker_names() == ["payments", "search"]
+
+
+def test_pool_names_lists_pools_with_crashes_or_taints(store: Any) -> None:
+    store.health_record("gpu", "w1", window=60.0, max_entries=10)
+    store.taint_set("cpu", "worker:1", duration=30.0, details={})
+    assert store.pool_names() == ["cpu", "gpu"]

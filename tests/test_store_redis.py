@@ -266,3 +266,9 @@ def test_store_used_before_fork_works_in_the_child(store: RedisStore) -> None:
     assert answers == [True, True, True]
     assert all(child.exitcode == 0 for child in children)
     assert store.taint_active("p", "worker:1")  # the parent's connection still works
+
+
+def test_breaker_names_survive_glob_characters_in_prefix(redis_url: str, key_prefix: str) -> None:
+    store = RedisStore(redis_url, key_prefix=f"{key_prefix}[*?]")
+    store.breaker_record("a*b", success=False, failure_threshold=5)
+    assert store.breaker_names() == ["a*b"]

@@ -91,6 +91,20 @@ class MemoryStore:
         """Always True: the store lives in this process."""
         return True
 
+    # -- inspection ---------------------------------------------------------------
+    def breaker_names(self) -> list[str]:
+        """Names of the breakers with state in the store."""
+        with self._lock:
+            return sorted(self._breakers)
+
+    def pool_names(self) -> list[str]:
+        """Pools with crash records or taints in the store."""
+        with self._lock:
+            now = self.now()
+            pools = {p for p, hp in self._pools.items() if hp.expires_at > now}
+            tainted = {p for p, t in self._taints.items() if any(e > now for e, _ in t.values())}
+            return sorted(pools | tainted)
+
     # -- circuit breaker ------------------------------------------------------
     def breaker_acquire(
         self, name: str, *, reset_timeout: float, half_open_max_calls: int, probe_ttl: float

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -413,6 +414,24 @@ class RedisStore:
         if self._owns_client and self._client is not None:
             self._client.close()
             self._client = None
+
+    # -- inspection (CLI; SCAN, never on a hot path) ---------------------------
+    def _names(self, kind: str) -> set[str]:
+        start = self.key(kind, "")[:-1]
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", start) + "*}"
+        try:
+            found = self.client.scan_iter(match=pattern, count=1000)
+            return {_text(k)[len(start) : -1] for k in found if _text(k).endswith("}")}
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+
+    def breaker_names(self) -> list[str]:
+        """Names of the breakers with state in the store (SCAN: for the CLI only)."""
+        return sorted(self._names("br"))
+
+    def pool_names(self) -> list[str]:
+        """Pools with crash records or taints in the store (SCAN: for the CLI only)."""
+        return sorted(self._names("hm") | self._names("taint"))
 
     # -- circuit breaker ------------------------------------------------------
     def _breaker_keys(self, name: str) -> list[str]:
