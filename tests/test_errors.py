@@ -103,10 +103,10 @@ def test_error_kind_maps_exceptions_to_the_upstream_atoms(
 
 
 def test_error_kind_of_a_subclass_follows_its_base() -> None:
-    class MyLimitError(SoftTimeLimitExceeded):
+    class MyLimitError(SoftTimeLimitExceeded):  # type: ignore[misc]
         pass
 
-    class MyLostError(WorkerLostError):
+    class MyLostError(WorkerLostError):  # type: ignore[misc]
         pass
 
     assert error_kind(MyLimitError()) == "timeout"

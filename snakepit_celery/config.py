@@ -1,0 +1,392 @@
+"""Typed settings read once from Celery's ``app.conf`` (``snakepit_*``) and env ``SNAKEPIT_*``.
+
+After celery-redbeat's ``redbeat_*`` convention: every setting has a
+``snakepit_`` name in ``app.conf`` and an upper-cased environment variable
+(``snakepit_fail_open`` ↔ ``SNAKEPIT_FAIL_OPEN``). **app.conf wins over the
+environment**: the application's code is the explicit, reviewed place, and the
+environment fills in what it leaves unset (store URL, metrics port, hardware
+override per container). Only variables named after a known setting are read
+(``SNAKEPIT_TEST_REDIS_URL`` and friends are ignored); an empty variable
+counts as unset. Environment values are parsed: booleans as
+``true/false/1/0/yes/no/on/off``, integers as decimal, dict settings as JSON
+objects. Unknown ``snakepit_*`` names in app.conf raise ``ConfigError`` with a
+did-you-mean suggestion, and so does every invalid value, naming the setting
+(``snakepit_breaker["failure_threshold"]``), the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from snakepit_celery.errors import ConfigError
+from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.policy.retry import RetryPolicy
+
+__all__ = [
+    "BREAKER_KEYS",
+    "HEALTH_KEYS",
+    "SETTING_NAMES",
+    "SnakepitSettings",
+    "env_name",
+    "load_settings",
+    "resolve_store_url",
+]
+
+PREFIX = "snakepit_"
+
+#: Keys of ``snakepit_breaker``: defaults for every ``CircuitBreaker`` the package builds.
+BREAKER_KEYS = ("failure_threshold", "reset_timeout", "half_open_max_calls", "max_staleness")
+#: Keys of ``snakepit_health``: the ``HealthMonitor`` of worker crashes.
+HEALTH_KEYS = ("pool", "max_crashes", "crash_window", "check_interval", "max_worker_crashes")
+
+_BREAKER_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"failure_threshold": 5, "reset_timeout": 30.0, "half_open_max_calls": 1, "max_staleness": 0.25}
+)
+_HEALTH_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "pool": "default",
+        "max_crashes": 10,
+        "crash_window": 60.0,
+        "check_interval": 30.0,
+        "max_worker_crashes": 3,
+    }
+)
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_BOOL_TEXT = "True or False (env: true/false/1/0/yes/no/on/off)"
+_STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory")
+
+
+@dataclass(frozen=True)
+class SnakepitSettings:
+    """Every ``snakepit_*`` setting, validated; attribute = setting name without ``snakepit_``.
+
+    - ``store_url``: where shared state lives (None: the broker, else the result
+      backend, when Redis; see ``resolve_store_url``).
+    - ``key_prefix``: first part of every store key.
+    - ``fail_open``: run tasks without shared state when the store is down.
+    - ``breaker``: defaults for circuit breakers (``BREAKER_KEYS``).
+    - ``retry_policy``: the default ``RetryPolicy`` of tasks (None: none).
+    - ``crash_barrier``: the app's ``CrashBarrierConfig``.
+    - ``health``: the crash ``HealthMonitor`` settings (``HEALTH_KEYS``).
+    - ``hardware``: path of a JSON file overriding hardware detection.
+    - ``lock_file``: path of a lock file workers must satisfy to start.
+    - ``defer_on_open``: re-queue a task refused by an open breaker with
+      countdown = ``retry_after`` instead of spending a retry attempt.
+    - ``metrics_port``: serve Prometheus metrics on this port (None: off).
+    - ``allow_waiting``: when no live node offers a task's preferred device,
+      send it to the generic device queue (``snakepit.<kind>``) to wait for
+      one instead of failing with ``DeviceNotAvailableError``.
+    """
+
+    store_url: str | None = None
+    key_prefix: str = "snakepit"
+    fail_open: bool = True
+    breaker: Mapping[str, Any] = field(default_factory=lambda: _BREAKER_DEFAULTS)
+    retry_policy: RetryPolicy | None = None
+    crash_barrier: CrashBarrierConfig = field(default_factory=CrashBarrierConfig)
+    health: Mapping[str, Any] = field(default_factory=lambda: _HEALTH_DEFAULTS)
+    hardware: str | None = None
+    lock_file: str | None = None
+    defer_on_open: bool = True
+    metrics_port: int | None = None
+    allow_waiting: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe plain form, keyed by field name."""
+        return {
+            "store_url": self.store_url,
+            "key_prefix": self.key_prefix,
+            "fail_open": self.fail_open,
+            "breaker": dict(self.breaker),
+            "retry_policy": None if self.retry_policy is None else self.retry_policy.as_dict(),
+            "crash_barrier": self.crash_barrier.as_dict(),
+            "health": dict(self.health),
+            "hardware": self.hardware,
+            "lock_file": self.lock_file,
+            "defer_on_open": self.defer_on_open,
+            "metrics_port": self.metrics_port,
+            "allow_waiting": self.allow_waiting,
+        }
+
+
+# -- value parsers: (label, raw value) -> typed value ------------------------------------
+
+
+def _bool(label: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(label, value, _BOOL_TEXT)
+
+
+def _optional_port(label: str, value: Any) -> int | None:
+    allowed = "an integer 1-65535, or None (off)"
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(label, value, allowed)
+    return value
+
+
+def _store_url(label: str, value: Any) -> str | None:
+    allowed = ", ".join(f"{scheme}://..." for scheme in _STORE_SCHEMES) + ", or None"
+    if value is None:
+        return None
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(label, _redact(value), allowed)
+    if urlsplit(value).scheme.lower() not in _STORE_SCHEMES:
+        raise ConfigError(label, _redact(value), allowed)
+    return value
+
+
+def _key_prefix(label: str, value: Any) -> str:
+    allowed = "a non-empty string without spaces or braces"
+    if not isinstance(value, str) or not value:
+        raise ConfigError(label, value, allowed)
+    if any(ch.isspace() or ch in "{}" for ch in value):
+        raise ConfigError(label, value, allowed)
+    return value
+
+
+def _optional_path(label: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(label, value, "a file path (str), or None")
+    return value
+
+
+def _json_object(label: str, value: Any, what: str) -> Any:
+    """Parse a JSON string (env values) into a dict; other values pass through."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise ConfigError(label, value, f"a JSON object of {what}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(label, value, f"a JSON object of {what}")
+    return parsed
+
+
+def _section(
+    label: str,
+    value: Any,
+    keys: tuple[str, ...],
+    defaults: Mapping[str, Any],
+    build: Callable[..., Any],
+) -> Mapping[str, Any]:
+    """A dict setting checked key by key, values validated by the class that uses them."""
+    value = _json_object(label, value, ", ".join(keys))
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(label, value, f"a dict with keys {', '.join(keys)}")
+    for key in value:
+        if key not in keys:
+            raise ConfigError.unknown_name(f"key of {label}", str(key), keys)
+    merged = {**defaults, **value}
+    try:
+        built = build(**merged)
+    except ConfigError as exc:
+        raise _nested(label, exc) from exc
+    return MappingProxyType({key: getattr(built, key) for key in keys})
+
+
+def _nested(label: str, exc: ConfigError) -> ConfigError:
+    return ConfigError(f'{label}["{exc.setting}"]', exc.value, exc.allowed)
+
+
+def _breaker(label: str, value: Any) -> Mapping[str, Any]:
+    from snakepit_celery.breaker import CircuitBreaker  # noqa: PLC0415 - breaker imports store
+
+    def build(**kwargs: Any) -> CircuitBreaker:
+        return CircuitBreaker("snakepit-settings-check", **kwargs)
+
+    return _section(label, value, BREAKER_KEYS, _BREAKER_DEFAULTS, build)
+
+
+def _health(label: str, value: Any) -> Mapping[str, Any]:
+    from snakepit_celery.health import HealthMonitor  # noqa: PLC0415 - health imports store
+
+    return _section(label, value, HEALTH_KEYS, _HEALTH_DEFAULTS, HealthMonitor)
+
+
+def _retry_policy(label: str, value: Any) -> RetryPolicy | None:
+    if value is None or isinstance(value, RetryPolicy):
+        return value
+    value = _json_object(label, value, "RetryPolicy arguments")
+    if not isinstance(value, Mapping):
+        raise ConfigError(label, value, "a RetryPolicy, a dict of its arguments, or None")
+    return RetryPolicy.from_dict(value, setting=label)
+
+
+def _crash_barrier(label: str, value: Any) -> CrashBarrierConfig:
+    if isinstance(value, CrashBarrierConfig):
+        return value
+    value = _json_object(label, value, "crash barrier settings")
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(label, value, "a CrashBarrierConfig, a dict of its arguments, or None")
+    known = [f.name for f in dataclasses.fields(CrashBarrierConfig)]
+    for key in value:
+        if key not in known:
+            raise ConfigError.unknown_name(f"key of {label}", str(key), known)
+    try:
+        return CrashBarrierConfig.from_dict(value)
+    except ConfigError as exc:
+        raise _nested(label, exc) from exc
+
+
+#: setting name (without prefix) -> parser(label, raw value) -> typed value
+_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
+    "store_url": _store_url,
+    "key_prefix": _key_prefix,
+    "fail_open": _bool,
+    "breaker": _breaker,
+    "retry_policy": _retry_policy,
+    "crash_barrier": _crash_barrier,
+    "health": _health,
+    "hardware": _optional_path,
+    "lock_file": _optional_path,
+    "defer_on_open": _bool,
+    "metrics_port": _optional_port,
+    "allow_waiting": _bool,
+}
+
+#: Every setting's app.conf name.
+SETTING_NAMES: tuple[str, ...] = tuple(PREFIX + name for name in _SETTINGS)
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting: ``snakepit_fail_open`` -> ``SNAKEPIT_FAIL_OPEN``."""
+    return setting.upper()
+
+
+def load_settings(
+    conf: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> SnakepitSettings:
+    """Read and validate every setting: app.conf ``snakepit_*`` first, then env ``SNAKEPIT_*``.
+
+    ``conf`` may be a Celery ``app.conf`` (only its ``snakepit_*`` keys are
+    read); ``env`` defaults to ``os.environ`` (pass ``{}`` to ignore it).
+    Raises ``ConfigError`` for an unknown ``snakepit_*`` name or an invalid value.
+    """
+    conf = {} if conf is None else conf
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[str, Any]] = {}
+    for key in list(conf.keys()):
+        if not isinstance(key, str) or not key.startswith(PREFIX):
+            continue
+        if key not in SETTING_NAMES:
+            raise ConfigError.unknown_name("setting", key, SETTING_NAMES)
+        raw[key[len(PREFIX) :]] = (key, conf[key])
+    for name in _SETTINGS:
+        variable = env_name(PREFIX + name)
+        if name not in raw and env.get(variable):
+            raw[name] = (variable, env[variable])
+    values = {name: _SETTINGS[name](label, value) for name, (label, value) in raw.items()}
+    return SnakepitSettings(**values)
+
+
+# -- store URL ------------------------------------------------------------------------
+
+
+def resolve_store_url(
+    settings: SnakepitSettings,
+    broker_url: str | None,
+    result_backend: str | None,
+    *,
+    master_name: str | None = None,
+) -> str:
+    """The store URL: ``snakepit_store_url``, else the broker's, else the result backend's.
+
+    A broker or backend counts when it is Redis (``redis://``, ``rediss://``,
+    ``unix://``/``redis+socket://``, or ``sentinel://`` given the Sentinel
+    ``master_name`` from ``broker_transport_options``); the first URL of a
+    ``;``-separated failover list is used. Anything else raises ConfigError
+    saying to set ``snakepit_store_url``.
+    """
+    if settings.store_url:
+        return settings.store_url
+    for url in (broker_url, result_backend):
+        converted = _redis_store_url(url, master_name)
+        if converted is not None:
+            return converted
+    allowed = ", ".join(f"{scheme}://" for scheme in _STORE_SCHEMES)
+    message = (
+        "snakepit_store_url is not set and neither the broker "
+        f"({_redact(broker_url)}) nor the result backend ({_redact(result_backend)}) "
+        f"is Redis; set snakepit_store_url (or SNAKEPIT_STORE_URL) to one of: {allowed}"
+    )
+    raise ConfigError("snakepit_store_url", None, allowed, message=message)
+
+
+def _redis_store_url(url: Any, master_name: str | None) -> str | None:
+    if isinstance(url, list | tuple):
+        url = url[0] if url else None
+    if not isinstance(url, str) or "://" not in url:
+        return None
+    first = url.split(";")[0].strip()
+    scheme = urlsplit(first).scheme.lower()
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+        return first
+    if scheme in ("redis+socket", "socket"):
+        return _socket_url(first)
+    if scheme == "sentinel" and master_name:
+        return _sentinel_url(url, master_name)
+    return None
+
+
+def _socket_url(url: str) -> str:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    db = (query.get("virtual_host") or query.get("db") or [""])[-1].strip("/")
+    return f"unix://{parts.path}" + (f"?db={db}" if db else "")
+
+
+def _sentinel_url(url: str, master_name: str) -> str:
+    hosts: list[str] = []
+    userinfo = ""
+    db = ""
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        if parts.hostname is None:
+            continue
+        if not userinfo and parts.password:
+            userinfo = f"{parts.username or ''}:{parts.password}@"
+        if not db and parts.path.strip("/"):
+            db = parts.path.strip("/")
+        hosts.append(f"{parts.hostname}:{parts.port or 26379}")
+    return f"redis+sentinel://{userinfo}{','.join(hosts)}/{master_name}" + (f"/{db}" if db else "")
+
+
+def _redact(url: Any) -> Any:
+    """``url`` with any password replaced by ``***`` (for error messages)."""
+    if not isinstance(url, str) or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@")
