@@ -62,10 +62,8 @@ def _field(card: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
-def _bytes_to_mb(raw: str | None) -> int | None:
-    if raw is None or not raw.isdigit():
-        return None
-    return int(raw) // _MIB
+def _bytes(raw: str | None) -> int | None:
+    return int(raw) if raw is not None and raw.isdigit() else None
 
 
 def parse_rocm_json(text: str) -> list[GpuDevice]:
@@ -86,15 +84,16 @@ def parse_rocm_json(text: str) -> list[GpuDevice]:
             continue
         if not isinstance(card, dict):
             continue
-        total = _bytes_to_mb(_field(card, "VRAM Total Memory (B)"))
-        used = _bytes_to_mb(_field(card, "VRAM Total Used Memory (B)"))
+        total = _bytes(_field(card, "VRAM Total Memory (B)"))
+        used = _bytes(_field(card, "VRAM Total Used Memory (B)"))
+        free = total - used if total is not None and used is not None else None
         devices.append(
             GpuDevice(
                 id=int(key[4:]),
                 name=_field(card, "Card Series", "Card series", "Card Model", "Card model")
                 or "AMD GPU",
-                memory_total_mb=total,
-                memory_free_mb=total - used if total is not None and used is not None else None,
+                memory_total_mb=total // _MIB if total is not None else None,
+                memory_free_mb=free // _MIB if free is not None else None,
                 compute_capability=_field(card, "GFX Version"),
                 uuid=_field(card, "Unique ID"),
             )
