@@ -1,0 +1,179 @@
+"""A read-only picture of the whole fleet, taken from the shared store.
+
+``fleet_status()`` gathers what ``celery snakepit status`` prints and what the
+fleet metrics export: live nodes (identity, devices, queues, heartbeat age),
+breakers (state and counts), crash health per pool and active taints with
+the time they have left. It only reads; every figure comes from the objects
+that own it (``CircuitBreaker.stats()``, ``HealthMonitor.stats()``, the
+store's taint list), so this module holds no logic of its own about them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from snakepit_celery.barrier import CrashBarrier, Taint, TaintKind
+from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
+from snakepit_celery.health import HealthMonitor, HealthStats
+from snakepit_celery.store.base import Store
+
+__all__ = ["BreakerStatus", "FleetStatus", "NodeStatus", "TaintStatus", "fleet_status"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One live node of the registry; ``record`` is everything the worker wrote about itself."""
+
+    node: str
+    heartbeat_age: float
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    devices: tuple[Mapping[str, Any], ...] = ()
+    queues: tuple[str, ...] = ()
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> NodeStatus:
+        """Build from one ``Store.node_list()`` entry."""
+        return cls(
+            node=str(record.get("node", "")),
+            heartbeat_age=float(record.get("heartbeat_age", 0.0)),
+            identity=dict(record.get("identity") or {}),
+            devices=tuple(dict(d) for d in record.get("devices") or ()),
+            queues=tuple(str(q) for q in record.get("queues") or ()),
+            record=dict(record),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe plain types: the worker's record with ``node`` and ``heartbeat_age``."""
+        return {
+            **self.record,
+            "node": self.node,
+            "heartbeat_age": round(self.heartbeat_age, 3),
+            "identity": dict(self.identity),
+            "devices": [dict(d) for d in self.devices],
+            "queues": list(self.queues),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatus:
+    """A named breaker's ``BreakerStats``."""
+
+    name: str
+    stats: BreakerStats
+
+    @property
+    def state(self) -> BreakerState:
+        """The breaker's state as read from the store."""
+        return self.stats.state
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures recorded."""
+        return self.stats.failure_count
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"name": ..., **stats.as_dict()}``."""
+        return {"name": self.name, **self.stats.as_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class TaintStatus:
+    """One active taint (``CrashBarrier.taints()``) and the pool it belongs to."""
+
+    pool: str
+    taint: Taint
+
+    @property
+    def kind(self) -> str:
+        """``worker`` or ``device``."""
+        return str(self.taint.kind)
+
+    @property
+    def target(self) -> str:
+        """The worker id, or ``<node>:<device>``."""
+        if self.taint.kind == TaintKind.WORKER:
+            return str(self.taint.worker_id)
+        return f"{self.taint.node}:{self.taint.device}"
+
+    @property
+    def remaining(self) -> float:
+        """Seconds the taint has left."""
+        return self.taint.remaining
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"pool": ..., **taint.as_dict()}``."""
+        return {"pool": self.pool, **self.taint.as_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    """Nodes, breakers, pool health and taints at one moment.
+
+    ``healthy`` is False when a pool has too many crashes in its window or a
+    breaker is open: what ``celery snakepit status`` turns into exit code 1.
+    """
+
+    nodes: tuple[NodeStatus, ...] = ()
+    breakers: tuple[BreakerStatus, ...] = ()
+    health: tuple[HealthStats, ...] = ()
+    taints: tuple[TaintStatus, ...] = ()
+
+    @property
+    def unhealthy_pools(self) -> list[str]:
+        """Pools at or above their crash limit."""
+        return [pool.pool for pool in self.health if not pool.is_healthy]
+
+    @property
+    def open_breakers(self) -> list[str]:
+        """Breakers refusing calls right now."""
+        return [b.name for b in self.breakers if b.state == BreakerState.OPEN]
+
+    @property
+    def healthy(self) -> bool:
+        """No unhealthy pool and no open breaker."""
+        return not self.unhealthy_pools and not self.open_breakers
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe plain types."""
+        return {
+            "healthy": self.healthy,
+            "nodes": [n.as_dict() for n in self.nodes],
+            "breakers": [b.as_dict() for b in self.breakers],
+            "health": [h.as_dict() for h in self.health],
+            "taints": [t.as_dict() for t in self.taints],
+        }
+
+
+def read_nodes(store: Store) -> tuple[NodeStatus, ...]:
+    """Live nodes of the registry, by name."""
+    return tuple(NodeStatus.from_record(r) for r in store.node_list())
+
+
+def read_breakers(breakers: Iterable[CircuitBreaker]) -> tuple[BreakerStatus, ...]:
+    """Stats of each breaker (one store read each), sorted by name."""
+    return tuple(BreakerStatus(b.name, b.stats()) for b in sorted(breakers, key=lambda b: b.name))
+
+
+def read_taints(barriers: Iterable[CrashBarrier]) -> tuple[TaintStatus, ...]:
+    """Active taints of each barrier's pool, soonest to expire first."""
+    taints = [TaintStatus(b.pool, taint) for b in barriers for taint in b.taints()]
+    return tuple(sorted(taints, key=lambda t: (t.remaining, t.pool, t.kind, t.target)))
+
+
+def fleet_status(
+    store: Store,
+    *,
+    breakers: Iterable[CircuitBreaker] = (),
+    monitors: Iterable[HealthMonitor] = (),
+    barriers: Iterable[CrashBarrier] = (),
+) -> FleetStatus:
+    """Read the fleet from ``store``: its nodes, and the given breakers, monitors and barriers."""
+    return FleetStatus(
+        nodes=read_nodes(store),
+        breakers=read_breakers(breakers),
+        health=tuple(m.stats() for m in sorted(monitors, key=lambda m: m.pool)),
+        taints=read_taints(barriers),
+    )
