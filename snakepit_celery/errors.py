@@ -178,14 +178,21 @@ class StoreUnavailableError(SnakepitError):
 
 _CUDA_MARKERS = ("cuda", "hip", "cublas", "cudnn", "gpu", "rocm")
 
-#: Class names (anywhere in an exception's MRO) that mean a kind, for libraries
-#: we must not import here: redis-py's and Celery's own ``TimeoutError`` (not
-#: subclasses of the builtin), billiard's time limits and lost workers.
+#: Class names (first match along an exception's MRO) that mean a kind, for
+#: libraries we must not import here: redis-py's and Celery's own
+#: ``TimeoutError`` (not subclasses of the builtin), billiard's time limits and
+#: lost workers, requests' and httpx's timeouts and connection errors.
 _KIND_BY_CLASS_NAME: dict[str, str] = {
     "TimeoutError": "timeout",
     "SoftTimeLimitExceeded": "timeout",
     "TimeLimitExceeded": "timeout",
+    "Timeout": "timeout",
+    "ConnectTimeout": "timeout",
+    "ReadTimeout": "timeout",
+    "TimeoutException": "timeout",
     "WorkerLostError": "worker_crash",
+    "ConnectionError": "unavailable",
+    "ConnectError": "unavailable",
 }
 
 
@@ -232,16 +239,6 @@ def error_kind(exc: BaseException) -> str | None:
         return by_name
     if _is_gpu_oom(exc):
         return "gpu_oom"
-    if isinstance(exc, ConnectionError) or _is_redis_connection_error(exc):
-        return "unavailable"
     if _status_code(exc) == 503:
         return "unavailable"
     return None
-
-
-def _is_redis_connection_error(exc: BaseException) -> bool:
-    try:
-        import redis.exceptions  # noqa: PLC0415 - optional at import time
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return False
-    return isinstance(exc, redis.exceptions.ConnectionError)

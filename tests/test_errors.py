@@ -202,3 +202,27 @@ def test_worker_crashed_error_carries_its_details() -> None:
         "cuda:1",
     )
     assert "segfault" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("name", "bases", "kind"),
+    [
+        ("Timeout", (OSError,), "timeout"),  # requests.exceptions.Timeout
+        ("ReadTimeout", (OSError,), "timeout"),
+        ("TimeoutException", (Exception,), "timeout"),  # httpx
+        ("ConnectionError", (OSError,), "unavailable"),  # requests.exceptions.ConnectionError
+        ("ConnectError", (Exception,), "unavailable"),  # httpx.ConnectError
+    ],
+)
+def test_http_client_errors_are_recognised_by_class_name(
+    name: str, bases: tuple[type[BaseException], ...], kind: str
+) -> None:
+    error_class = type(name, bases, {})
+    assert error_kind(error_class("x")) == kind
+
+
+def test_a_connect_timeout_is_a_timeout_even_though_it_is_a_connection_error() -> None:
+    connection_error = type("ConnectionError", (OSError,), {})
+    timeout = type("Timeout", (OSError,), {})
+    connect_timeout = type("ConnectTimeout", (connection_error, timeout), {})
+    assert error_kind(connect_timeout("x")) == "timeout"
