@@ -6,6 +6,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.crash import (
@@ -605,3 +607,19 @@ class _VendorError(RuntimeError):
 def test_matches_error_type(wanted: str | type[BaseException], matches: bool) -> None:
     config = CrashBarrierConfig(taint_on_error_types=(wanted,))
     assert config.matches_error_type(_VendorError("boom")) is matches
+
+
+# -- robustness ----------------------------------------------------------------------------
+
+
+@given(st.one_of(st.none(), st.integers(-(2**40), 2**40)), st.one_of(st.none(), st.text()))
+def test_classify_never_raises(exit_code: int | None, message: str | None) -> None:
+    assert classify(exit_code, message) in set(Classification)
+    describe_crash(exit_code, message)
+    gpu_error_action(message)
+
+
+def test_classify_handles_a_huge_traceback_quickly_enough_to_finish() -> None:
+    message = "Traceback (most recent call last):\n" + "  File 'x.py', line 1\n" * 50_000
+    message += "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert classify(message=message) == Classification.GPU
