@@ -272,3 +272,15 @@ def test_breaker_names_survive_glob_characters_in_prefix(redis_url: str, key_pre
     store = RedisStore(redis_url, key_prefix=f"{key_prefix}[*?]")
     store.breaker_record("a*b", success=False, failure_threshold=5)
     assert store.breaker_names() == ["a*b"]
+
+
+def test_server_refusals_are_store_unavailable(store: RedisStore, monkeypatch: Any) -> None:
+    def refuse(*args: Any) -> Any:
+        raise redis.exceptions.ResponseError(
+            "OOM command not allowed when used memory > 'maxmemory'"
+        )
+
+    monkeypatch.setattr(store.client, "evalsha", refuse)
+    with pytest.raises(StoreUnavailableError) as info:
+        store.taint_active("p", "worker:1")
+    assert "OOM" in str(info.value)

@@ -20,7 +20,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -112,14 +113,10 @@ BREAKER_TTL = 7 * 24 * 3600.0
 #: A pool's lifetime crash total survives this long without crashes (seconds).
 HEALTH_TOTAL_TTL = 7 * 24 * 3600.0
 
-_UNAVAILABLE = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.RedisClusterException,
-    OSError,
-)
+#: Errors that mean "the store cannot serve us now": connection loss, timeouts,
+#: failover (READONLY, MASTERDOWN, CLUSTERDOWN), OOM and other server refusals.
+#: Client-side argument errors (``DataError``) are bugs and propagate unchanged.
+_UNAVAILABLE = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
 def _load_sources() -> dict[str, str]:
@@ -352,19 +349,24 @@ class RedisStore:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    try:
+                    with self._guard():
                         self._client = _client_from_url(self.url, *self._timeouts)
-                    except _UNAVAILABLE as exc:
-                        raise self._unavailable(exc) from exc
         return self._client
 
     def __repr__(self) -> str:
         return f"RedisStore({_redacted(self.url)!r}, key_prefix={self.key_prefix!r})"
 
-    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
-        return StoreUnavailableError(
-            f"Redis store {_redacted(self.url)} unavailable: {type(exc).__name__}: {exc}"
-        )
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn Redis errors into ``StoreUnavailableError`` (``DataError`` is a bug: kept)."""
+        try:
+            yield
+        except redis.exceptions.DataError:
+            raise
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(
+                f"Redis store {_redacted(self.url)} unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
 
     # -- keys and scripts -----------------------------------------------------
     def key(self, kind: str, name: str | None = None, part: str | None = None) -> str:
@@ -379,15 +381,13 @@ class RedisStore:
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA ``script``; on NOSCRIPT, SCRIPT LOAD it and try once more."""
-        try:
+        with self._guard():
             try:
                 return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
                 self._shas[script] = _text(self.client.script_load(_SOURCES[script]))
                 logger.debug("loaded script", extra={"snakepit_script": script})
                 return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
 
     def forget_scripts(self) -> None:
         """Make the next call of every script look up a wrong SHA (tests of NOSCRIPT reload)."""
@@ -396,17 +396,16 @@ class RedisStore:
     # -- basics ---------------------------------------------------------------
     def now(self) -> float:
         """The Redis server's clock (``TIME``), epoch seconds."""
-        try:
+        with self._guard():
             seconds, micros = self.client.time()
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
         return int(seconds) + int(micros) / 1_000_000
 
     def ping(self) -> bool:
         """True when Redis answers a PING."""
         try:
-            return bool(self.client.ping())
-        except _UNAVAILABLE:
+            with self._guard():
+                return bool(self.client.ping())
+        except StoreUnavailableError:
             return False
 
     def close(self) -> None:
@@ -419,11 +418,9 @@ class RedisStore:
     def _names(self, kind: str) -> set[str]:
         start = self.key(kind, "")[:-1]
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", start) + "*}"
-        try:
+        with self._guard():
             found = self.client.scan_iter(match=pattern, count=1000)
             return {_text(k)[len(start) : -1] for k in found if _text(k).endswith("}")}
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
 
     def breaker_names(self) -> list[str]:
         """Names of the breakers with state in the store (SCAN: for the CLI only)."""
@@ -489,10 +486,8 @@ class RedisStore:
 
     def breaker_reset(self, name: str) -> None:
         """Forget everything about the breaker (closed, zero counts)."""
-        try:
+        with self._guard():
             self.client.delete(*self._breaker_keys(name))
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
 
     # -- health monitor -------------------------------------------------------
     def health_record(
