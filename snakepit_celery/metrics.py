@@ -331,6 +331,17 @@ class FleetCollector:
         yield age
 
 
+class _StoreErrorSync:
+    """Collector that yields nothing: it brings the store-error counter up to date per scrape."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Sync, then yield no metric."""
+        metrics = _metrics
+        if metrics is not None:
+            _sync_store_errors(metrics)
+        return []
+
+
 class _DefaultRegistry:
     """Collector that re-exposes the process's default registry inside another registry."""
 
@@ -344,6 +355,7 @@ def build_registry(fleet: FleetCollector | None = None) -> CollectorRegistry:
     ``PROMETHEUS_MULTIPROC_DIR``) and, if given, the fleet collector."""
     prom = _prometheus()
     registry: CollectorRegistry = prom.CollectorRegistry(auto_describe=False)
+    registry.register(_StoreErrorSync())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess  # noqa: PLC0415
 
@@ -357,9 +369,6 @@ def build_registry(fleet: FleetCollector | None = None) -> CollectorRegistry:
 
 def exposition(registry: CollectorRegistry) -> str:
     """The Prometheus text exposition of ``registry`` (what a scrape returns)."""
-    metrics = _metrics
-    if metrics is not None:
-        _sync_store_errors(metrics)
     text: bytes = _prometheus().generate_latest(registry)
     return text.decode("utf-8")
 
