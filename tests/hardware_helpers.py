@@ -176,3 +176,24 @@ def write_json(path: Path, data: Any) -> Path:
 def env_without_visibility() -> dict[str, str]:
     """This process's environment minus GPU visibility and override variables."""
     return {k: v for k, v in os.environ.items() if k not in (*VISIBILITY_VARS, "SNAKEPIT_HARDWARE")}
+
+
+def geforce_5x_rows() -> list[dict[str, str]]:
+    """5 GeForce cards: names, indices and UUIDs from a captured name,pci.bus,index,uuid CSV."""
+    csv = fixture_text("nvidia_smi_query_name_pcibus_index_uuid_csv_5x_geforce.csv")
+    header, *rows = [line.split(", ") for line in csv.strip().splitlines()]
+    result = []
+    for row in rows:
+        values = dict(zip(header, row, strict=True))
+        result.append(
+            {
+                "index": values["index"],
+                "name": values["name"],
+                "memory.total": "[N/A]",
+                "memory.free": "[N/A]",
+                "uuid": values["uuid"],
+                "compute_cap": "6.1",
+                "driver_version": "[N/A]",
+            }
+        )
+    return result

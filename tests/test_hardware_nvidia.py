@@ -14,6 +14,7 @@ from hardware_helpers import (
     Rule,
     fake_bin,
     fixture_text,
+    geforce_5x_rows,
     h100_8x_rows,
     isolated_hardware,
     mixed_2x_rows,
@@ -317,3 +318,22 @@ def test_cudnn_version_is_reported_in_cuda_info(
     info = nvidia.probe({})
     assert info is not None
     assert info.cudnn_version == "8.9.2"
+
+
+def test_uuid_prefix_picks_among_many_gpus(fake_bin: FakeBin) -> None:
+    install_smi(fake_bin, geforce_5x_rows())
+    info = nvidia.probe({"CUDA_VISIBLE_DEVICES": "GPU-15ea7bf9,4"})
+    assert info is not None
+    assert [d.name for d in info.devices] == ["GeForce GTX 1080 Ti", "GeForce GTX 1060 6GB"]
+    assert info.devices[1].uuid == "GPU-ff3318a7-f0dd-dc57-1fb8-cc95ba35c56e"
+
+
+def test_ambiguous_uuid_prefix_truncates_the_list(fake_bin: FakeBin) -> None:
+    install_smi(fake_bin, geforce_5x_rows())
+    info = nvidia.probe({"CUDA_VISIBLE_DEVICES": "2,GPU-f,1"})
+    assert info is not None
+    assert [d.uuid for d in info.devices] == ["GPU-3dc4f2b0-6e1b-c088-c342-4367c334795a"]
+
+
+def test_cuda_version_is_read_from_the_table_header() -> None:
+    assert nvidia.parse_cuda_version(fixture_text("nvidia_smi_table_1x_l4_550.90.07.txt")) == "12.4"
