@@ -81,6 +81,16 @@ _cached: HardwareInfo | None = None
 _configured: HardwareInfo | None = None
 
 
+def _fresh_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    # A fork while another thread was detecting must not leave the child's lock held.
+    os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+
+
 # -- detection ----------------------------------------------------------------------------
 
 
