@@ -344,8 +344,8 @@ class CircuitBreaker:
                     self.name, success=True, failure_threshold=self.failure_threshold, count=count
                 )
                 self._apply(record)
-                if record.state == BreakerState.CLOSED and self.max_staleness > 0:
-                    return _LOCAL
+                if record.state == BreakerState.CLOSED:
+                    return _LOCAL  # the store just answered "closed": as fresh as an acquire
             decision = store.breaker_acquire(
                 self.name,
                 reset_timeout=self.reset_timeout,

@@ -1,0 +1,298 @@
+"""Cost of ``CircuitBreaker.call`` on Redis against pybreaker, and of ``HealthMonitor``.
+
+Measured in one run on the same Redis:
+- per-call cost (min/median of several repeats) of snakepit's breaker (default
+  ``max_staleness`` and strict ``max_staleness=0``), pybreaker with
+  ``CircuitRedisStorage`` and pybreaker in memory, as ratios;
+- client round trips per call, counted with Redis ``MONITOR`` (commands run
+  inside Lua scripts are left out: MONITOR tags them ``[<db> lua]``);
+- per-call cost with 1, 4 and 16 processes calling one breaker at once;
+- ``HealthMonitor.record_crash`` cost after 10k and 100k recorded crashes
+  (pruning keeps it flat), and the size of the pool's keys.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pybreaker
+import redis
+
+from snakepit_celery.breaker import CircuitBreaker
+from snakepit_celery.health import HealthMonitor
+from snakepit_celery.store import RedisStore, store_from_url
+from snakepit_celery.store.redis import HEALTH_TOTAL_TTL
+from snakepit_celery.testing.redis_server import redis_url as find_redis_url
+
+REPEATS = 5
+TOTAL_TTL_MS = int(HEALTH_TOTAL_TTL * 1000)
+CALLS = 2000
+SCALING_SECONDS = 0.5
+PROCESS_COUNTS = (1, 4, 16)
+HEALTH_FILLS = (10_000, 100_000)
+CTX = multiprocessing.get_context("fork")
+
+
+def noop() -> None:
+    """The protected call: free, so the breaker's own cost is what is measured."""
+
+
+_TAGS: list[str] = []
+
+
+def _tag(kind: str) -> str:
+    """A key prefix / namespace unique to this run (its keys are deleted at the end)."""
+    tag = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+    _TAGS.append(tag)
+    return tag
+
+
+def _make(kind: str, url: str, tag: str) -> Callable[[], Any]:
+    """A zero-argument function making one call through breaker ``kind``."""
+    if kind == "snakepit":
+        snake = CircuitBreaker(f"bench-{tag}", store=store_from_url(url, key_prefix=tag))
+        return lambda: snake.call(noop)
+    if kind == "snakepit-strict":
+        strict = CircuitBreaker(
+            f"bench-{tag}", max_staleness=0, store=store_from_url(url, key_prefix=tag)
+        )
+        return lambda: strict.call(noop)
+    if kind == "pybreaker-redis":
+        storage = pybreaker.CircuitRedisStorage(
+            pybreaker.STATE_CLOSED, redis.Redis.from_url(url), namespace=tag
+        )
+        py_redis = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30, state_storage=storage)
+        return lambda: py_redis.call(noop)
+    py_memory = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
+    return lambda: py_memory.call(noop)
+
+
+def _per_call(call: Callable[[], Any], calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - started) / calls
+
+
+def _flush() -> None:
+    from snakepit_celery.breaker import flush_all
+
+    flush_all()
+
+
+def per_call_costs(url: str) -> dict[str, tuple[float, float]]:
+    """(min, median) seconds per call of each breaker, repeats interleaved."""
+    kinds = ("snakepit", "snakepit-strict", "pybreaker-redis", "pybreaker-memory")
+    calls = {kind: _make(kind, url, _tag("pc")) for kind in kinds}
+    for call in calls.values():
+        _per_call(call, 200)  # warm up: connections, scripts
+    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(REPEATS):
+        for kind, call in calls.items():
+            samples[kind].append(_per_call(call, CALLS))
+    _flush()
+    return {kind: (min(s), statistics.median(s)) for kind, s in samples.items()}
+
+
+def round_trips_per_call(url: str, kind: str, calls: int = 2000) -> float:
+    """Client commands per call seen by MONITOR (script-internal commands excluded)."""
+    tag = _tag("rt")
+    call = _make(kind, url, tag)
+    call()
+    _flush()
+    time.sleep(0.2)
+    stop = f"stop-{tag}"
+    seen = [0]
+    ready = threading.Event()
+    done = threading.Event()
+
+    def listen() -> None:
+        client = redis.Redis.from_url(url)
+        with client.monitor() as monitor:
+            ready.set()
+            while True:
+                line = monitor.connection.read_response()
+                text = line.decode(errors="replace") if isinstance(line, bytes) else str(line)
+                if stop in text:
+                    break
+                if tag in text and "lua]" not in text:
+                    seen[0] += 1
+        client.close()
+        done.set()
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.1)
+    for _ in range(calls):
+        call()
+    _flush()
+    redis.Redis.from_url(url).echo(stop)
+    done.wait(30)
+    return seen[0] / calls
+
+
+def _scaling_worker(url: str, kind: str, tag: str, start: Any, out: Any) -> None:
+    call = _make(kind, url, tag)
+    _per_call(call, 50)
+    start.wait(30)
+    calls, began = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - began) < SCALING_SECONDS:
+        for _ in range(20):
+            call()
+        calls += 20
+    out.put((calls, elapsed))
+    _flush()
+
+
+def scaling(url: str, kind: str, processes: int) -> tuple[float, float]:
+    """(median per-call seconds in each process, aggregate calls per second).
+
+    Every process calls for ``SCALING_SECONDS`` after a common start.
+    """
+    tag = _tag("sc")
+    start, out = CTX.Barrier(processes), CTX.Queue()
+    procs = [
+        CTX.Process(target=_scaling_worker, args=(url, kind, tag, start, out))
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    per_call = statistics.median(elapsed / calls for calls, elapsed in results)
+    rate = sum(calls / elapsed for calls, elapsed in results)
+    return per_call, rate
+
+
+def _prefill(store: RedisStore, monitor: HealthMonitor, count: int) -> None:
+    """Record ``count`` crashes with the store's own script, pipelined (fast set-up only)."""
+    piped = RedisStore(store.client.pipeline(transaction=False), key_prefix=store.key_prefix)
+    keys = [store.key("hm", monitor.pool, part) for part in (None, "crashes", "by_worker")]
+    for done in range(0, count, 1000):
+        for i in range(done, min(done + 1000, count)):
+            piped._run(
+                "health_record",
+                keys,
+                [
+                    f"w{i % 64}",
+                    monitor.crash_window,
+                    monitor.max_entries,
+                    TOTAL_TTL_MS,
+                ],
+            )
+        piped.client.execute()
+
+
+def health_costs(url: str) -> list[tuple[int, float, float, int]]:
+    """(crashes recorded, min and median seconds per record_crash, bytes of the pool's keys).
+
+    One pool per fill level, measured in interleaved rounds so that load from
+    elsewhere on the machine hits every level alike.
+    """
+    tag = _tag("hm")
+    store = store_from_url(url, key_prefix=tag)
+    assert isinstance(store, RedisStore)
+    monitors = {fill: HealthMonitor(f"fill-{fill}", store=store) for fill in (0, *HEALTH_FILLS)}
+    for fill, monitor in monitors.items():
+        _prefill(store, monitor, fill)
+    samples: dict[int, list[float]] = {fill: [] for fill in monitors}
+    for _ in range(2 * REPEATS):
+        for fill, monitor in monitors.items():
+            samples[fill].append(_per_call(lambda m=monitor: m.record_crash("w-bench"), 100))
+    rows = []
+    for fill, monitor in monitors.items():
+        size = sum(
+            int(store.client.memory_usage(key) or 0)
+            for key in store.client.scan_iter(match=f"{tag}:{{hm:{monitor.pool}}}*")
+        )
+        recorded = fill + 100 * len(samples[fill])
+        rows.append((recorded, min(samples[fill]), statistics.median(samples[fill]), size))
+    return rows
+
+
+def _cleanup(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    for pattern in [p for tag in _TAGS for p in (f"{tag}:*", f"pybreaker:{tag}:*")]:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+    client.close()
+
+
+def main() -> str:
+    """Run every measurement; return the Markdown section for RESULTS.md."""
+    url = find_redis_url().rstrip("/")
+    try:
+        return _report(url)
+    finally:
+        _cleanup(url)
+
+
+def _report(url: str) -> str:
+    costs = per_call_costs(url)
+    base = costs["pybreaker-redis"][1]
+    lines = [
+        f"Per call (µs), min / median of {REPEATS} repeats x {CALLS} calls; "
+        "ratio = pybreaker-Redis median / this median (higher is cheaper).",
+        "",
+        "| breaker | min µs | median µs | vs pybreaker-redis | round trips/call |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, (low, mid) in costs.items():
+        trips = "0 (memory)"
+        if kind != "pybreaker-memory":
+            trips = f"{round_trips_per_call(url, kind):.3f}"
+        lines.append(
+            f"| {kind} | {low * 1e6:.1f} | {mid * 1e6:.1f} | {base / mid:.1f}x | {trips} |"
+        )
+    snake, memory = costs["snakepit"][1], costs["pybreaker-memory"][1]
+    lines += [
+        "",
+        f"**snakepit (default max_staleness) is {base / snake:.0f}x cheaper per call than "
+        f"pybreaker with CircuitRedisStorage, {memory / snake:.1f}x pybreaker in memory.**",
+    ]
+    lines += [
+        "",
+        f"Processes calling one breaker name at once for {SCALING_SECONDS} s: median per-call "
+        "µs in a process, aggregate calls/s (the machine's cores are shared, so per-call "
+        "cost grows with CPU contention).",
+        "",
+        "| processes | snakepit µs | snakepit calls/s | pybreaker-redis µs "
+        "| pybreaker-redis calls/s |",
+        "|---|---|---|---|---|",
+    ]
+    for processes in PROCESS_COUNTS:
+        snake_cost, snake_rate = scaling(url, "snakepit", processes)
+        py_cost, py_rate = scaling(url, "pybreaker-redis", processes)
+        lines.append(
+            f"| {processes} | {snake_cost * 1e6:.1f} | {snake_rate:,.0f} | "
+            f"{py_cost * 1e6:.1f} | {py_rate:,.0f} |"
+        )
+    health = health_costs(url)
+    first = health[0][1]
+    lines += [
+        "",
+        "`HealthMonitor.record_crash` (one Lua call; pruned to the window and capped at "
+        "`max(10*max_crashes, 1000)` entries), 10 x 100 records per row, rows interleaved:",
+        "",
+        "| crashes recorded | min µs/record | median µs/record | min vs first row "
+        "| pool keys (bytes) |",
+        "|---|---|---|---|---|",
+    ]
+    for recorded, low, mid, size in health:
+        lines.append(
+            f"| {recorded:,} | {low * 1e6:.1f} | {mid * 1e6:.1f} | {low / first:.2f}x | {size:,} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main())
