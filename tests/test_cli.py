@@ -28,8 +28,8 @@ from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.cli import snakepit
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.crash import CrashBarrierConfig
-from snakepit_celery.store import Store, store_from_url
-from tests.apps.cli_app import make_app
+from snakepit_celery.store import Store, set_default_store, set_fail_open, store_from_url
+from tests.cli_helpers import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = Path(sys.executable).with_name("celery")
@@ -66,8 +66,11 @@ GPU_HOST = {
 
 
 @pytest.fixture
-def app(redis_url: str, key_prefix: str) -> Celery:
-    return make_app(redis_url, key_prefix)
+def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
+    """An installed app on this test's keys; install()'s process-wide defaults are undone after."""
+    yield make_app(redis_url, key_prefix)
+    set_default_store(None)
+    set_fail_open(True)
 
 
 @pytest.fixture
@@ -236,8 +239,12 @@ def test_status_exits_1_with_a_message_when_the_store_is_unreachable(key_prefix:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    dead = make_app(f"redis://127.0.0.1:{port}/0", key_prefix)
-    result = run(dead, "status")
+    try:
+        dead = make_app(f"redis://127.0.0.1:{port}/0", key_prefix)
+        result = run(dead, "status")
+    finally:
+        set_default_store(None)
+        set_fail_open(True)
     assert result.exit_code == 1
     assert "error:" in result.stderr
 

@@ -22,11 +22,15 @@ import click
 from snakepit_celery import hardware, lockfile
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
+from snakepit_celery.celery.install import settings_for
+from snakepit_celery.celery.routing import app_store, taint_pools
+from snakepit_celery.celery.task import SnakepitTask
+from snakepit_celery.config import SnakepitSettings, load_settings
 from snakepit_celery.errors import ConfigError, LockMismatchError, SnakepitError
 from snakepit_celery.fleet import FleetStatus, TaintStatus, fleet_status, read_taints
 from snakepit_celery.hardware.report import hardware_json, hardware_table
 from snakepit_celery.health import HealthMonitor
-from snakepit_celery.store import fail_open, set_fail_open, store_from_url
+from snakepit_celery.store import fail_open, set_fail_open
 from snakepit_celery.store.base import Store
 
 __all__ = ["Fleet", "snakepit"]
@@ -61,7 +65,7 @@ class Fleet:
     """
 
     app: Any
-    settings: Any
+    settings: SnakepitSettings
     store: Store
     extra_breakers: tuple[str, ...] = ()
     extra_pools: tuple[str, ...] = ()
@@ -72,59 +76,29 @@ class Fleet:
         cls, app: Any, *, breakers: Sequence[str] = (), pools: Sequence[str] = ()
     ) -> Fleet:
         """Read the app's snakepit settings and open its store."""
-        from snakepit_celery.config import load_settings, resolve_store_url  # noqa: PLC0415
+        return cls(app, settings_for(app), app_store(app), tuple(breakers), tuple(pools))
 
-        conf = app.conf
-        settings = load_settings(conf)
-        transport = conf.broker_transport_options or {}
-        url = resolve_store_url(
-            settings,
-            conf.broker_url,
-            conf.result_backend,
-            master_name=transport.get("master_name"),
-        )
-        store = store_from_url(url, key_prefix=settings.key_prefix)
-        return cls(app, settings, store, tuple(breakers), tuple(pools))
-
-    def _tasks(self) -> list[Any]:
+    def _tasks(self) -> list[SnakepitTask]:
         if not self._tasks_loaded:
             with contextlib.suppress(Exception):
                 self.app.loader.import_default_modules()
             self._tasks_loaded = True
-        return list(self.app.tasks.values())
+        return [t for t in self.app.tasks.values() if isinstance(t, SnakepitTask)]
 
     def breaker_defaults(self) -> dict[str, Any]:
-        """``snakepit_breaker`` settings that shape a breaker's stats (threshold, timeout)."""
-        defaults = dict(getattr(self.settings, "breaker", None) or {})
-        keep = {"failure_threshold", "reset_timeout", "half_open_max_calls"}
-        return {k: v for k, v in defaults.items() if k in keep}
+        """The ``snakepit_breaker`` setting: defaults of breakers no task configures."""
+        return dict(self.settings.breaker)
 
     def breaker(self, name: str) -> CircuitBreaker:
-        """The breaker called ``name``: a task's own instance if one uses it, else from settings."""
+        """The breaker called ``name``: a task's own if one uses it, else one from settings."""
         for found in self._task_breakers():
             if found.name == name:
                 return found
         return CircuitBreaker(name, store=self.store, **self.breaker_defaults())
 
     def _task_breakers(self) -> list[CircuitBreaker]:
-        found: list[CircuitBreaker] = []
-        for task in self._tasks():
-            option = getattr(task, "breaker", None)
-            if isinstance(option, CircuitBreaker):
-                found.append(
-                    CircuitBreaker(
-                        option.name,
-                        option.failure_threshold,
-                        option.reset_timeout,
-                        option.half_open_max_calls,
-                        store=self.store,
-                    )
-                )
-            elif isinstance(option, str) and option:
-                found.append(CircuitBreaker(option, store=self.store, **self.breaker_defaults()))
-            elif option is True:
-                found.append(CircuitBreaker(task.name, store=self.store, **self.breaker_defaults()))
-        return found
+        runtimes = [task.snakepit_runtime for task in self._tasks()]
+        return [r.breaker for r in runtimes if r.breaker is not None]
 
     def breakers(self) -> list[CircuitBreaker]:
         """Every known breaker, one per name."""
@@ -138,29 +112,21 @@ class Fleet:
 
     def pools(self) -> list[str]:
         """Every known pool name."""
-        names = {DEFAULT_POOL, *self.extra_pools}
-        configured = (getattr(self.settings, "health", None) or {}).get("pool")
-        if configured:
-            names.add(str(configured))
-        for task in self._tasks():
-            pool = getattr(task, "pool", None)
-            if isinstance(pool, str) and pool:
-                names.add(pool)
+        names = {DEFAULT_POOL, *self.extra_pools, *taint_pools(self.app)}
+        names.update(task.snakepit_runtime.health.pool for task in self._tasks())
         if isinstance(self.store, _ListsPools):
             names.update(self.store.pool_names())
         return sorted(names)
 
     def monitors(self) -> list[HealthMonitor]:
         """A ``HealthMonitor`` per pool, with the ``snakepit_health`` limits."""
-        options = dict(getattr(self.settings, "health", None) or {})
-        options.pop("pool", None)
-        keep = {"max_crashes", "crash_window", "check_interval", "max_worker_crashes"}
-        limits = {k: v for k, v in options.items() if k in keep}
+        limits = dict(self.settings.health)
+        limits.pop("pool", None)
         return [HealthMonitor(pool, store=self.store, **limits) for pool in self.pools()]
 
     def barriers(self) -> list[CrashBarrier]:
         """A ``CrashBarrier`` per pool, with the app's ``snakepit_crash_barrier`` config."""
-        config = getattr(self.settings, "crash_barrier", None)
+        config = self.settings.crash_barrier
         return [CrashBarrier(config, pool=pool, store=self.store) for pool in self.pools()]
 
     def status(self) -> FleetStatus:
@@ -375,17 +341,11 @@ def status(
 @_guarded
 def hardware_command(ctx: click.Context, as_json: bool) -> None:
     """This host's hardware, as the workers detect it (honours ``snakepit_hardware``)."""
-    configured = getattr(_settings(ctx), "hardware", None)
+    configured = load_settings(_app(ctx).conf).hardware
     if configured:
         hardware.configure(configured)
     info = hardware.detect()
     click.echo(hardware_json(info) if as_json else hardware_table(info))
-
-
-def _settings(ctx: click.Context) -> Any:
-    from snakepit_celery.config import load_settings  # noqa: PLC0415
-
-    return load_settings(_app(ctx).conf)
 
 
 @snakepit.command()
@@ -587,9 +547,9 @@ def worker(
         return
     from snakepit_celery.celery.perdevice import run_per_device  # noqa: PLC0415
 
-    settings = _settings(ctx)
-    if getattr(settings, "hardware", None):
-        hardware.configure(settings.hardware)
+    configured = load_settings(_app(ctx).conf).hardware
+    if configured:
+        hardware.configure(configured)
     code = run_per_device(app_name, worker_args, hardware.devices(), cpu_node=not no_cpu_node)
     ctx.exit(code)
 
