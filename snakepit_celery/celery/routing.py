@@ -25,7 +25,6 @@ from typing import Any
 from celery import Celery
 
 from snakepit_celery.barrier import device_member, worker_member
-from snakepit_celery.celery.install import settings_for
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
 from snakepit_celery.hardware import Device, parse_preference
 from snakepit_celery.store import fail_open, report_store_error, store_from_url
@@ -440,6 +439,13 @@ def _is_ours(route: Any) -> bool:
 
 
 # -- the app's store and fleet view -------------------------------------------------------
+
+
+def settings_for(app: Celery) -> Any:
+    """The app's resolved ``SnakepitSettings`` (``install.settings_for``, read once per app)."""
+    from snakepit_celery.celery import install  # noqa: PLC0415 - install imports this module
+
+    return install.settings_for(app)
 
 
 def app_store(app: Celery) -> Store:

@@ -32,13 +32,13 @@ from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
 from snakepit_celery import hardware, lockfile
-from snakepit_celery.celery.install import settings_for
 from snakepit_celery.celery.routing import (
     FleetSnapshot,
     app_store,
     fleet_snapshot,
     node_devices,
     queues_for,
+    settings_for,
     taint_pools,
 )
 from snakepit_celery.errors import ConfigError, LockMismatchError, StoreUnavailableError
@@ -154,6 +154,7 @@ class NodeAgent:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_alone_warning = False
+        self._released = False
 
     # -- the record --------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
@@ -250,7 +251,7 @@ class NodeAgent:
         for queue in wanted:
             if queue not in consuming:
                 consumer.add_task_queue(queue)
-        released = [q for q in self.queues if q not in wanted]
+        released = [q for q in (*self.queues, *self.extra_queues) if q not in wanted]
         if released:
             logger.warning(
                 "node %s released queues %s (tainted)",
@@ -258,8 +259,9 @@ class NodeAgent:
                 ", ".join(released),
                 extra={"node": self.node, "released": released},
             )
-        elif any(q not in consuming for q in self.queues) and consuming:
+        elif self._released:
             logger.info("node %s consumes all its queues again", self.node)
+        self._released = bool(released)
         with self._lock:
             self._queues.consuming = wanted
 
