@@ -32,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from snakepit_celery import signals
 from snakepit_celery.errors import CircuitOpenError, ConfigError, StoreUnavailableError
-from snakepit_celery.store import fail_open, report_store_error, resolve_store
+from snakepit_celery.store import fail_open, report_store_error, resolve_store, store_from_url
 from snakepit_celery.store.base import BreakerRecord, Store
 from snakepit_celery.testing import is_testing
 
@@ -169,19 +169,21 @@ class CircuitBreaker:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        store = self._store_arg if isinstance(self._store_arg, str | None) else self._store_arg.url
-        return (
-            functools.partial(type(self), probe_ttl=self.probe_ttl),
-            (
-                self.name,
-                self.failure_threshold,
-                self.reset_timeout,
-                self.half_open_max_calls,
-                self.exclude,
-                self.max_staleness,
-                store,
-            ),
-        )
+        """Pickle by configuration; a Store object travels as its URL and key prefix."""
+        store = self._store_arg
+        prefix = None
+        if store is not None and not isinstance(store, str):
+            store, prefix = store.url, getattr(store, "key_prefix", None)
+        config = {
+            "name": self.name,
+            "failure_threshold": self.failure_threshold,
+            "reset_timeout": self.reset_timeout,
+            "half_open_max_calls": self.half_open_max_calls,
+            "exclude": self.exclude,
+            "max_staleness": self.max_staleness,
+            "probe_ttl": self.probe_ttl,
+        }
+        return (_restore, (type(self), config, store, prefix))
 
     # -- calling through the breaker -------------------------------------------
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -454,6 +456,15 @@ class CircuitBreaker:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._pending = 0  # the parent flushes its own batch
+
+
+def _restore(
+    cls: type[CircuitBreaker], config: dict[str, Any], url: str | None, prefix: str | None
+) -> CircuitBreaker:
+    store: Store | str | None = url
+    if url is not None and prefix is not None:
+        store = store_from_url(url, key_prefix=prefix)
+    return cls(**config, store=store)
 
 
 class _Flusher:

@@ -120,6 +120,16 @@ def test_breaker_pickles_by_its_configuration() -> None:
     assert clone.probe_ttl == 5.0
 
 
+def test_pickled_breaker_keeps_its_store_and_state(store: Any, name: str) -> None:
+    breaker = make(name, store)
+    breaker.record_failure()
+    clone = pickle.loads(pickle.dumps(breaker))
+    if isinstance(store, MemoryStore):
+        assert clone.store.url == "memory://"
+    else:
+        assert clone.stats().failure_count == 1
+
+
 def test_stats_as_dict_is_json_safe_with_field_names() -> None:
     stats = BreakerStats(BreakerState.OPEN, 3, 7, 5, 0)
     assert json.loads(json.dumps(stats.as_dict())) == {
@@ -504,6 +514,25 @@ def test_unreachable_store_fails_open_by_default(dead_store: Any) -> None:
         breaker.call(fail)
     assert breaker.allow_call() is True
     assert breaker.state == BreakerState.CLOSED
+
+
+def test_unreachable_store_is_not_asked_again_on_every_call(dead_store: Any) -> None:
+    counting = CountingStore(dead_store)
+    breaker = CircuitBreaker("dead", store=counting)
+    for _ in range(100):
+        breaker.call(ok)
+    assert counting.total() <= 2
+
+
+def test_unreachable_store_warns_at_most_once(
+    dead_store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = CircuitBreaker("dead", max_staleness=0, store=dead_store)
+    with caplog.at_level("WARNING", logger="snakepit_celery"):
+        for _ in range(5):
+            breaker.call(ok)
+            breaker.allow_call()
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) <= 1
 
 
 @pytest.mark.usefixtures("fail_closed")
