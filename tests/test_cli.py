@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -482,3 +484,39 @@ def test_celery_executable_status_json_reads_the_apps_store(
     assert proc.returncode == 1, proc.stderr
     data = json.loads(proc.stdout)
     assert {b["name"]: b["state"] for b in data["breakers"]}["payments"] == "open"
+
+
+@pytest.mark.integration
+def test_worker_per_device_starts_a_node_per_gpu_and_stops_them_on_sigterm(
+    redis_url: str, key_prefix: str, store: Store, gpu_host: Path
+) -> None:
+    env = {
+        **os.environ,
+        "SNAKEPIT_STORE_URL": redis_url,
+        "SNAKEPIT_KEY_PREFIX": key_prefix,
+        "SNAKEPIT_HARDWARE": str(gpu_host),
+        "PYTHONPATH": str(ROOT),
+    }
+    argv = [str(CELERY), "-A", "tests.apps.cli_app", "snakepit", "worker", "--per-device"]
+    launcher = subprocess.Popen(
+        [*argv, "--pool=solo", "--without-mingle", "--without-gossip"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    host = socket.gethostname()
+    expected = {f"gpu0@{host}", f"gpu1@{host}", f"cpu@{host}"}
+    try:
+        deadline = time.monotonic() + 90
+        nodes: set[str] = set()
+        while time.monotonic() < deadline and nodes != expected and launcher.poll() is None:
+            time.sleep(0.5)
+            nodes = {record["node"] for record in store.node_list()}
+        assert nodes == expected
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, stderr[-2000:]
+    assert store.node_list() == []
