@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -431,6 +432,44 @@ def test_metrics_once_prints_fleet_gauges_from_the_store(app: Celery, store: Sto
     assert 'snakepit_fleet_breaker_state{breaker="payments",state="closed"} 0.0' in out
     assert "snakepit_fleet_nodes 1.0" in out
     assert "snakepit_fleet_up 1.0" in out
+
+
+def test_metrics_serves_fleet_gauges_over_http_until_sigterm(
+    redis_url: str, key_prefix: str, store: Store
+) -> None:
+    open_breaker(store, "payments")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "SNAKEPIT_STORE_URL": redis_url,
+        "SNAKEPIT_KEY_PREFIX": key_prefix,
+        "PYTHONPATH": str(ROOT),
+    }
+    argv = [str(CELERY), "-A", "tests.apps.cli_app", "snakepit", "metrics"]
+    server = subprocess.Popen(
+        [*argv, "--port", str(port), "--address", "127.0.0.1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        text = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None and not text:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert 'snakepit_fleet_breaker_state{breaker="payments",state="open"} 1.0' in text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0, stderr[-2000:]
 
 
 def test_ping_exits_0_when_this_host_has_a_live_node(app: Celery, store: Store) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import click
@@ -502,8 +504,17 @@ def metrics(
         return
     server = prom.start_metrics_server(port, address, registry=registry)
     click.echo(f"serving snakepit metrics on http://{address}:{server.port}/metrics", err=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        prom.wait_forever(server)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            prom.wait_forever(server)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops ``metrics`` the way Ctrl-C does (exit 0, port released)."""
+    raise KeyboardInterrupt
 
 
 @snakepit.command()
