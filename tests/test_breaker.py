@@ -224,7 +224,7 @@ def test_half_open_probe_success_closes(store: Any, name: str) -> None:
 
 
 def test_half_open_probe_failure_reopens_with_a_fresh_timeout(store: Any, name: str) -> None:
-    breaker = make(name, store, reset_timeout=0.5)
+    breaker = make(name, store, reset_timeout=1.0)
     trip(breaker)
     wait_half_open(breaker)
     with pytest.raises(ServiceDownError):
@@ -232,7 +232,7 @@ def test_half_open_probe_failure_reopens_with_a_fresh_timeout(store: Any, name: 
     assert breaker.state == BreakerState.OPEN
     with pytest.raises(CircuitOpenError) as info:
         breaker.call(ok)
-    assert info.value.retry_after > 0.3
+    assert info.value.retry_after > 0.5
 
 
 def test_half_open_admits_at_most_half_open_max_calls(store: Any, name: str) -> None:
@@ -422,10 +422,10 @@ def test_fresh_closed_view_admits_without_asking_the_store(store: Any, name: str
     counting = CountingStore(store)
     breaker = make(name, counting, max_staleness=60.0)
     breaker.call(ok)
-    before = counting.total()
     for _ in range(100):
         breaker.call(ok)
-    assert counting.total() - before <= 1  # at most the background flush
+    assert counting.calls["breaker_acquire"] == 1
+    assert counting.calls.get("breaker_record", 0) < 10  # background flushes only
     assert breaker.stats().success_count == 101
 
 
@@ -475,7 +475,7 @@ def test_batched_successes_are_flushed_by_the_timer(store: Any, name: str) -> No
 
 
 def test_probe_lease_expires_when_the_probe_never_reports(store: Any, name: str) -> None:
-    breaker = make(name, store, probe_ttl=0.3)
+    breaker = make(name, store, probe_ttl=1.0)
     trip(breaker)
     wait_half_open(breaker)
     breaker.__enter__()  # a probe that never returns (its process is gone)

@@ -216,7 +216,7 @@ def test_a_successful_probe_closes_once_for_everyone(redis_url: str, key_prefix:
 
 
 def test_a_killed_probe_does_not_wedge_the_breaker(redis_url: str, key_prefix: str) -> None:
-    swarm = Swarm(redis_url, key_prefix, failure_threshold=1, reset_timeout=0.1, probe_ttl=1.0)
+    swarm = Swarm(redis_url, key_prefix, failure_threshold=1, reset_timeout=0.1, probe_ttl=3.0)
     _open_now(swarm)
     breaker = swarm.breaker()
     assert wait_until(lambda: breaker.state == BreakerState.HALF_OPEN, timeout=5.0)
@@ -233,6 +233,6 @@ def test_a_killed_probe_does_not_wedge_the_breaker(redis_url: str, key_prefix: s
     assert breaker.allow_call() is False
     with pytest.raises(CircuitOpenError):
         breaker.call(lambda: None)
-    assert wait_until(breaker.allow_call, timeout=10.0)
+    assert wait_until(breaker.allow_call, timeout=15.0)
     breaker.call(lambda: None)
     assert breaker.state == BreakerState.CLOSED

@@ -117,7 +117,7 @@ def test_stats_report_lifetime_and_windowed_counts(store: Any, pool: str) -> Non
 
 
 def test_crashes_leave_the_rolling_window_but_stay_in_the_total(store: Any, pool: str) -> None:
-    monitor = HealthMonitor(pool, max_crashes=2, crash_window=0.3, store=store)
+    monitor = HealthMonitor(pool, max_crashes=2, crash_window=1.0, store=store)
     monitor.record_crash("w1")
     monitor.record_crash("w1")
     assert monitor.is_healthy() is False
