@@ -236,3 +236,23 @@ def test_a_killed_probe_does_not_wedge_the_breaker(redis_url: str, key_prefix: s
     assert wait_until(breaker.allow_call, timeout=15.0)
     breaker.call(lambda: None)
     assert breaker.state == BreakerState.CLOSED
+
+
+def _call_three_times(swarm: Swarm) -> None:
+    breaker = swarm.breaker()
+    for _ in range(3):
+        breaker.call(lambda: None)
+
+
+def test_a_forked_child_does_not_flush_its_parents_batch_twice(
+    redis_url: str, key_prefix: str
+) -> None:
+    swarm = Swarm(redis_url, key_prefix, max_staleness=60.0)
+    parent = swarm.breaker()
+    for _ in range(5):
+        parent.call(lambda: None)  # batched, not yet written
+    child = CTX.Process(target=_call_three_times, args=(swarm,))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert parent.stats().success_count == 8
