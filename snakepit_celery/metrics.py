@@ -19,8 +19,12 @@ is set.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -416,12 +420,18 @@ def _configured_port(app: Any) -> int | None:
 def install_metrics(app: Any, port: int | None = None) -> MetricsServer | None:
     """Enable metrics in a worker and serve them when ``snakepit_metrics_port`` is set.
 
-    ``port`` overrides the setting (``--per-device`` gives each node its own).
-    Returns the server, or None when no port is configured or the port is
-    taken (logged; the worker keeps running without its endpoint).
+    ``port`` overrides the setting. Call it in the worker's main process
+    before the pool forks: when serving, it turns on prometheus-client's
+    multiprocess mode (a fresh ``PROMETHEUS_MULTIPROC_DIR`` unless one is set)
+    so the counts of every prefork child are summed. Returns the server, or
+    None when no port is configured or the port is taken (logged; the worker
+    keeps running without its endpoint, e.g. the second ``--per-device`` node
+    of a host, whose samples the first one serves when they share the directory).
     """
-    enable_metrics()
     port = port if port is not None else _configured_port(app)
+    if port is not None:
+        _ensure_multiprocess_dir()
+    enable_metrics()
     if port is None:
         return None
     try:
@@ -429,6 +439,27 @@ def install_metrics(app: Any, port: int | None = None) -> MetricsServer | None:
     except OSError as exc:
         logger.warning("snakepit metrics port %s unavailable: %s", port, exc, extra={"port": port})
         return None
+
+
+def _ensure_multiprocess_dir() -> None:
+    """Give prefork children a shared sample directory, if prometheus-client allows it still."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    if "prometheus_client" in sys.modules:
+        logger.warning(
+            "prometheus_client was imported before install_metrics(): set "
+            "PROMETHEUS_MULTIPROC_DIR to serve the metrics of prefork children too"
+        )
+        return
+    path = tempfile.mkdtemp(prefix="snakepit-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 def wait_forever(server: MetricsServer, poll: float = 1.0) -> None:

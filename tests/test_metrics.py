@@ -7,6 +7,7 @@ process, so each test uses label values of its own and compares before/after.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -325,3 +326,45 @@ def test_prefork_children_are_summed_in_multiprocess_mode(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert 'snakepit_crashes_total{classification="segfault",pool="mp"} 3.0' in proc.stdout
+
+
+def test_a_worker_serving_metrics_sums_its_prefork_children_by_default() -> None:
+    """install_metrics() with a port turns on multiprocess mode before any child forks."""
+    port = free_port()
+    script = textwrap.dedent(
+        f"""
+        import multiprocessing, urllib.request
+        from celery import Celery
+        from snakepit_celery import metrics, signals
+
+        app = Celery("w", set_as_current=False)
+        app.conf.snakepit_metrics_port = {port}
+        server = metrics.install_metrics(app)
+
+        def child():
+            signals.retry_exhausted.send(
+                sender=None, attempts=3, total_duration=1.0, last_error=None
+            )
+
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=child) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        with urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            print(r.read().decode())
+        server.close()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'snakepit_retries_total{outcome="exhausted"} 2.0' in proc.stdout
