@@ -1,0 +1,68 @@
+# mypy: disable-error-code="untyped-decorator"
+"""The app ``celery -A benchmarks.apps.bench_app worker`` runs in the task benchmarks.
+
+Broker, result backend and store are the private Redis named by env
+``BENCH_REDIS_URL`` (each benchmark starts its own, so ``MONITOR`` and
+``INFO`` see only this app). The crash barrier is on for the whole app, so
+the snakepit tasks pay for everything a user switching it on pays for. Pairs
+of no-op tasks differ only in being declared with ``@snakepit_task``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import Celery
+
+from benchmarks.apps import ENV_URL
+from snakepit_celery.celery.install import install
+from snakepit_celery.celery.task import snakepit_task
+
+#: Redis list the ``bench.hang`` task pushes its pid onto before it blocks.
+HANG_PIDS = "bench:hang:pids"
+#: Name of the breaker the snakepit no-op tasks run through.
+BREAKER = "bench-noop"
+
+app = Celery("bench_app", set_as_current=True)
+app.conf.update(
+    broker_url=os.environ.get(ENV_URL, "redis://127.0.0.1:6379/0"),
+    result_backend=os.environ.get(ENV_URL, "redis://127.0.0.1:6379/0"),
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=4,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    snakepit_crash_barrier={"enabled": True, "taint_duration": 30.0},
+)
+install(app)
+
+
+@app.task(name="bench.plain")
+def plain() -> None:
+    """Plain Celery no-op: the baseline."""
+
+
+@app.task(name="bench.plain_late", acks_late=True)
+def plain_late() -> None:
+    """Plain Celery no-op acknowledged after it runs (baseline of the idempotent task)."""
+
+
+@snakepit_task(app=app, name="bench.snake", breaker=BREAKER)
+def snake() -> None:
+    """Snakepit no-op through a breaker, crash barrier on."""
+
+
+@snakepit_task(app=app, name="bench.snake_idem", breaker=BREAKER, idempotent=True)
+def snake_idem() -> None:
+    """Idempotent snakepit no-op (acks_late, crash ledger for redelivered messages)."""
+
+
+@snakepit_task(app=app, name="bench.hang")
+def hang(seconds: float) -> None:
+    """Records its pool child's pid, then blocks until it is killed (crash benchmark)."""
+    client = redis.Redis.from_url(str(app.conf.broker_url))
+    client.rpush(HANG_PIDS, os.getpid())
+    client.close()
+    time.sleep(seconds)

@@ -1,0 +1,99 @@
+"""What ``@snakepit_task`` costs a no-op task, against plain ``@app.task`` on the same worker.
+
+One prefork worker node (concurrency 2) of ``benchmarks/apps/bench_app.py`` on
+a private Redis (broker, result backend and store) runs interleaved batches of
+each task of a pair, round after round, the order alternating between rounds;
+each round gives one paired ratio, so load from elsewhere on the machine hits
+both sides alike. Reported per pair: throughput ratio (snakepit tasks/s over
+plain tasks/s) and CPU ratio (plain CPU seconds per task over snakepit's,
+worker processes + redis-server, read with psutil); 1.0 means free, the
+target is >= 0.90. The plain-vs-plain pair shows the noise of the method.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from benchmarks.apps.fleet import Batch, BenchFleet, machine_details
+
+ROUNDS = 5
+TASKS = 300
+WARMUP = 100
+#: (label, baseline task, measured task).
+PAIRS = (
+    ("snakepit (breaker + crash barrier) vs plain", "bench.plain", "bench.snake"),
+    ("idempotent snakepit vs plain acks_late", "bench.plain_late", "bench.snake_idem"),
+    ("A-A control: plain vs plain", "bench.plain", "bench.plain"),
+)
+TARGET = 0.90
+
+
+def measure(fleet: BenchFleet) -> dict[str, list[tuple[Batch, Batch]]]:
+    """Per pair label, the (baseline, measured) batches of every round."""
+    for task in {task for _, base, measured in PAIRS for task in (base, measured)}:
+        fleet.run_batch(task, WARMUP)
+    rounds: dict[str, list[tuple[Batch, Batch]]] = {label: [] for label, _, _ in PAIRS}
+    for number in range(ROUNDS):
+        for label, base, measured in PAIRS:
+            if number % 2 == 0:
+                first = fleet.run_batch(base, TASKS)
+                second = fleet.run_batch(measured, TASKS)
+                rounds[label].append((first, second))
+            else:
+                second = fleet.run_batch(measured, TASKS)
+                first = fleet.run_batch(base, TASKS)
+                rounds[label].append((first, second))
+    return rounds
+
+
+def _rate(batch: Batch) -> float:
+    return batch.tasks / batch.wall
+
+
+def _cpu_ms(batch: Batch) -> float:
+    return 1000 * batch.cpu / batch.tasks
+
+
+def report(rounds: dict[str, list[tuple[Batch, Batch]]], machine: str) -> str:
+    """The Markdown section for RESULTS.md."""
+    lines = [
+        machine,
+        "",
+        f"No-op tasks, one prefork worker node (concurrency 2), Redis broker and result "
+        f"backend; {ROUNDS} rounds x {TASKS} tasks of each kind, interleaved (order alternating). "
+        "Ratios are per round (paired), shown as min / median; throughput ratio = measured "
+        "tasks/s / baseline tasks/s, CPU ratio = baseline CPU per task / measured CPU per task "
+        f"(worker processes + redis-server). Target: >= {TARGET:.2f}.",
+        "",
+        "| pair | baseline tasks/s | measured tasks/s | throughput ratio | "
+        "baseline CPU ms/task | measured CPU ms/task | CPU ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, pairs in rounds.items():
+        throughput = [_rate(m) / _rate(b) for b, m in pairs]
+        cpu = [_cpu_ms(b) / _cpu_ms(m) for b, m in pairs]
+        lines.append(
+            f"| {label} | {statistics.median(_rate(b) for b, _ in pairs):.0f} "
+            f"| {statistics.median(_rate(m) for _, m in pairs):.0f} "
+            f"| {min(throughput):.2f} / {statistics.median(throughput):.2f} "
+            f"| {statistics.median(_cpu_ms(b) for b, _ in pairs):.2f} "
+            f"| {statistics.median(_cpu_ms(m) for _, m in pairs):.2f} "
+            f"| {min(cpu):.2f} / {statistics.median(cpu):.2f} |"
+        )
+    main_pair = rounds[PAIRS[0][0]]
+    median_cpu = statistics.median(_cpu_ms(b) / _cpu_ms(m) for b, m in main_pair)
+    verdict = "meets" if median_cpu >= TARGET else "misses"
+    lines += ["", f"Median CPU ratio of the main pair {median_cpu:.2f}: {verdict} the target."]
+    return "\n".join(lines)
+
+
+def main() -> str:
+    """Run the rounds on a private Redis and worker node; return the Markdown section."""
+    with BenchFleet(concurrency=2) as fleet:
+        machine = machine_details(fleet.redis)
+        rounds = measure(fleet)
+    return report(rounds, machine)
+
+
+if __name__ == "__main__":
+    print(main())
