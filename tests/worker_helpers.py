@@ -104,10 +104,30 @@ def make_app(redis_url: str, key_prefix: str) -> Celery:
         return _where(self.request)
 
     @app.task(bind=True, name="worker_app.emit", shared=False)
-    def emit(self: Any, name: str, fields: dict[str, Any]) -> str:
+    def emit(
+        self: Any,
+        name: str,
+        fields: dict[str, Any],
+        error: str | None = None,
+        detached: bool = False,
+    ) -> str:
+        """Send snakepit signal ``name`` from the task, or from a thread outside any task."""
+        import threading
+
         from snakepit_celery.signals import ALL_SIGNALS
 
-        ALL_SIGNALS[name].send(sender=self, **fields)
+        if error is not None:
+            fields = {**fields, "last_error": RuntimeError(error)}
+
+        def send() -> None:
+            ALL_SIGNALS[name].send(sender=None, **fields)
+
+        if detached:
+            thread = threading.Thread(target=send)
+            thread.start()
+            thread.join(10)
+        else:
+            send()
         return str(self.request.id)
 
     @app.task(bind=True, name="worker_app.sleep", shared=False)

@@ -49,10 +49,12 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TTL",
     "NodeAgent",
+    "SnakepitPreflightStep",
     "SnakepitWorkerStep",
     "check_lock_file",
     "desired_queues",
     "install_worker",
+    "preflight",
     "worker_node",
 ]
 
@@ -309,6 +311,40 @@ def check_lock_file(path: str, node: str) -> None:
         raise WorkerShutdown(1) from exc
 
 
+def preflight(app: Celery, node: str) -> hardware.HardwareInfo:
+    """Detect this host's hardware and check the lock file; refuse to start on a problem.
+
+    A broken hardware override or a lock-file mismatch logs one critical line
+    with the reason and raises ``WorkerShutdown(1)`` (the worker exits 1).
+    """
+    settings = settings_for(app)
+    try:
+        if settings.hardware:
+            hardware.configure(settings.hardware)
+        info = hardware.detect()
+    except ConfigError as exc:
+        logger.critical("snakepit: node %s refuses to start: %s", node, exc, extra={"node": node})
+        raise WorkerShutdown(1) from exc
+    if settings.lock_file:
+        check_lock_file(str(settings.lock_file), node)
+    return info
+
+
+class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep: hardware detection and lock-file check before the pool or broker start.
+
+    Runs while the worker is being built, so a host that does not match its
+    lock file never forks pool processes nor connects to the broker.
+    """
+
+    name = "snakepit.preflight"
+    label = "snakepit preflight"
+
+    def __init__(self, w: Any, **kwargs: Any) -> None:
+        super().__init__(w, **kwargs)
+        w.snakepit_hardware = preflight(w.app, str(w.hostname))
+
+
 class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Consumer bootstep: hardware, lock file, queues, node registry, heartbeat and taint watch.
 
@@ -330,19 +366,8 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _create_agent(self, c: Any) -> NodeAgent:
         app = c.app
-        settings = settings_for(app)
         node = str(c.hostname)
-        try:
-            if settings.hardware:
-                hardware.configure(settings.hardware)
-            info = hardware.detect()
-        except ConfigError as exc:
-            logger.critical(
-                "snakepit: node %s refuses to start: %s", node, exc, extra={"node": node}
-            )
-            raise WorkerShutdown(1) from exc
-        if settings.lock_file:
-            check_lock_file(str(settings.lock_file), node)
+        info = getattr(c.controller, "snakepit_hardware", None) or preflight(app, node)
         agent = NodeAgent(
             app,
             node,
@@ -441,7 +466,6 @@ def worker_node(app: Celery) -> str | None:
 
 
 def install_worker(app: Celery) -> None:
-    """Add the snakepit bootstep to ``app``'s worker consumer (idempotent)."""
-    steps = app.steps["consumer"]
-    if SnakepitWorkerStep not in steps:
-        steps.add(SnakepitWorkerStep)
+    """Add the snakepit bootsteps to ``app``'s worker (preflight) and consumer (idempotent)."""
+    app.steps["worker"].add(SnakepitPreflightStep)
+    app.steps["consumer"].add(SnakepitWorkerStep)
