@@ -1,0 +1,194 @@
+"""``SnakepitRequest``: the crash barrier in the pool parent.
+
+When a prefork child dies mid-task, billiard fails the request with
+``WorkerLostError("Worker exited prematurely: signal 11 (SIGSEGV) ...")`` in
+the pool parent. With the task's crash barrier enabled this request class
+classifies the crash, records it in the health monitor, taints the worker
+node (and the device for GPU-fatal crashes), counts it in the store's crash
+ledger, and then either re-publishes the task (same id and arguments, after
+the barrier's backoff, with the crash count in a header, routed by the router
+rather than back to this node's own queue) or ends it FAILURE with
+``WorkerCrashedError``. The original message is acknowledged either way, so
+it is never redelivered on top of that. With the barrier disabled (the
+default) Celery's own handling applies unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
+from celery import signals as celery_signals
+from celery import states
+from celery.exceptions import Retry
+from celery.utils.saferepr import saferepr
+from celery.worker.request import Request
+from celery.worker.state import task_ready
+
+from snakepit_celery.celery.task import (
+    HEADER_CRASHES,
+    ChildRecycled,
+    SnakepitTask,
+    _count,
+    _forwarded,
+)
+from snakepit_celery.errors import WorkerCrashedError
+from snakepit_celery.policy.crash import describe_crash
+
+__all__ = ["SnakepitRequest"]
+
+logger = logging.getLogger(__name__)
+
+#: Queues bound to one node: a crashed task re-published from one is routed afresh.
+_NODE_QUEUE_PREFIX = "snakepit.node."
+
+
+class SnakepitRequest(Request):  # type: ignore[misc]
+    """Celery ``Request`` whose failure path applies the task's crash barrier."""
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        """Handle a dead child (crash barrier) or a recycled one; else Celery's own handling."""
+        exc = _unwrap(exc_info.exception)
+        if isinstance(exc, ChildRecycled):
+            return self._on_child_recycled(exc)
+        task = self.task
+        if (
+            isinstance(task, SnakepitTask)
+            and isinstance(exc, WorkerLostError | SystemExit)
+            and not (self._already_cancelled or self._already_revoked)
+            and task.snakepit_runtime.barrier.enabled
+        ):
+            if isinstance(exc, SystemExit):
+                exc_info = self._worker_lost_info(exc)
+                exc = _unwrap(exc_info.exception)
+            if not self._success_was_stored():
+                return self._on_crash(task, exc, exc_info)
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
+
+    # -- a child died --------------------------------------------------------------------
+    def _on_crash(self, task: SnakepitTask, exc: BaseException, exc_info: Any) -> None:
+        runtime = task.snakepit_runtime
+        barrier = runtime.barrier
+        node = str(self.hostname)
+        device = task._device_or_none()
+        info = barrier.describe(exc, device=device) or describe_crash(None, str(exc))
+        runtime.health.record_crash(
+            node,
+            reason=str(info.classification),
+            task_id=self.id,
+            exit_code=info.exit_code,
+            signal=info.signal,
+        )
+        taint = barrier.crash_info(exc, device=device)
+        if taint is not None:
+            barrier.taint_worker(node, taint)
+        if device is not None and barrier.should_taint_device(info):
+            barrier.taint_device(node, device, info)
+
+        redelivered = bool((self.delivery_info or {}).get("redelivered"))
+        unrecorded = _count(self._request_dict.get(HEADER_CRASHES)) + (1 if redelivered else 0)
+        crashes = unrecorded + barrier.ledger_crash(self.id).crashes
+        error = WorkerCrashedError(
+            str(info.classification),
+            info.exit_code,
+            info.signal,
+            node,
+            None if device is None else str(device),
+        )
+        logger.error(
+            "task %s[%s] lost its worker process: %s (crash %d)",
+            self.task_name,
+            self.id,
+            info.reason,
+            crashes,
+            extra={
+                "task_id": self.id,
+                "classification": str(info.classification),
+                "crashes": crashes,
+            },
+        )
+        if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
+            countdown = barrier.backoff_for(crashes - 1)
+            if self._republish(task, error, exc_info, countdown, unrecorded):
+                return
+        self._fail(error, exc)
+
+    def _republish(
+        self,
+        task: SnakepitTask,
+        error: WorkerCrashedError,
+        exc_info: Any,
+        countdown: float,
+        unrecorded: int,
+    ) -> bool:
+        """Send the task again (same id and arguments); False when the broker refused it."""
+        request = self._context
+        headers = {**_forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
+        signature = task.signature_from_request(request, countdown=countdown, headers=headers)
+        routing_key = str((self.delivery_info or {}).get("routing_key") or "")
+        if routing_key.startswith(_NODE_QUEUE_PREFIX):
+            for option in ("queue", "exchange", "routing_key"):
+                signature.options.pop(option, None)
+        try:
+            signature.apply_async()
+        except Exception:
+            logger.exception("could not re-publish task %s[%s] after a crash", task.name, self.id)
+            return False
+        task_ready(self)
+        if self.store_errors:
+            task.backend.mark_as_retry(self.id, error, exc_info.traceback, request=request)
+        self.acknowledge()
+        self.send_event("task-retried", exception=saferepr(error), traceback=exc_info.traceback)
+        reason = Retry(exc=error, when=countdown)
+        task.request_stack.push(request)
+        try:
+            celery_signals.task_retry.send(
+                sender=task, request=request, reason=reason, einfo=exc_info
+            )
+        finally:
+            task.request_stack.pop()
+        logger.warning(
+            "task %s[%s] re-published after a crash (countdown %.2fs)",
+            task.name,
+            self.id,
+            countdown,
+            extra={"task_id": self.id, "countdown": countdown},
+        )
+        return True
+
+    def _fail(self, error: WorkerCrashedError, cause: BaseException) -> None:
+        """End the task FAILURE with ``WorkerCrashedError`` and acknowledge its message."""
+        try:
+            raise error from cause
+        except WorkerCrashedError:
+            einfo = ExceptionInfo()
+        super().on_failure(einfo, send_failed_event=True, return_ok=False)
+
+    # -- a child recycled itself after a GPU-fatal error ------------------------------------
+    def _on_child_recycled(self, exc: ChildRecycled) -> None:
+        """The child stored the task's outcome and exited on purpose: finish the request."""
+        task_ready(self)
+        if exc.state == states.RETRY:
+            self.acknowledge()
+            self.send_event("task-retried", exception=exc.error, traceback="")
+        else:
+            self.acknowledge()
+            self.send_event("task-failed", exception=exc.error, traceback="")
+        logger.warning(
+            "task %s[%s] ended %s; its worker process was recycled (GPU-fatal error)",
+            self.task_name,
+            self.id,
+            exc.state,
+            extra={"task_id": self.id, "state": exc.state},
+        )
+
+
+def _unwrap(exc: Any) -> Any:
+    """The exception behind billiard's ``ExceptionWithTraceback`` wrapper."""
+    return exc.exc if isinstance(exc, ExceptionWithTraceback) else exc
