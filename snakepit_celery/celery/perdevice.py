@@ -5,29 +5,41 @@ GPU users run one worker process per GPU: each sees a single device
 GPU's node down, not the host's. ``build_commands()`` says what to start (pure,
 tested); ``run_per_device()`` starts the nodes, forwards SIGTERM/SIGINT/SIGQUIT
 to them, stops the rest when one exits, and returns the worst exit code.
+
+With a hardware override (``SNAKEPIT_HARDWARE`` / ``snakepit_hardware``), which
+``CUDA_VISIBLE_DEVICES`` cannot narrow, each node gets its own override file
+restricted to its device (``hardware.restrict``), named by ``SNAKEPIT_HARDWARE``
+in its environment together with ``SNAKEPIT_PER_DEVICE_NODE``; that marker
+makes the node's file win over an app-wide ``snakepit_hardware`` setting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from snakepit_celery.errors import ConfigError
+from snakepit_celery.hardware import HardwareInfo, restrict
 
 __all__ = [
     "FORWARDED_SIGNALS",
+    "NODE_MARKER_ENV",
     "NodeCommand",
     "build_commands",
+    "node_overrides",
     "run_per_device",
     "worst_exit_code",
 ]
@@ -39,6 +51,10 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 #: Environment variable that limits the devices a node sees, per accelerator kind.
 _VISIBLE_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES"}
+
+#: Set in each node's environment (to its node name) when it has its own hardware override.
+NODE_MARKER_ENV = "SNAKEPIT_PER_DEVICE_NODE"
+_OVERRIDE_ENV = "SNAKEPIT_HARDWARE"
 
 _NAME_OPTIONS = ("-n", "--hostname")
 _CONCURRENCY_OPTIONS = ("-c", "--concurrency")
@@ -132,6 +148,35 @@ def build_commands(
     return commands
 
 
+def node_overrides(
+    commands: Sequence[NodeCommand], info: HardwareInfo
+) -> dict[str, dict[str, Any]]:
+    """Each node's view of an overridden host (``as_dict()`` shape), by node name.
+
+    A GPU node sees only its device (renumbered from 0); the CPU node sees none.
+    """
+    views: dict[str, dict[str, Any]] = {}
+    for command in commands:
+        visible = command.env.get("CUDA_VISIBLE_DEVICES") or command.env.get(
+            "HIP_VISIBLE_DEVICES", ""
+        )
+        views[command.name] = restrict(info, visible).as_dict()
+    return views
+
+
+def _with_overrides(
+    commands: Sequence[NodeCommand], info: HardwareInfo, directory: Path
+) -> list[NodeCommand]:
+    views = node_overrides(commands, info)
+    result: list[NodeCommand] = []
+    for command in commands:
+        path = directory / f"{command.name.replace('@', '_')}.json"
+        path.write_text(json.dumps(views[command.name]))
+        env = {**command.env, _OVERRIDE_ENV: str(path), NODE_MARKER_ENV: command.name}
+        result.append(NodeCommand(command.name, command.argv, env))
+    return result
+
+
 def worst_exit_code(codes: Iterable[int | None]) -> int:
     """The exit code a launcher reports for its children: the worst one.
 
@@ -221,6 +266,7 @@ def run_per_device(
     cpu_node: bool = True,
     stop_timeout: float | None = None,
     poll_interval: float = 0.5,
+    hardware_override: HardwareInfo | None = None,
 ) -> int:
     """Start one ``celery worker`` per GPU in ``devices`` plus a CPU node; return the worst code.
 
@@ -228,9 +274,18 @@ def run_per_device(
     node (which each then shut down the Celery way). When one node exits on
     its own, the others are sent SIGTERM, so a supervisor sees the whole unit
     fail and restarts it. ``stop_timeout`` bounds how long a stopping node may
-    take before it is killed (None: wait). Must run in the main thread.
+    take before it is killed (None: wait). ``hardware_override``: the overridden
+    host (``hardware.detect()`` when an override is in effect), split into one
+    override file per node. Must run in the main thread.
     """
     commands = build_commands(app_name, extra_args, devices, hostname=hostname, cpu_node=cpu_node)
+    with tempfile.TemporaryDirectory(prefix="snakepit-per-device-") as directory:
+        if hardware_override is not None:
+            commands = _with_overrides(commands, hardware_override, Path(directory))
+        return _run(commands, poll_interval, stop_timeout)
+
+
+def _run(commands: Sequence[NodeCommand], poll_interval: float, stop_timeout: float | None) -> int:
     launcher = _Launcher(commands, poll_interval)
     previous = {signum: signal.getsignal(signum) for signum in FORWARDED_SIGNALS}
     for signum in FORWARDED_SIGNALS:

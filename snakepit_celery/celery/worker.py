@@ -32,6 +32,7 @@ from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
 from snakepit_celery import hardware, lockfile
+from snakepit_celery.celery.perdevice import NODE_MARKER_ENV
 from snakepit_celery.celery.routing import (
     FleetSnapshot,
     app_store,
@@ -318,8 +319,11 @@ def preflight(app: Celery, node: str) -> hardware.HardwareInfo:
     with the reason and raises ``WorkerShutdown(1)`` (the worker exits 1).
     """
     settings = settings_for(app)
+    own_override = os.environ.get(NODE_MARKER_ENV) and os.environ.get("SNAKEPIT_HARDWARE")
     try:
-        if settings.hardware:
+        if own_override:  # a --per-device node: its own file wins over the app's setting
+            hardware.configure(own_override)
+        elif settings.hardware:
             hardware.configure(settings.hardware)
         info = hardware.detect()
     except ConfigError as exc:
