@@ -8,8 +8,12 @@ runtimes require, and every module, file and command they name is real.
 from __future__ import annotations
 
 import configparser
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +176,6 @@ def test_dockerfile_installs_the_package_with_the_metrics_extra() -> None:
 
 def test_dockerfile_default_command_is_a_real_celery_command() -> None:
     cmd = next(rest for word, rest in _dockerfile_instructions() if word == "CMD")
-    import json
-
     _assert_celery_argv_is_real(json.loads(cmd))
 
 
@@ -322,3 +324,57 @@ def test_every_celery_command_names_a_real_app_and_subcommand(argv: list[str]) -
 
 def test_commands_were_found_in_every_deployment_kind() -> None:
     assert len(_all_commands()) >= 8
+
+
+# -- the example app they all run ----------------------------------------------------
+
+
+def _example_env(redis_url: str, key_prefix: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "SNAKEPIT_KEY_PREFIX": key_prefix,
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def test_example_app_imports_installs_snakepit_and_registers_its_tasks(
+    redis_url: str, key_prefix: str
+) -> None:
+    script = (
+        "import json, examples.fleet as f\n"
+        "from snakepit_celery.celery.install import is_installed\n"
+        "print(json.dumps({'installed': is_installed(f.app), "
+        "'tasks': sorted(t for t in f.app.tasks if t.startswith('examples.'))}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=_example_env(redis_url, key_prefix),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == {
+        "installed": True,
+        "tasks": ["examples.fleet.infer", "examples.fleet.preprocess"],
+    }
+
+
+def test_health_check_command_runs_against_the_example_app(redis_url: str, key_prefix: str) -> None:
+    """`snakepit ping` (the compose/k8s probe) answers: no node of this host is alive here."""
+    celery = Path(sys.executable).with_name("celery")
+    proc = subprocess.run(
+        [str(celery), "-A", "examples.fleet", "snakepit", "ping", "--json"],
+        cwd=ROOT,
+        env=_example_env(redis_url, key_prefix),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["nodes"] == []
