@@ -10,6 +10,8 @@ from __future__ import annotations
 from snakepit_celery import executor, hardware, lockfile, signals
 from snakepit_celery.barrier import CrashBarrier, Taint
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
+from snakepit_celery.celery.install import install
+from snakepit_celery.celery.task import SnakepitTask, snakepit_task
 from snakepit_celery.errors import (
     CircuitOpenError,
     ConfigError,
@@ -49,6 +51,7 @@ __all__ = [
     "RetryExhaustedError",
     "RetryPolicy",
     "SnakepitError",
+    "SnakepitTask",
     "Store",
     "StoreUnavailableError",
     "Taint",
@@ -59,7 +62,9 @@ __all__ = [
     "error_kind",
     "executor",
     "hardware",
+    "install",
     "lockfile",
     "signals",
+    "snakepit_task",
     "store_from_url",
 ]
