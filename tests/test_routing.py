@@ -307,3 +307,8 @@ def test_router_fails_open_to_the_generic_queue_when_the_store_is_down() -> None
     assert router("proj.t", (), {}, {}, task=FakeTask(["cuda", "cpu"])) == {
         "queue": "snakepit.cuda"
     }
+
+
+def test_router_leaves_sends_with_an_explicit_queue_alone() -> None:
+    router = SnakepitRouter(fleet)
+    assert router("proj.t", (), {}, {"queue": "mine"}, task=FakeTask("cuda")) is None

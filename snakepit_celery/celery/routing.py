@@ -427,7 +427,12 @@ class SnakepitRouter:
         task: Any = None,
         **kw: Any,
     ) -> dict[str, Any] | None:
-        """Celery router protocol: ``{"queue": ...}`` for device tasks, else None."""
+        """Celery router protocol: ``{"queue": ...}`` for device tasks, else None.
+
+        A send that names its queue (``apply_async(queue=...)``) is left alone.
+        """
+        if options and options.get("queue"):
+            return None
         prefs = self.prefs_of(task, options)
         if not prefs:
             return None

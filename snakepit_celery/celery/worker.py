@@ -43,7 +43,7 @@ from snakepit_celery.celery.routing import (
     taint_pools,
 )
 from snakepit_celery.errors import ConfigError, LockMismatchError, StoreUnavailableError
-from snakepit_celery.store import fail_open, report_store_error
+from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
 
 __all__ = [
@@ -396,12 +396,7 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             _connect_shutdown(c, self)
         agent = self.agent
         c.snakepit = agent
-        try:
-            agent.beat()
-        except StoreUnavailableError as exc:
-            if not fail_open():
-                raise
-            report_store_error(exc, node=agent.node)
+        agent.safe_beat()
         with agent._lock:
             agent._queues.consuming = _consumer_queue_names(c)
         agent.apply(c)
