@@ -1,0 +1,223 @@
+"""Client round trips to Redis per task: ``@snakepit_task`` against plain ``@app.task``.
+
+Counted with Redis ``MONITOR`` on a private server while one worker node runs a
+batch that was published beforehand; commands that Lua scripts run are left
+out (MONITOR tags them ``lua``), so one ``EVALSHA`` is one round trip. The
+baseline pays Celery's own commands (fetch, ack, result), so the difference
+is what snakepit adds. Three cases, each against its plain twin:
+- first delivery, not idempotent (breaker + crash barrier on);
+- first delivery, idempotent (``acks_late``);
+- redelivered idempotent messages (as kombu restores them after a node died:
+  ``redelivered`` set), where the crash ledger is read.
+Targets: 0 extra for a first delivery, at most 1 extra otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from benchmarks.apps.fleet import BenchFleet
+
+REPEATS = 3
+TASKS = 200
+#: Seconds to keep counting after the last result, so deferred bookkeeping is seen.
+SETTLE = 0.5
+#: (label, baseline task, measured task, redelivered).
+CASES = (
+    ("first delivery", "bench.plain", "bench.snake", False),
+    ("first delivery, idempotent", "bench.plain_late", "bench.snake_idem", False),
+    ("redelivered, idempotent", "bench.plain_late", "bench.snake_idem", True),
+)
+RESULT_KEY = "celery-task-meta-"
+
+
+@dataclass
+class CommandCount:
+    """Commands seen by MONITOR between two markers (script-internal ones excluded)."""
+
+    total: int = 0
+    by_name: Counter[str] = field(default_factory=Counter)
+    results: int = 0
+
+
+class Monitor:
+    """A MONITOR connection in a thread, counting client commands between markers."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._client = redis.Redis.from_url(url)
+        self._monitor = self._client.monitor()  # type: ignore[no-untyped-call]
+        self._monitor.__enter__()
+        self._lock = threading.Lock()
+        self._marker: str | None = None
+        self._count: CommandCount | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                entry: dict[str, Any] = self._monitor.next_command()
+            except (redis.RedisError, OSError, AttributeError):
+                return
+            command = str(entry.get("command", ""))
+            with self._lock:
+                if self._marker is not None and self._marker in command:
+                    self._count = CommandCount() if self._count is None else self._count
+                    continue
+                count = self._count
+                if count is None or entry.get("client_type") == "lua":
+                    continue
+                count.total += 1
+                count.by_name[command.split(" ", 1)[0].upper()] += 1
+                if command.upper().startswith("SET") and RESULT_KEY in command:
+                    count.results += 1
+
+    def begin(self, sender: redis.Redis) -> None:
+        """Start counting (after the marker ECHO from ``sender`` is seen)."""
+        with self._lock:
+            self._marker = f"bench-mark-{uuid.uuid4().hex}"
+            self._count = None
+        sender.echo(self._marker)
+        deadline = time.monotonic() + 10
+        while self.snapshot() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("MONITOR did not see the start marker")
+            time.sleep(0.01)
+
+    def snapshot(self) -> CommandCount | None:
+        with self._lock:
+            return self._count
+
+    def end(self) -> CommandCount:
+        """Stop counting; what was counted since ``begin``."""
+        with self._lock:
+            count, self._count, self._marker = self._count, None, None
+        return count or CommandCount()
+
+    def close(self) -> None:
+        """Stop the thread (an ECHO wakes its blocking read) and the connection."""
+        self._stop.set()
+        waker = redis.Redis.from_url(self._url)
+        waker.echo("bench-monitor-stop")
+        waker.close()
+        self._thread.join(5)
+        try:
+            self._monitor.__exit__()
+        finally:
+            self._client.close()
+
+
+def mark_redelivered(client: redis.Redis, queue: str) -> None:
+    """Rewrite the messages waiting in ``queue`` as kombu restores them (``redelivered``)."""
+    messages = client.lrange(queue, 0, -1)
+    rewritten = []
+    for raw in messages:
+        payload = json.loads(raw)
+        payload.setdefault("headers", {})["redelivered"] = True
+        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        rewritten.append(json.dumps(payload))
+    pipe = client.pipeline()
+    pipe.delete(queue)
+    pipe.rpush(queue, *rewritten)
+    pipe.execute()
+
+
+def count_batch(
+    fleet: BenchFleet, monitor: Monitor, task: str, tasks: int, redelivered: bool
+) -> CommandCount:
+    """Client commands while the node runs a batch of ``tasks`` calls of ``task``."""
+    queue = f"bench.rt.{uuid.uuid4().hex[:8]}"
+    ids = fleet.publish(task, tasks, queue)
+    if redelivered:
+        mark_redelivered(fleet.redis, queue)
+    monitor.begin(fleet.redis)
+    fleet.consume(queue)
+    deadline = time.monotonic() + 120
+    while (seen := monitor.snapshot()) is None or seen.results < tasks:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch of {task} did not finish")
+        time.sleep(0.02)
+    time.sleep(SETTLE)
+    fleet.release(queue)
+    count = monitor.end()
+    fleet.redis.delete(*[f"{RESULT_KEY}{task_id}" for task_id in ids])
+    return count
+
+
+Pair = tuple[CommandCount, CommandCount]
+
+
+def measure(fleet: BenchFleet) -> dict[str, list[Pair]]:
+    """Per case, (baseline, measured) command counts of every repeat."""
+    monitor = Monitor(fleet.url)
+    try:
+        for _, base, measured, _ in CASES:
+            count_batch(fleet, monitor, base, 20, False)
+            count_batch(fleet, monitor, measured, 20, False)
+        results: dict[str, list[Pair]] = {label: [] for label, *_ in CASES}
+        for _ in range(REPEATS):
+            for label, base, measured, redelivered in CASES:
+                plain = count_batch(fleet, monitor, base, TASKS, redelivered)
+                snake = count_batch(fleet, monitor, measured, TASKS, redelivered)
+                results[label].append((plain, snake))
+        return results
+    finally:
+        monitor.close()
+
+
+def _extra_by_name(pairs: list[Pair]) -> str:
+    """Commands whose per-task count differs most between measured and baseline."""
+    diff: Counter[str] = Counter()
+    for plain, snake in pairs:
+        diff.update(snake.by_name)
+        diff.subtract(plain.by_name)
+    per_task = {name: n / (TASKS * len(pairs)) for name, n in diff.items()}
+    shown = [(n, name) for name, n in per_task.items() if abs(n) >= 0.01]
+    return ", ".join(f"{name} {n:+.2f}" for n, name in sorted(shown, reverse=True)[:3]) or "-"
+
+
+def report(results: dict[str, list[Pair]]) -> str:
+    """The Markdown section for RESULTS.md."""
+    lines = [
+        f"Client commands to Redis per task (MONITOR, commands run inside Lua excluded), "
+        f"{REPEATS} repeats x {TASKS} tasks, one prefork worker (concurrency 2); includes the "
+        "worker's idle polling and heartbeat during the batch, alike for both. "
+        "Extra = measured - baseline (median of per-repeat differences, min..max in brackets). "
+        "Target: 0 extra for a first delivery, <= 1 otherwise.",
+        "",
+        "| case | baseline commands/task | snakepit commands/task | extra per task "
+        "| extra by command |",
+        "|---|---|---|---|---|",
+    ]
+    for label, pairs in results.items():
+        plain = [p.total / TASKS for p, _ in pairs]
+        snake = [s.total / TASKS for _, s in pairs]
+        extra = [s - p for p, s in zip(plain, snake, strict=True)]
+        lines.append(
+            f"| {label} | {statistics.median(plain):.2f} | {statistics.median(snake):.2f} "
+            f"| {statistics.median(extra):+.2f} [{min(extra):+.2f}..{max(extra):+.2f}] "
+            f"| {_extra_by_name(pairs)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> str:
+    """Count on a private Redis and worker node; return the Markdown section."""
+    with BenchFleet(concurrency=2) as fleet:
+        results = measure(fleet)
+    return report(results)
+
+
+if __name__ == "__main__":
+    print(main())
