@@ -7,20 +7,41 @@ narrated, and leaves no process behind.
 
 from __future__ import annotations
 
+import importlib
+import json
 import multiprocessing
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
 
-from snakepit_celery import CircuitBreaker, CircuitOpenError, signals
+from snakepit_celery import (
+    CircuitBreaker,
+    CircuitOpenError,
+    Classification,
+    CrashBarrier,
+    CrashInfo,
+    Device,
+    WorkerCrashedError,
+    signals,
+)
+from snakepit_celery.hardware import Accelerator
 from snakepit_celery.store import clear_store_cache, store_from_url
 from snakepit_celery.testing.redis_server import (
     EmbeddedRedis,
     find_redis_server_binary,
     redis_url,
 )
+from snakepit_celery.testing.workers import WorkerNode
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -118,7 +139,188 @@ def shared_breaker(tour: Tour, url: str) -> None:
     signals.breaker_closed.disconnect(on_close)
 
 
-STEPS: list[Callable[[Tour, str], None]] = [shared_breaker]
+@dataclass
+class Fleet:
+    """Two real worker nodes on the tour's Redis: ``cpu@demo`` and ``gpu@demo`` (one fake GPU)."""
+
+    url: str
+    prefix: str
+    nodes: dict[str, WorkerNode] = field(default_factory=dict)
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="snakepit-demo-"))
+
+    def start(self) -> Fleet:
+        cpu = {"accelerator": "cpu", "cuda": None, "mps": None, "rocm": None}
+        gpu = {
+            "accelerator": "cuda",
+            "cuda": {
+                "version": "12.4",
+                "driver_version": "550.90.07",
+                "cudnn_version": None,
+                "devices": [
+                    {
+                        "id": 0,
+                        "name": "NVIDIA L4 (simulated)",
+                        "memory_total_mb": 23034,
+                        "memory_free_mb": 22500,
+                        "compute_capability": "8.9",
+                        "uuid": "GPU-demo-0000",
+                    }
+                ],
+            },
+            "mps": None,
+            "rocm": None,
+        }
+        for name, hw in (("cpu", cpu), ("gpu", gpu)):
+            path = Path(self.workdir) / f"{name}.json"
+            path.write_text(json.dumps(hw))
+            env = {
+                "DEMO_REDIS_URL": self.url,
+                "DEMO_PREFIX": self.prefix,
+                "DEMO_NODE": f"{name}@demo",
+                "SNAKEPIT_HARDWARE": str(path),
+            }
+            node = WorkerNode("examples.demo_app", f"{name}@demo", env=env, cwd=str(ROOT))
+            self.nodes[name] = node.start()
+        for node in self.nodes.values():
+            node.wait_ready(timeout=40)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop(timeout=10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _executions(app_module: Any, kind: str) -> list[dict[str, Any]]:
+    client = app_module._redis
+    return [json.loads(raw) for raw in client.lrange(f"{app_module.PREFIX}:log:{kind}", 0, -1)]
+
+
+def _wait_result(result: Any, timeout: float = 20.0) -> tuple[str, Any]:
+    """Final state and value (or exception) of a task, waiting at most ``timeout`` s."""
+    try:
+        return "SUCCESS", result.get(timeout=timeout, propagate=True)
+    except Exception as exc:  # the task's own exception, re-raised by Celery
+        return result.state, exc
+
+
+def celery_tour(tour: Tour, url: str) -> None:
+    """Real Celery worker nodes: retries, a shared breaker, crashes, GPU routing."""
+    prefix = f"demo-{int(time.time() * 1000) % 10**8}"
+    os.environ["DEMO_REDIS_URL"] = url
+    os.environ["DEMO_PREFIX"] = prefix
+    tour.step("2. Two real Celery worker nodes (prefork, concurrency 2)")
+    fleet = Fleet(url, prefix)
+    try:
+        fleet.start()
+        tour.say("cpu@demo: CPU only   gpu@demo: one (simulated) CUDA GPU")
+        demo = importlib.import_module("examples.demo_app")
+        for step in (flaky_retries, fleet_breaker, crashes, gpu_routing):
+            step(tour, demo)
+        status(tour, demo)
+    finally:
+        fleet.stop()
+
+
+def flaky_retries(tour: Tour, demo: Any) -> None:
+    tour.step("3. A flaky task, retried by its RetryPolicy through Celery's own retry()")
+    state, value = _wait_result(demo.flaky.delay())
+    attempts = [run["attempt"] for run in _executions(demo, "flaky")]
+    tour.say(f"executions (Celery retries counter): {attempts} -> {state} {value!r}")
+    tour.check(attempts == [0, 1, 2], "it failed twice and was retried twice (RETRY, RETRY)")
+    tour.check(state == "SUCCESS" and value == "scored", "the third attempt succeeded")
+
+
+def fleet_breaker(tour: Tour, demo: Any) -> None:
+    tour.step("4. A breaker shared by both nodes: the model server goes down")
+    demo._redis.set(f"{demo.PREFIX}:model-server", "down")
+    results = [demo.predict.delay(i) for i in range(10)]
+    breaker = CircuitBreaker("model-server", store=demo.snakepit_store())
+    deadline = time.monotonic() + 15
+    while breaker.state != "open" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    nodes = {run["node"] for run in _executions(demo, "predict")}
+    reached = len(_executions(demo, "predict"))
+    tour.say(f"{reached} calls reached the model server, from {sorted(nodes)}; breaker: open")
+    tour.check(breaker.state == "open", "failures from both nodes opened ONE shared breaker")
+    time.sleep(0.5)
+    demo._redis.set(f"{demo.PREFIX}:model-server", "up")
+    tour.say("the model server is back; deferred tasks wait for reset_timeout, then a probe")
+    outcomes = [_wait_result(r, timeout=30) for r in results]
+    failed = [s for s, _ in outcomes if s != "SUCCESS"]
+    succeeded = len(outcomes) - len(failed)
+    tour.say(f"{len(failed)} failed before the breaker opened, {succeeded} deferred then succeeded")
+    tour.check(succeeded >= 5, "tasks refused by the open breaker were deferred, not failed")
+    tour.check(breaker.state == "closed", "the first probe after reset_timeout closed the breaker")
+
+
+def crashes(tour: Tour, demo: Any) -> None:
+    barrier = CrashBarrier(store=demo.snakepit_store())
+    tour.step("5. An idempotent task segfaults its worker child")
+    state, value = _wait_result(demo.segfault_once.delay(), timeout=30)
+    runs = _executions(demo, "segfault_once")
+    where = [run["node"] for run in runs]
+    tour.say(f"executions on {where} -> {state} {value!r}")
+    tainted = [t.worker_id for t in barrier.taints() if t.kind == "worker"]
+    tour.say(f"tainted workers: {tainted}")
+    tour.check(state == "SUCCESS" and len(runs) == 2, "it was re-run once and succeeded")
+    tour.check(len(set(where)) == 2, "the re-run happened on the other node")
+    tour.check(where[0] in tainted, "the node whose child crashed is tainted")
+    barrier.clear_taint()
+
+    tour.step("6. A non-idempotent task segfaults: it must not run twice")
+    state, value = _wait_result(demo.segfault_plain.delay(), timeout=30)
+    runs = _executions(demo, "segfault_plain")
+    tour.say(f"ran {len(runs)} time(s) -> {state} {type(value).__name__}: {value}")
+    tour.check(isinstance(value, WorkerCrashedError), "it ended FAILURE with WorkerCrashedError")
+    tour.check(len(runs) == 1, "and ran exactly once")
+    barrier.clear_taint()
+
+    tour.step("7. A poison task that segfaults every time")
+    state, value = _wait_result(demo.poison.delay(), timeout=30)
+    runs = _executions(demo, "poison")
+    tour.say(f"ran {len(runs)} time(s) -> {state} {type(value).__name__}")
+    tour.check(len(runs) == 2, "it ran max_restarts + 1 = 2 times, then stopped for good")
+    tour.check(isinstance(value, WorkerCrashedError), "its final state is WorkerCrashedError")
+    barrier.clear_taint()
+
+
+def gpu_routing(tour: Tour, demo: Any) -> None:
+    tour.step("8. GPU routing: device=['cuda', 'cpu']")
+    first = [_wait_result(demo.embed.delay(i))[1] for i in range(3)]
+    nodes = {run["node"] for run in _executions(demo, "embed")}
+    tour.say(f"devices: {first}, nodes: {sorted(nodes)}")
+    tour.check(nodes == {"gpu@demo"} and set(first) == {"cuda:0"}, "they ran on the GPU node")
+    barrier = CrashBarrier(store=demo.snakepit_store())
+    info = CrashInfo(
+        "CUDA error: uncorrectable ECC error encountered", None, None, Classification.GPU, "cuda:0"
+    )
+    barrier.taint_device("gpu@demo", Device(Accelerator.CUDA, 0, uuid="GPU-demo-0000"), info)
+    tour.say("gpu@demo's GPU is tainted (uncorrectable ECC error)")
+    time.sleep(1.1)
+    later = [_wait_result(demo.embed.delay(i))[1] for i in range(3, 6)]
+    tour.say(f"devices now: {later}")
+    tour.check(set(later) == {"cpu"}, "new tasks fall back to the next preference, the CPU")
+    barrier.clear_taint()
+
+
+def status(tour: Tour, demo: Any) -> None:
+    tour.step("9. celery snakepit status")
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "examples.demo_app", "snakepit", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(ROOT),
+        env={**os.environ},
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        tour.say(line)
+    tour.check(proc.returncode in (0, 1) and "gpu@demo" in proc.stdout, "status lists both nodes")
+
+
+STEPS: list[Callable[[Tour, str], None]] = [shared_breaker, celery_tour]
 
 
 def main() -> int:

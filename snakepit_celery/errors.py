@@ -36,7 +36,17 @@ LOCK_MISMATCH_REASONS = ("accelerator_mismatch", "insufficient_gpus", "missing_c
 
 
 class SnakepitError(Exception):
-    """Base class of every exception raised by snakepit_celery."""
+    """Base class of every exception raised by snakepit_celery.
+
+    Subclasses keep their constructor arguments as ``args`` (JSON-safe where
+    the values are), so an exception rebuilt by Celery's result backend as
+    ``cls(*args)`` keeps its fields and its message.
+    """
+
+    _message: str | None = None
+
+    def __str__(self) -> str:
+        return self._message if self._message is not None else super().__str__()
 
 
 class ConfigError(SnakepitError, ValueError):
@@ -52,10 +62,8 @@ class ConfigError(SnakepitError, ValueError):
             message = f"invalid {setting}: {value!r}"
             if allowed:
                 message += f" (allowed: {allowed})"
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.setting, self.value, self.allowed, str(self)))
+        self._message = message
+        super().__init__(setting, value, allowed, message)
 
     @classmethod
     def unknown_name(cls, setting: str, name: str, known: Iterable[str]) -> ConfigError:
@@ -78,27 +86,23 @@ class CircuitOpenError(SnakepitError):
     def __init__(self, breaker: str, retry_after: float = 0.0) -> None:
         self.breaker = breaker
         self.retry_after = max(0.0, float(retry_after))
-        super().__init__(
-            f"circuit breaker {breaker!r} is open; retry after {self.retry_after:.3f}s"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.breaker, self.retry_after))
+        self._message = f"circuit breaker {breaker!r} is open; retry after {self.retry_after:.3f}s"
+        super().__init__(breaker, self.retry_after)
 
 
 class RetryExhaustedError(SnakepitError):
     """Retries ran out; ``last_error`` (also ``__cause__``) is the final failure."""
 
-    def __init__(self, attempts: int, last_error: BaseException | None = None) -> None:
+    def __init__(self, attempts: int, last_error: BaseException | str | None = None) -> None:
         self.attempts = attempts
         self.last_error = last_error
-        detail = f": {type(last_error).__name__}: {last_error}" if last_error is not None else ""
-        super().__init__(f"gave up after {attempts} attempt(s){detail}")
-        if last_error is not None:
+        if isinstance(last_error, BaseException):
+            detail = f": {last_error!r}"
             self.__cause__ = last_error
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.attempts, self.last_error))
+        else:  # rebuilt from a result backend: the error's repr
+            detail = f": {last_error}" if last_error else ""
+        self._message = f"gave up after {attempts} attempt(s){detail}"
+        super().__init__(attempts, last_error)
 
 
 class WorkerCrashedError(SnakepitError):
@@ -129,20 +133,8 @@ class WorkerCrashedError(SnakepitError):
             if device:
                 parts.append(f"device {device}")
             message = ", ".join(parts)
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            type(self),
-            (
-                self.classification,
-                self.exit_code,
-                self.signal,
-                self.worker_id,
-                self.device,
-                str(self),
-            ),
-        )
+        self._message = message
+        super().__init__(classification, exit_code, signal, worker_id, device, message)
 
 
 class DeviceNotAvailableError(SnakepitError):
@@ -150,10 +142,8 @@ class DeviceNotAvailableError(SnakepitError):
 
     def __init__(self, requested: Any, message: str = "") -> None:
         self.requested = requested
-        super().__init__(message or f"no device available for {requested!r}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.requested, str(self)))
+        self._message = message or f"no device available for {requested!r}"
+        super().__init__(requested, self._message)
 
 
 class LockMismatchError(SnakepitError):
@@ -161,10 +151,8 @@ class LockMismatchError(SnakepitError):
 
     def __init__(self, reason: str, message: str = "") -> None:
         self.reason = reason
-        super().__init__(message or f"hardware does not match the lock file: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason, str(self)))
+        self._message = message or f"hardware does not match the lock file: {reason}"
+        super().__init__(reason, self._message)
 
 
 class StoreUnavailableError(SnakepitError):

@@ -226,3 +226,27 @@ def test_a_connect_timeout_is_a_timeout_even_though_it_is_a_connection_error() -
     timeout = type("Timeout", (OSError,), {})
     connect_timeout = type("ConnectTimeout", (connection_error, timeout), {})
     assert error_kind(connect_timeout("x")) == "timeout"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        WorkerCrashedError("segfault", 139, 11, "gpu0@host", "cuda:0"),
+        RetryExhaustedError(3, ConnectionError("downstream unavailable")),
+        ConfigError("snakepit_fail_open", "maybe", "true or false"),
+        CircuitOpenError("payments", 1.5),
+        DeviceNotAvailableError("cuda:3"),
+        LockMismatchError("insufficient_gpus"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_exceptions_survive_celerys_json_result_backend(exc: SnakepitError) -> None:
+    from celery import Celery
+    from celery.backends.base import Backend
+
+    backend = Backend(Celery(set_as_current=False), serializer="json")
+    rebuilt = backend.exception_to_python(backend.prepare_exception(exc))
+    assert type(rebuilt) is type(exc)
+    assert str(rebuilt) == str(exc)
+    public = {k: v for k, v in vars(exc).items() if not k.startswith("_") and k != "last_error"}
+    assert {k: getattr(rebuilt, k) for k in public} == public
