@@ -11,13 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery_helpers import Harness, StateLog, harness_fixture, wait_until
+from celery_helpers import CommandLog, Harness, StateLog, harness_fixture, wait_until
 
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.errors import RetryExhaustedError
 from snakepit_celery.store import store_from_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CRASH_BARRIER_ON = {"snakepit_crash_barrier": {"enabled": True}}
 
 
 @pytest.fixture
@@ -91,3 +93,40 @@ def test_shared_breaker_opens_over_two_nodes_defers_then_closes_on_recovery(
         assert result.get(timeout=30) == "ok"
     assert breaker.state == "closed"
     assert harness.count("runs") == 8
+
+
+def test_first_delivery_costs_no_store_round_trip(harness: Harness) -> None:
+    harness.worker("hotpath", conf=CRASH_BARRIER_ON)
+    names = ("noop", "noop_idempotent", "plain_noop")
+    for name in names:  # warm up: imports, connections, script loading
+        harness.send(name).get(timeout=30)
+    db = harness.redis.connection_pool.connection_kwargs.get("db", 0)
+    monitor = CommandLog(harness.redis_url, int(db))
+    try:
+        results = [harness.send(name) for _ in range(10) for name in names]
+        for result in results:
+            result.get(timeout=30)
+    finally:
+        monitor.close()
+    assert monitor.matching(f"{harness.key_prefix}:celery-task-meta-"), "MONITOR saw nothing"
+    store_commands = [
+        command
+        for command in monitor.matching(f"{harness.key_prefix}:{{")
+        if "{node:" not in command and "{taint:" not in command
+    ]
+    assert store_commands == []
+
+
+def test_breaker_successes_are_batched_not_one_round_trip_per_task(harness: Harness) -> None:
+    harness.worker("batched")
+    harness.send("noop_breaker").get(timeout=30)
+    db = harness.redis.connection_pool.connection_kwargs.get("db", 0)
+    monitor = CommandLog(harness.redis_url, int(db))
+    try:
+        results = [harness.send("noop_breaker") for _ in range(30)]
+        for result in results:
+            result.get(timeout=30)
+    finally:
+        monitor.close()
+    breaker_commands = monitor.matching(f"{harness.key_prefix}:{{br:")
+    assert len(breaker_commands) < len(results)

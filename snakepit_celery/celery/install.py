@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery
 
+from snakepit_celery.celery.events import install_events
 from snakepit_celery.celery.routing import install_router
 from snakepit_celery.celery.worker import install_worker
 from snakepit_celery.config import SnakepitSettings, load_settings, resolve_store_url
@@ -72,12 +73,7 @@ def install(app: Celery) -> SnakepitSettings:
 
     install_worker(app)
     install_router(app)
-    try:  # TEMPORARY until events.py lands
-        from snakepit_celery.celery.events import install_events  # noqa: PLC0415
-    except ImportError:
-        logger.debug("snakepit: no event bridge yet")
-    else:
-        install_events(app)
+    install_events(app)
     app.__dict__[_INSTALLED_ATTR] = True
     logger.debug(
         "snakepit installed",

@@ -238,7 +238,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
         except _CONTROL_FLOW:
             raise
         except CircuitOpenError as exc:
-            if not runtime.defer_on_open:
+            if not runtime.defer_on_open or request.is_eager:
                 raise
             self._defer(exc, breaker, request, headers)
         except Exception as exc:
@@ -389,6 +389,8 @@ def snakepit_task(*args: Any, **options: Any) -> Any:
     base = options.setdefault("base", SnakepitTask)
     if not (isinstance(base, type) and issubclass(base, SnakepitTask)):
         raise ConfigError("base", base, "SnakepitTask or a subclass of it")
+    if options.get("timeout") is not None:
+        _check_timeout(options["timeout"])
     if app is not None:
         return app.task(*args, **options)
     return shared_task(*args, **options)

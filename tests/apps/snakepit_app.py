@@ -121,6 +121,11 @@ def noop() -> None:
     """Does nothing (hot-path measurements)."""
 
 
+@snakepit_task(app=app, name="spt.noop_idempotent", idempotent=True)
+def noop_idempotent() -> None:
+    """Does nothing; acknowledged late, so the crash barrier watches it."""
+
+
 @snakepit_task(app=app, name="spt.noop_breaker", breaker=True)
 def noop_breaker() -> None:
     """Does nothing, through a breaker."""

@@ -1,0 +1,152 @@
+"""install(app) and @snakepit_task options, in process (no worker needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from snakepit_celery import CircuitBreaker, ConfigError, install, snakepit_task
+from snakepit_celery.celery.routing import SnakepitRouter
+from snakepit_celery.celery.task import SnakepitTask
+from snakepit_celery.celery.worker import SnakepitWorkerStep
+from snakepit_celery.errors import CircuitOpenError
+from snakepit_celery.store import set_default_store
+
+
+@pytest.fixture
+def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
+    app = Celery("install_test", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.snakepit_key_prefix = key_prefix
+    yield app
+    app.close()
+    set_default_store(None)
+
+
+@pytest.fixture
+def eager_app(key_prefix: str) -> Iterator[Celery]:
+    app = Celery("eager_test", broker="memory://", backend="cache+memory://", set_as_current=False)
+    app.conf.task_always_eager = True
+    app.conf.snakepit_store_url = "memory://"
+    app.conf.snakepit_key_prefix = key_prefix
+    yield app
+    app.close()
+
+
+def test_install_rejects_a_misspelled_setting_naming_it(app: Celery) -> None:
+    app.conf.snakepit_crash_barier = {"enabled": True}
+    with pytest.raises(ConfigError) as raised:
+        install(app)
+    assert "snakepit_crash_barier" in str(raised.value)
+
+
+def test_install_rejects_an_invalid_value(app: Celery) -> None:
+    app.conf.snakepit_crash_barrier = {"retry": "sometimes"}
+    with pytest.raises(ConfigError, match="sometimes"):
+        install(app)
+
+
+def test_install_needs_a_redis_store_when_broker_and_backend_are_not_redis() -> None:
+    app = Celery("no_redis", broker="memory://", backend="cache+memory://", set_as_current=False)
+    with pytest.raises(ConfigError, match="snakepit_store_url"):
+        install(app)
+
+
+def test_install_takes_the_store_from_the_broker_url(app: Celery, redis_url: str) -> None:
+    assert install(app).store_url == redis_url
+
+
+def test_install_twice_changes_nothing_the_second_time(app: Celery) -> None:
+    first = install(app)
+    second = install(app)
+    assert second is first
+    assert sum(isinstance(route, SnakepitRouter) for route in app.conf.task_routes) == 1
+    assert list(app.steps["consumer"]).count(SnakepitWorkerStep) == 1
+
+
+def test_idempotent_option_turns_on_late_ack_and_reject_on_worker_lost(app: Celery) -> None:
+    @snakepit_task(app=app, idempotent=True, shared=False)
+    def job() -> None: ...
+
+    assert job.acks_late is True
+    assert job.reject_on_worker_lost is True
+
+
+def test_explicit_celery_option_wins_over_idempotent(app: Celery) -> None:
+    @snakepit_task(app=app, idempotent=True, acks_late=False, shared=False)
+    def job() -> None: ...
+
+    assert job.acks_late is False
+
+
+def test_timeout_sets_a_soft_limit_and_a_later_hard_limit(app: Celery) -> None:
+    @snakepit_task(app=app, timeout=10, shared=False)
+    def job() -> None: ...
+
+    assert job.soft_time_limit == 10
+    assert job.time_limit > job.soft_time_limit
+
+
+def test_invalid_timeout_is_rejected(app: Celery) -> None:
+    with pytest.raises(ConfigError, match="timeout"):
+
+        @snakepit_task(app=app, timeout=-1, shared=False)
+        def job() -> None: ...
+
+
+def test_celery_options_pass_through(app: Celery) -> None:
+    @snakepit_task(app=app, name="custom.name", max_retries=7, rate_limit="5/s", shared=False)
+    def job() -> None: ...
+
+    assert isinstance(job, SnakepitTask)
+    assert job.name == "custom.name"
+    assert (job.max_retries, job.rate_limit) == (7, "5/s")
+
+
+def test_base_must_be_a_snakepit_task(app: Celery) -> None:
+    with pytest.raises(ConfigError, match="base"):
+        snakepit_task(app=app, base=Celery.Task)
+
+
+def test_bare_decorator_registers_a_shared_task(eager_app: Celery) -> None:
+    @snakepit_task
+    def bare_shared_job() -> str:
+        return "ran"
+
+    registered = eager_app.tasks[bare_shared_job.name]
+    assert isinstance(registered, SnakepitTask)
+    assert registered.apply().get() == "ran"
+
+
+def test_device_is_injected_when_the_function_takes_it(eager_app: Celery) -> None:
+    @snakepit_task(app=eager_app, device="cpu", shared=False)
+    def infer(batch: int, *, device: Any) -> str:
+        return f"{batch}@{device}"
+
+    assert infer.delay(3).get() == "3@cpu"
+    assert str(infer.resolved_device) == "cpu"
+
+
+def test_device_is_not_passed_to_a_function_without_it(eager_app: Celery) -> None:
+    @snakepit_task(app=eager_app, device="cpu", shared=False)
+    def plain(batch: int) -> int:
+        return batch
+
+    assert plain.delay(3).get() == 3
+
+
+def test_open_breaker_fails_fast_when_defer_on_open_is_off(
+    eager_app: Celery, key_prefix: str
+) -> None:
+    eager_app.conf.snakepit_defer_on_open = False
+    breaker = CircuitBreaker(f"fragile-{key_prefix}", failure_threshold=1, store="memory://")
+    breaker.record_failure()
+
+    @snakepit_task(app=eager_app, breaker=breaker, shared=False)
+    def call() -> str:
+        return "called"
+
+    with pytest.raises(CircuitOpenError):
+        call.delay().get()
