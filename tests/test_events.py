@@ -147,8 +147,9 @@ class Capture:
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_signal_inside_a_task_is_a_task_event_with_its_uuid(fleet: Fleet) -> None:
-    fleet.start("cpu@test", CPU_HARDWARE)
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_signal_inside_a_task_is_a_task_event_with_its_uuid(fleet: Fleet, pool: str) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE, pool=pool, concurrency=1)
     emit = fleet.app.tasks["worker_app.emit"]
     with Capture(fleet.app) as capture:
         result = emit.apply_async(("retry_attempt", {"attempt": 2, "delay": 0.2}), queue="celery")

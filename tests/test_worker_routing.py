@@ -60,26 +60,28 @@ def test_tainted_device_reroutes_to_the_next_preference(two_nodes: Fleet) -> Non
     assert {r["queue"] for r in results} == {"snakepit.cpu"}
 
 
-def test_tainted_device_releases_its_queues_on_the_node(two_nodes: Fleet) -> None:
-    barrier(two_nodes).taint_device("cuda@test", "cuda:0")
+@pytest.mark.parametrize("pool", ["threads", "prefork", "solo"])
+def test_tainted_device_releases_its_queues_on_the_node(fleet: Fleet, pool: str) -> None:
+    fleet.start("cuda@test", cuda_hardware(1), pool=pool, concurrency=1)
+    barrier(fleet).taint_device("cuda@test", "cuda:0")
 
     def released() -> bool:
-        record = two_nodes.node("cuda@test") or {}
-        return "snakepit.cuda" not in record.get("queues", ["snakepit.cuda"])
+        queues = (fleet.node("cuda@test") or {}).get("queues", [])
+        return "snakepit.cpu" in queues and "snakepit.cuda" not in queues
 
     wait_until(released, 15, what="cuda@test to release snakepit.cuda")
-    queues = (two_nodes.node("cuda@test") or {})["queues"]
+    queues = (fleet.node("cuda@test") or {})["queues"]
     assert "snakepit.node.cuda@test.cuda.0" not in queues
     assert "snakepit.cpu" in queues
+    assert run(fleet, "worker_app.prefer_cuda")["queue"] == "snakepit.cpu"
 
 
 def test_device_queues_come_back_when_the_taint_is_cleared(two_nodes: Fleet) -> None:
     crash_barrier = barrier(two_nodes)
     crash_barrier.taint_device("cuda@test", "cuda:0")
+    released = ["snakepit.cpu", "snakepit.node.cuda@test", "celery"]
     wait_until(
-        lambda: "snakepit.cuda" not in (two_nodes.node("cuda@test") or {}).get("queues", []),
-        15,
-        what="release",
+        lambda: (two_nodes.node("cuda@test") or {}).get("queues") == released, 15, what="release"
     )
     crash_barrier.clear_taint(node="cuda@test")
     wait_until(

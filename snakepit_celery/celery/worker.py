@@ -184,8 +184,12 @@ class NodeAgent:
         """Write this node's record now (refreshing its TTL)."""
         self.store.node_register(self.node, self.record(), ttl=self.ttl)
 
-    def beat(self) -> None:
-        """One heartbeat: read the fleet, decide the queues, refresh the record."""
+    def beat(self, *, register: bool = True) -> None:
+        """One heartbeat: read the fleet, decide the queues, refresh the record.
+
+        ``register=False`` only decides (at start, before the queues are applied,
+        so the first record the fleet sees already lists them).
+        """
         snapshot = fleet_snapshot(self.store, self.pools)
         wanted, alone = desired_queues(
             self.node, self.queues, self.devices, snapshot, extra_queues=self.extra_queues
@@ -201,18 +205,17 @@ class NodeAgent:
                 extra={"node": self.node},
             )
         self._last_alone_warning = alone
-        self.register()
+        if register:
+            self.register()
 
-    def safe_beat(self) -> None:
+    def safe_beat(self, *, register: bool = True) -> None:
         """``beat()`` that never raises: store errors are reported (fail-open) or logged."""
         try:
-            self.beat()
+            self.beat(register=register)
         except StoreUnavailableError as exc:
             report_store_error(exc, node=self.node)
         except Exception:
-            logger.exception(
-                "snakepit heartbeat of %s failed", self.node, extra={"node": self.node}
-            )
+            logger.exception("heartbeat of %s failed", self.node, extra={"node": self.node})
 
     def start_heartbeat(self) -> None:
         """Start the heartbeat thread (idempotent)."""
@@ -396,7 +399,7 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             _connect_shutdown(c, self)
         agent = self.agent
         c.snakepit = agent
-        agent.safe_beat()
+        agent.safe_beat(register=False)
         with agent._lock:
             agent._queues.consuming = _consumer_queue_names(c)
         agent.apply(c)
