@@ -47,8 +47,8 @@ def test_exhausted_retries_end_failure_with_retry_exhausted_error(harness: Harne
     result = harness.send("unavailable", harness.key("runs"))
     harness.wait_state(result, {"FAILURE"})
     assert isinstance(result.result, RetryExhaustedError)
-    assert "3 attempt" in str(result.result)
-    assert "ConnectionError" in str(result.result)
+    assert result.result.attempts == 3
+    assert "ConnectionError" in str(result.result.last_error)
     assert harness.count("runs") == 3
 
 
