@@ -2,3 +2,5 @@
 
 #: Environment variable holding the URL of the benchmark's private Redis.
 ENV_URL = "BENCH_REDIS_URL"
+#: Redis list the benchmark apps' hanging tasks push their pool child's pid onto.
+HANG_PIDS = "bench:hang:pids"

@@ -16,12 +16,10 @@ import time
 import redis
 from celery import Celery
 
-from benchmarks.apps import ENV_URL
+from benchmarks.apps import ENV_URL, HANG_PIDS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import snakepit_task
 
-#: Redis list the ``bench.hang`` task pushes its pid onto before it blocks.
-HANG_PIDS = "bench:hang:pids"
 #: Name of the breaker the snakepit no-op tasks run through.
 BREAKER = "bench-noop"
 
@@ -59,10 +57,20 @@ def snake_idem() -> None:
     """Idempotent snakepit no-op (acks_late, crash ledger for redelivered messages)."""
 
 
-@snakepit_task(app=app, name="bench.hang")
-def hang(seconds: float) -> None:
-    """Records its pool child's pid, then blocks until it is killed (crash benchmark)."""
+def _hang(seconds: float) -> None:
     client = redis.Redis.from_url(str(app.conf.broker_url))
     client.rpush(HANG_PIDS, os.getpid())
     client.close()
     time.sleep(seconds)
+
+
+@snakepit_task(app=app, name="bench.hang")
+def hang(seconds: float) -> None:
+    """Records its pool child's pid, then blocks until it is killed (crash benchmark)."""
+    _hang(seconds)
+
+
+@app.task(name="bench.plain_hang")
+def plain_hang(seconds: float) -> None:
+    """Plain Celery twin of ``bench.hang`` (Celery's own crash detection is the baseline)."""
+    _hang(seconds)
