@@ -32,6 +32,7 @@ from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
 from snakepit_celery import hardware, lockfile
+from snakepit_celery import signals as snakepit_signals
 from snakepit_celery.celery.perdevice import NODE_MARKER_ENV
 from snakepit_celery.celery.routing import (
     FleetSnapshot,
@@ -397,6 +398,7 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.agent is None:
             self.agent = self._create_agent(c)
             _connect_shutdown(c, self)
+            _connect_taint_watch(c, self)
         agent = self.agent
         c.snakepit = agent
         agent.safe_beat(register=False)
@@ -451,6 +453,29 @@ def _connect_shutdown(c: Any, step: SnakepitWorkerStep) -> None:
             step.leave()
 
     celery_signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
+
+
+def _connect_taint_watch(c: Any, step: SnakepitWorkerStep) -> None:
+    """React at once when this node's own pool parent taints it (or one of its devices).
+
+    A crash is handled in the worker's main process, which taints the node and
+    then re-publishes the task: releasing the queues right here, before the
+    re-publish, is what sends the re-run to another node instead of back to
+    this one. The periodic heartbeat would only notice seconds later.
+    """
+    main_pid = os.getpid()
+
+    def on_taint(sender: Any = None, **fields: Any) -> None:
+        agent = step.agent
+        if agent is None or os.getpid() != main_pid:
+            return
+        if fields.get("worker_id", fields.get("node")) != agent.node:
+            return
+        agent.safe_beat()
+        step._apply(c)
+
+    snakepit_signals.worker_tainted.connect(on_taint, weak=False)
+    snakepit_signals.device_tainted.connect(on_taint, weak=False)
 
 
 # -- the worker's node name, for the event bridge --------------------------------------
