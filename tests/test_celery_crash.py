@@ -51,6 +51,15 @@ def test_idempotent_task_runs_again_after_its_process_crashes(harness: Harness, 
     assert harness.count("runs") == 2
 
 
+def test_crashed_task_runs_again_on_another_node(harness: Harness) -> None:
+    harness.worker("first", conf=BARRIER)
+    harness.worker("second", conf=BARRIER)
+    result = harness.send("crash_once_where", harness.key("nodes"))
+    result.get(timeout=60)
+    crashed_on, ran_on = (n.decode() for n in harness.redis.lrange(harness.key("nodes"), 0, -1))
+    assert ran_on != crashed_on
+
+
 def test_non_idempotent_task_fails_with_worker_crashed_error_after_one_run(
     harness: Harness,
 ) -> None:

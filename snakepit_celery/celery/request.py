@@ -16,6 +16,7 @@ default) Celery's own handling applies unchanged.
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
@@ -27,6 +28,7 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
+from snakepit_celery.celery.routing import app_store, fleet_snapshot, node_queue, taint_pools
 from snakepit_celery.celery.task import (
     HEADER_CRASHES,
     ChildRecycled,
@@ -34,8 +36,9 @@ from snakepit_celery.celery.task import (
     _count,
     _forwarded,
 )
-from snakepit_celery.errors import WorkerCrashedError
+from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.crash import describe_crash
+from snakepit_celery.store import report_store_error
 
 __all__ = ["SnakepitRequest"]
 
@@ -132,9 +135,12 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         headers = {**_forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
         signature = task.signature_from_request(request, countdown=countdown, headers=headers)
         routing_key = str((self.delivery_info or {}).get("routing_key") or "")
-        if routing_key.startswith(_NODE_QUEUE_PREFIX):
+        elsewhere = None if not routing_key else self._other_node_queue(task, routing_key)
+        if elsewhere is not None or routing_key.startswith(_NODE_QUEUE_PREFIX):
             for option in ("queue", "exchange", "routing_key"):
                 signature.options.pop(option, None)
+            if elsewhere is not None:
+                signature.options["queue"] = elsewhere
         try:
             signature.apply_async()
         except Exception:
@@ -161,6 +167,32 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             extra={"task_id": self.id, "countdown": countdown},
         )
         return True
+
+    def _other_node_queue(self, task: SnakepitTask, queue: str) -> str | None:
+        """The own queue of another live, untainted node that consumes ``queue``, if any.
+
+        A task re-published from a node's own queue is left to the router instead.
+        """
+        if queue.startswith(_NODE_QUEUE_PREFIX):
+            return None
+        app = task.app
+        try:
+            snapshot = fleet_snapshot(app_store(app), taint_pools(app))
+        except StoreUnavailableError as exc:
+            report_store_error(exc, task_id=self.id)
+            return None
+        me = str(self.hostname)
+        nodes = sorted(
+            str(record["node"])
+            for record in snapshot.nodes
+            if record.get("node") not in (None, me)
+            and record.get("state") != "stopping"
+            and not snapshot.node_tainted(str(record["node"]))
+            and queue in (record.get("queues") or ())
+        )
+        if not nodes:
+            return None
+        return node_queue(nodes[zlib.crc32(self.id.encode()) % len(nodes)])
 
     def _fail(self, error: WorkerCrashedError, cause: BaseException) -> None:
         """End the task FAILURE with ``WorkerCrashedError`` and acknowledge its message."""

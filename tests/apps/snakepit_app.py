@@ -88,6 +88,14 @@ def crash_once(counter: str, how: str) -> int:
     return runs
 
 
+@snakepit_task(app=app, name="spt.crash_once_where", bind=True, idempotent=True)
+def crash_once_where(self: Any, nodes: str) -> str:
+    """Idempotent: notes the node of each execution; the first one segfaults."""
+    if _redis.rpush(nodes, self.request.hostname) == 1:
+        _crash("segv")
+    return str(self.request.hostname)
+
+
 @snakepit_task(app=app, name="spt.crash_always", idempotent=True)
 def crash_always(counter: str, how: str) -> None:
     """Idempotent poison: every execution crashes the process."""
