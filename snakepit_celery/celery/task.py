@@ -203,6 +203,8 @@ class SnakepitTask(Task):  # type: ignore[misc]
         if runtime.barrier.enabled and self.acks_late and _redelivered(request):
             self._crash_ledger_gate(runtime, request, headers)
             gated = True
+            # A retry of this run is a new message: it carries the lost first delivery along.
+            headers = {**headers, HEADER_CRASHES: _count(headers.get(HEADER_CRASHES)) + 1}
         try:
             return self._attempt(runtime, request, headers, args, kwargs)
         finally:
