@@ -1,0 +1,64 @@
+"""The app ``celery -A tests.apps.chaos_app worker`` runs in the reliability (chaos) suite.
+
+Configured from env ``CHAOS_CONF`` (JSON of the ``app.conf`` the test builds).
+Every execution of every task is logged before the task does anything else:
+``LPUSH <CHAOS_LOG> <task id>``, so the test can count how often each task
+really ran, whatever the chaos loop killed in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from snakepit_celery.celery.install import install
+from snakepit_celery.celery.task import snakepit_task
+
+app = Celery("chaos_app", set_as_current=True)
+app.conf.update(json.loads(os.environ.get("CHAOS_CONF", "{}")))
+install(app)
+
+_redis = redis.Redis.from_url(app.conf.broker_url)
+_LOG = os.environ.get("CHAOS_LOG", "chaos:exec")
+
+
+def _executed(task: Any) -> None:
+    _redis.lpush(_LOG, str(task.request.id))
+
+
+@snakepit_task(app=app, name="chaos.idempotent", bind=True, idempotent=True)
+def idempotent(self: Any, work: float) -> str:
+    """Safe to run twice: may be re-run after a crash."""
+    _executed(self)
+    time.sleep(work)
+    return str(self.request.id)
+
+
+@snakepit_task(app=app, name="chaos.once", bind=True)
+def once(self: Any, work: float) -> str:
+    """Not idempotent: must never run a second time after a crash."""
+    _executed(self)
+    time.sleep(work)
+    return str(self.request.id)
+
+
+@snakepit_task(app=app, name="chaos.poison", bind=True, idempotent=True)
+def poison(self: Any, work: float) -> None:
+    """Idempotent, but every execution kills its own process (SIGSEGV)."""
+    _executed(self)
+    time.sleep(work)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+@snakepit_task(app=app, name="chaos.poison_once", bind=True)
+def poison_once(self: Any, work: float) -> None:
+    """Not idempotent, and its execution kills its own process (SIGKILL)."""
+    _executed(self)
+    time.sleep(work)
+    os.kill(os.getpid(), signal.SIGKILL)
