@@ -14,11 +14,12 @@ import contextlib
 import json
 import os
 import socket
+import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import redis
@@ -32,6 +33,21 @@ QUEUE = "chaos"
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 #: Broker visibility timeout (s): the message of a killed node comes back after it.
 VISIBILITY_TIMEOUT = 6.0
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float, interval: float = 0.1, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
 
 
 def chaos_conf(
@@ -80,8 +96,13 @@ class ChaosFleet:
     def node_name(self, index: int) -> str:
         return f"chaos{index}-{self._tag}@{socket.gethostname()}"
 
-    def start(self, name: str, concurrency: int = 2) -> WorkerNode:
-        """Start node ``name`` (a fresh process and log; returns without waiting)."""
+    def start(
+        self, name: str, concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> WorkerNode:
+        """Start node ``name`` (a fresh process and log; returns without waiting).
+
+        ``env`` is added to the node's environment (e.g. ``SNAKEPIT_*`` settings).
+        """
         old = self.nodes.pop(name, None)
         if old is not None:
             self.retired.append(old)
@@ -94,6 +115,7 @@ class ChaosFleet:
                 "CHAOS_CONF": json.dumps(self.conf),
                 "CHAOS_LOG": self.log_key,
                 "PYTHONPATH": str(ROOT),
+                **(env or {}),
             },
             cwd=str(ROOT),
         ).start()
@@ -148,7 +170,8 @@ class ChaosFleet:
 
     def executions(self) -> Counter[str]:
         """How many times each task id started running (from the execution log)."""
-        return Counter(raw.decode() for raw in self.redis.lrange(self.log_key, 0, -1))
+        raw_ids = self.redis.lrange(self.log_key, 0, -1)
+        return Counter(r.decode() if isinstance(r, bytes) else str(r) for r in raw_ids)
 
     # -- the end --------------------------------------------------------------------------
     def close(self) -> None:
