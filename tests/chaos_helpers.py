@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float, interval: float = 0.1, what: str = ""
+    predicate: Callable[[], T | None], timeout: float, interval: float = 0.1, what: str = ""
 ) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
