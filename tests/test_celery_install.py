@@ -150,3 +150,41 @@ def test_open_breaker_fails_fast_when_defer_on_open_is_off(
 
     with pytest.raises(CircuitOpenError):
         call.delay().get()
+
+
+def _gate_task(app: Celery) -> Any:
+    app.conf.snakepit_crash_barrier = {"enabled": True, "max_restarts": 1}
+    install(app)
+
+    @snakepit_task(app=app, name="gate.poison", idempotent=True)
+    def poison() -> None:
+        return None
+
+    return poison
+
+
+def test_redelivered_message_without_a_recorded_crash_runs_and_is_recorded(app: Celery) -> None:
+    """kombu restores prefetched messages on consumer cancel/shutdown: not a crash."""
+    from types import SimpleNamespace
+
+    task = _gate_task(app)
+    request = SimpleNamespace(id="restored-1", hostname="a@host")
+    task._crash_ledger_gate(task.snakepit_runtime, request, {})
+    entry = task.snakepit_runtime.barrier.ledger_get("restored-1")
+    assert entry is not None and (entry.starts, entry.crashes) == (1, 0)
+
+
+def test_redelivered_message_after_a_recorded_crash_is_stopped_past_max_restarts(
+    app: Celery,
+) -> None:
+    from types import SimpleNamespace
+
+    from snakepit_celery.errors import WorkerCrashedError
+
+    task = _gate_task(app)
+    barrier = task.snakepit_runtime.barrier
+    barrier.ledger_start("poison-1", "a@host/1", 30.0)
+    barrier.ledger_crash("poison-1")
+    request = SimpleNamespace(id="poison-1", hostname="b@host")
+    with pytest.raises(WorkerCrashedError, match="max_restarts=1"):
+        task._crash_ledger_gate(task.snakepit_runtime, request, {})

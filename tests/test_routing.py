@@ -15,6 +15,7 @@ from snakepit_celery.celery.routing import (
     device_taint_members,
     node_devices,
     parse_prefs,
+    queue_device,
     queues_for,
     worker_taint_member,
 )
@@ -312,3 +313,22 @@ def test_router_fails_open_to_the_generic_queue_when_the_store_is_down() -> None
 def test_router_leaves_sends_with_an_explicit_queue_alone() -> None:
     router = SnakepitRouter(fleet)
     assert router("proj.t", (), {}, {"queue": "mine"}, task=FakeTask("cuda")) is None
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        ("snakepit.cpu", "cpu"),
+        ("snakepit.cuda", "cuda"),
+        ("snakepit.rocm", "rocm"),
+        ("snakepit.node.gpu0@host.example.com.cuda.1", "cuda:1"),
+        ("snakepit.node.gpu0@host", None),
+        ("snakepit.node.cpu@host.cpu.0", None),
+        ("celery", None),
+        ("snakepit.tpu", None),
+        ("", None),
+    ],
+)
+def test_queue_device_names_the_device_a_queue_stands_for(queue: str, expected: str | None) -> None:
+    routed = queue_device(queue)
+    assert (None if routed is None else str(routed)) == expected

@@ -60,6 +60,18 @@ def test_tainted_device_reroutes_to_the_next_preference(two_nodes: Fleet) -> Non
     assert {r["queue"] for r in results} == {"snakepit.cpu"}
 
 
+def test_task_rerouted_off_a_tainted_gpu_runs_on_the_cpu_even_on_the_gpu_node(
+    two_nodes: Fleet,
+) -> None:
+    before = run(two_nodes, "worker_app.device_used")
+    assert (before["node"], before["device"]) == ("cuda@test", "cuda:0")
+    barrier(two_nodes).taint_device("cuda@test", "cuda:0")
+    two_nodes.router().invalidate()
+    results = [run(two_nodes, "worker_app.device_used") for _ in range(6)]
+    assert {r["queue"] for r in results} == {"snakepit.cpu"}
+    assert {r["device"] for r in results} == {"cpu"}
+
+
 @pytest.mark.parametrize("pool", ["threads", "prefork", "solo"])
 def test_tainted_device_releases_its_queues_on_the_node(fleet: Fleet, pool: str) -> None:
     fleet.start("cuda@test", cuda_hardware(1), pool=pool, concurrency=1)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from celery import Celery
 
 from snakepit_celery.celery.install import install
+from snakepit_celery.celery.task import SnakepitTask
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -94,6 +95,16 @@ def make_app(redis_url: str, key_prefix: str) -> Celery:
     @app.task(bind=True, name="worker_app.prefer_cuda", shared=False, device=["cuda", "cpu"])
     def prefer_cuda(self: Any) -> dict[str, Any]:
         return _where(self.request)
+
+    @app.task(
+        bind=True,
+        name="worker_app.device_used",
+        shared=False,
+        base=SnakepitTask,
+        device=["cuda", "cpu"],
+    )
+    def device_used(self: Any, *, device: Any) -> dict[str, Any]:
+        return {**_where(self.request), "device": str(device)}
 
     @app.task(bind=True, name="worker_app.only_cuda", shared=False, device="cuda")
     def only_cuda(self: Any) -> dict[str, Any]:

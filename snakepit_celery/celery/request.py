@@ -79,7 +79,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         runtime = task.snakepit_runtime
         barrier = runtime.barrier
         node = str(self.hostname)
-        device = task._device_or_none()
+        device = task._device_or_none((self.delivery_info or {}).get("routing_key"))
         info = barrier.describe(exc, device=device) or describe_crash(None, str(exc))
         runtime.health.record_crash(
             node,
@@ -94,8 +94,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         if device is not None and barrier.should_taint_device(info):
             barrier.taint_device(node, device, info)
 
-        redelivered = bool((self.delivery_info or {}).get("redelivered"))
-        unrecorded = _count(self._request_dict.get(HEADER_CRASHES)) + (1 if redelivered else 0)
+        unrecorded = _count(self._request_dict.get(HEADER_CRASHES))
         crashes = unrecorded + barrier.ledger_crash(self.id).crashes
         error = WorkerCrashedError(
             str(info.classification),

@@ -88,6 +88,27 @@ def device_queue(node: str, kind: str, index: int) -> str:
     return f"{QUEUE_PREFIX}.node.{node}.{kind}.{index}"
 
 
+def queue_device(queue: str) -> Pref | None:
+    """The device a snakepit queue stands for (``snakepit.cuda`` → ``cuda``), else None.
+
+    ``snakepit.cpu`` and ``snakepit.<kind>`` name a kind, a per-device queue
+    ``snakepit.node.<node>.<kind>.<index>`` one device; node queues and any
+    other queue name no device. Pure: used by a worker to run a task on the
+    device it was routed to, not merely the first one of its preferences.
+    """
+    parts = queue.split(".")
+    if len(parts) == 2 and parts[0] == QUEUE_PREFIX and parts[1] in ("cpu", *ACCELERATOR_KINDS):
+        return Pref(parts[1])
+    if (
+        len(parts) >= 5
+        and queue.startswith(f"{QUEUE_PREFIX}.node.")
+        and parts[-2] in ACCELERATOR_KINDS
+        and parts[-1].isdigit()
+    ):
+        return Pref(parts[-2], int(parts[-1]))
+    return None
+
+
 def _field(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name, default)

@@ -34,6 +34,7 @@ from snakepit_celery import hardware, signals
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.install import settings_for
+from snakepit_celery.celery.routing import Pref, parse_prefs, queue_device
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.errors import (
     CircuitOpenError,
@@ -144,7 +145,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
 
     _accepts_device: ClassVar[bool] = False
     _snakepit_runtime: TaskRuntime | None = None
-    _snakepit_device: Device | None = None
+    _snakepit_devices: dict[str, Device] | None = None
 
     @classmethod
     def bind(cls, app: Celery) -> Any:
@@ -177,18 +178,40 @@ class SnakepitTask(Task):  # type: ignore[misc]
 
     @property
     def resolved_device(self) -> Device | None:
-        """The device chosen for this task on this host, or None without a ``device`` option."""
+        """The device for the current delivery on this host, or None without a ``device`` option.
+
+        A task routed to a device's queue (``snakepit.cpu``, ``snakepit.cuda``,
+        ``snakepit.node.<node>.cuda.1``) runs on that device, so a task the
+        router moved off a tainted GPU does not land back on it; otherwise the
+        first available preference.
+        """
+        delivery = getattr(self.request, "delivery_info", None) or {}
+        return self.device_for(delivery.get("routing_key"))
+
+    def device_for(self, routing_key: str | None) -> Device | None:
+        """The device for a delivery on ``routing_key`` (see ``resolved_device``); cached."""
         if self.device is None:
             return None
-        device = self._snakepit_device
+        routed = queue_device(routing_key or "")
+        if routed is not None and not any(
+            _admits(pref, routed) for pref in parse_prefs(self.device)
+        ):
+            routed = None
+        key = str(routed) if routed is not None else ""
+        cache = self._snakepit_devices
+        if cache is None:
+            cache = self._snakepit_devices = {}
+        device = cache.get(key)
         if device is None:
-            device = self._snakepit_device = hardware.select_with_fallback(self.device)
+            device = cache[key] = (
+                hardware.select(key) if key else hardware.select_with_fallback(self.device)
+            )
         return device
 
-    def _device_or_none(self) -> Device | None:
-        """``resolved_device``, or None when there is none or it cannot be resolved here."""
+    def _device_or_none(self, routing_key: str | None = None) -> Device | None:
+        """The device for a delivery, or None when there is none or it cannot be resolved here."""
         try:
-            return self.resolved_device
+            return self.device_for(routing_key) if routing_key else self.resolved_device
         except SnakepitError:
             return None
 
@@ -319,10 +342,13 @@ class SnakepitTask(Task):  # type: ignore[misc]
         """Count the crashes behind a message that came back; stop it past ``max_restarts``.
 
         The first delivery of a message is never recorded (no round trip on the
-        happy path), so a message that comes back means that delivery died with
-        its node: one crash, plus the ledger's (earlier recorded runs whose
-        lease ran out) and the header's (crashes handled by a pool parent that
-        re-published it).
+        happy path). A message can come back without having crashed anything
+        (kombu restores prefetched messages when a consumer is cancelled or a
+        worker shuts down), so a redelivery only starts the record: crashes
+        are what the ledger proves (earlier recorded runs whose lease ran out,
+        or that a pool parent saw die) plus the header's. A message that kills
+        its whole node is therefore run once unrecorded, once recorded, and
+        stopped on its next return: ``max_restarts + 1`` runs for the default of 1.
         """
         barrier = runtime.barrier
         worker_id = f"{request.hostname}/{os.getpid()}"
@@ -336,8 +362,11 @@ class SnakepitTask(Task):  # type: ignore[misc]
                 extra={"task_id": request.id, "running_on": before.running_on},
             )
             raise Ignore()
-        crashes = _count(headers.get(HEADER_CRASHES)) + before.crashes + 1
-        if barrier.retry_allowed(bool(self.idempotent), crashes - 1):
+        crashes = _count(headers.get(HEADER_CRASHES)) + before.crashes
+        if crashes == 0:
+            return
+        # This delivery would be a restart after ``crashes`` proven crashes.
+        if barrier.retry_allowed(bool(self.idempotent), crashes):
             logger.warning(
                 "task %s[%s] came back after its node died; running it again (crash %d)",
                 self.name,
@@ -456,6 +485,13 @@ def _check_timeout(value: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError("timeout", value, "a number of seconds > 0")
     return float(value)
+
+
+def _admits(pref: Pref, routed: Pref) -> bool:
+    """True when a task preference accepts the device a queue stands for."""
+    if pref.kind == "auto":
+        return True
+    return pref.kind == routed.kind and pref.index in (None, routed.index)
 
 
 def _takes_device(run: Callable[..., Any]) -> bool:
