@@ -44,8 +44,8 @@ _QUICK = RetryPolicy(max_attempts=3, backoff=(0.2, 0.4))
 
 def _log(kind: str, **fields: Any) -> None:
     """Append one execution record to the tour's log."""
-    record = {"task": kind, "node": os.environ.get("DEMO_NODE", socket.gethostname())}
-    record.update(fields, pid=os.getpid())
+    node = os.environ.get("DEMO_NODE", socket.gethostname())
+    record: dict[str, Any] = {"task": kind, "node": node, "pid": os.getpid(), **fields}
     _redis.rpush(f"{PREFIX}:log:{kind}", json.dumps(record))
 
 

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 from celery import Celery, Task, shared_task, states
 from celery import signals as celery_signals
@@ -408,6 +408,14 @@ class SnakepitTask(Task):  # type: ignore[misc]
             barrier.taint_device(node, device, info)
         if _IN_POOL_CHILD and not request.is_eager:
             _recycle_after[request.id] = type(exc).__name__ + ": " + str(exc)
+
+
+@overload
+def snakepit_task(fn: Callable[..., Any], /) -> SnakepitTask: ...
+
+
+@overload
+def snakepit_task(**options: Any) -> Callable[[Callable[..., Any]], SnakepitTask]: ...
 
 
 def snakepit_task(*args: Any, **options: Any) -> Any:
