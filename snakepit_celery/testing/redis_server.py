@@ -79,8 +79,13 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        """Start the server and wait (at most ``timeout`` s) until it answers."""
-        self.directory = tempfile.mkdtemp(prefix="snakepit-redis-")
+        """Start the server and wait (at most ``timeout`` s) until it answers.
+
+        After ``stop(keep_data=True)`` it starts again on the same port and
+        directory, loading the data saved there (a Redis restart).
+        """
+        if not self.directory:
+            self.directory = tempfile.mkdtemp(prefix="snakepit-redis-")
         args = [
             self.binary,
             "--port",
@@ -111,9 +116,19 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
 
-    def stop(self) -> None:
-        """Stop the server by PID and remove its directory."""
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop the server by PID and remove its directory.
+
+        With ``keep_data`` the dataset is saved first (``SAVE``) and the
+        directory kept, so the next ``start()`` is a restart with the data.
+        """
         process, self.process = self.process, None
+        if keep_data and process is not None and process.poll() is None:
+            client = redis.Redis.from_url(self.url, socket_timeout=10)
+            try:
+                client.save()
+            finally:
+                client.close()
         if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
@@ -122,7 +137,7 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
-        if self.directory:
+        if self.directory and not keep_data:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = ""
 

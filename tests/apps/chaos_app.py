@@ -62,3 +62,12 @@ def poison_once(self: Any, work: float) -> None:
     _executed(self)
     time.sleep(work)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@snakepit_task(app=app, name="chaos.guarded", bind=True, breaker="chaos-guarded")
+def guarded(self: Any, fail: bool) -> str:
+    """Calls a downstream through the shared breaker ``chaos-guarded``; fails when told to."""
+    _executed(self)
+    if fail:
+        raise ConnectionError("downstream is down")
+    return str(self.request.id)
