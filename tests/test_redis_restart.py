@@ -11,6 +11,7 @@ fresh closed breaker when the data is gone.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,8 @@ from snakepit_celery.store import fail_open, set_fail_open, store_from_url
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 
 THRESHOLD = 5
+#: The default ``max_staleness`` of breakers (s): how long a child may trust "closed".
+MAX_STALENESS = 0.25
 CALLS_WHILE_DOWN = 20
 BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 1, "backoff": [0.05]}
 
@@ -189,6 +192,7 @@ def test_tasks_run_while_the_store_is_down_and_share_the_breaker_after_restart(
         "chaos-guarded", store=store_from_url(f"{private_redis.url}/0", key_prefix=fleet.key_prefix)
     )
     assert watcher.state == BreakerState.OPEN
+    time.sleep(2 * MAX_STALENESS)  # every pool child's local view of "closed" has expired
     deferred = fleet.send("chaos.guarded", False)
     assert _outcome(fleet, deferred)["status"] == "RETRY"
     assert fleet.executions()[deferred] == 0
