@@ -428,8 +428,7 @@ def snakepit_task(*args: Any, **options: Any) -> Any:
     base = options.setdefault("base", SnakepitTask)
     if not (isinstance(base, type) and issubclass(base, SnakepitTask)):
         raise ConfigError("base", base, "SnakepitTask or a subclass of it")
-    if options.get("timeout") is not None:
-        _check_timeout(options["timeout"])
+    _check_options(options)
     if app is not None:
         return app.task(*args, **options)
     return shared_task(*args, **options)
@@ -461,27 +460,53 @@ def _build_runtime(task: SnakepitTask) -> TaskRuntime:
 def _breaker_of(
     task: SnakepitTask, settings: SnakepitSettings, store: Store
 ) -> CircuitBreaker | None:
-    option = task.breaker
-    if option is None or option is False:
-        return None
-    if isinstance(option, CircuitBreaker):
+    option = _breaker_option(task.breaker, task.name)
+    if option is None or isinstance(option, CircuitBreaker):
         return option
-    if option is True:
-        option = task.name
-    if not isinstance(option, str) or not option:
-        raise ConfigError("breaker", option, "a breaker name, True, or a CircuitBreaker")
     return CircuitBreaker(option, exclude=_CONTROL_FLOW, store=store, **dict(settings.breaker))
 
 
+def _breaker_option(option: Any, task_name: str) -> str | CircuitBreaker | None:
+    """The task's ``breaker`` option checked: a breaker name, a CircuitBreaker, or None."""
+    if option is None or option is False or isinstance(option, CircuitBreaker):
+        return option or None
+    if option is True:
+        option = task_name
+    if not isinstance(option, str) or not option:
+        raise ConfigError("breaker", option, "a breaker name, True, or a CircuitBreaker")
+    return option
+
+
 def _policy_of(task: SnakepitTask, settings: SnakepitSettings) -> RetryPolicy | None:
-    option = task.retry_policy
-    if option is None:
-        return settings.retry_policy
-    if isinstance(option, RetryPolicy):
+    policy = _policy_option(task.retry_policy)
+    return settings.retry_policy if policy is None else policy
+
+
+def _policy_option(option: Any) -> RetryPolicy | None:
+    """The task's ``retry_policy`` option checked: a RetryPolicy (from a dict too) or None."""
+    if option is None or isinstance(option, RetryPolicy):
         return option
     if isinstance(option, Mapping):
         return RetryPolicy.from_dict(option, setting="retry_policy")
     raise ConfigError("retry_policy", option, "a RetryPolicy, a dict of its arguments, or None")
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Reject bad snakepit options when the task is declared, not when it first runs."""
+    name = str(options.get("name") or "task")
+    if options.get("timeout") is not None:
+        _check_timeout(options["timeout"])
+    _policy_option(options.get("retry_policy"))
+    _breaker_option(options.get("breaker"), name)
+    if options.get("crash_barrier") is not None:
+        CrashBarrierConfig().merged(options["crash_barrier"])
+    if options.get("device") is not None:
+        parse_prefs(options["device"])
+    if not isinstance(options.get("idempotent", False), bool):
+        raise ConfigError("idempotent", options["idempotent"], "True or False")
+    pool = options.get("pool")
+    if pool is not None and (not isinstance(pool, str) or not pool):
+        raise ConfigError("pool", pool, "a health-monitor pool name (non-empty string) or None")
 
 
 # -- helpers -----------------------------------------------------------------------------
