@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 
+from benchmarks.apps.fleet import machine_details
 from snakepit_celery import hardware
 from snakepit_celery.hardware import ENV_VAR
 
@@ -42,6 +43,8 @@ def report(first: list[float], cached: list[float], accelerator: str) -> str:
     ratio = statistics.median(first) / statistics.median(cached)
     return "\n".join(
         [
+            machine_details(),
+            "",
             f"`hardware.identity()` on this host (accelerator: {accelerator}), {ROUNDS} rounds; "
             f"cached = mean of {CACHED_CALLS:,} calls after the first.",
             "",

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.apps.fleet import BenchFleet
+from benchmarks.apps.fleet import BenchFleet, machine_details
 
 REPEATS = 3
 TASKS = 200
@@ -187,9 +187,11 @@ def _extra_by_name(pairs: list[Pair]) -> str:
     return ", ".join(f"{name} {n:+.2f}" for n, name in sorted(shown, reverse=True)[:3]) or "-"
 
 
-def report(results: dict[str, list[Pair]]) -> str:
+def report(results: dict[str, list[Pair]], machine: str) -> str:
     """The Markdown section for RESULTS.md."""
     lines = [
+        machine,
+        "",
         f"Client commands to Redis per task (MONITOR, commands run inside Lua excluded), "
         f"{REPEATS} repeats x {TASKS} tasks, one prefork worker (concurrency 2); includes the "
         "worker's idle polling and heartbeat during the batch, alike for both. "
@@ -215,8 +217,9 @@ def report(results: dict[str, list[Pair]]) -> str:
 def main() -> str:
     """Count on a private Redis and worker node; return the Markdown section."""
     with BenchFleet(concurrency=2) as fleet:
+        machine = machine_details(fleet.redis)
         results = measure(fleet)
-    return report(results)
+    return report(results, machine)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class Batch:
         return self.worker_cpu + self.redis_cpu
 
 
-def machine_details(redis_client: redis.Redis) -> str:
+def machine_details(redis_client: redis.Redis | None = None) -> str:
     """One line naming the CPU, core count, Python and Redis versions and the date."""
     model = "unknown CPU"
     try:
@@ -59,10 +59,10 @@ def machine_details(redis_client: redis.Redis) -> str:
                 break
     except OSError:
         pass
-    info = redis_client.info("server")
+    version = "-" if redis_client is None else redis_client.info("server").get("redis_version")
     return (
         f"Machine: {model}, {psutil.cpu_count()} cores, Python "
-        f"{'.'.join(map(str, sys.version_info[:3]))}, Redis {info.get('redis_version')}, "
+        f"{'.'.join(map(str, sys.version_info[:3]))}, Redis {version}, "
         f"{time.strftime('%Y-%m-%d')}."
     )
 
