@@ -261,6 +261,18 @@ def fleet_breaker(tour: Tour, demo: Any) -> None:
     tour.check(breaker.state == "closed", "the first probe after reset_timeout closed the breaker")
 
 
+def _untaint(barrier: CrashBarrier, demo: Any) -> None:
+    """Lift every taint (as `celery snakepit untaint --all` would) and wait for the nodes."""
+    barrier.clear_taint()
+    store = demo.snakepit_store()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        nodes = store.node_list()
+        if len(nodes) == 2 and not any(n.get("tainted") or len(n["queues"]) < 3 for n in nodes):
+            return
+        time.sleep(0.2)
+
+
 def crashes(tour: Tour, demo: Any) -> None:
     barrier = CrashBarrier(store=demo.snakepit_store())
     tour.step("5. An idempotent task segfaults its worker child")
@@ -273,7 +285,7 @@ def crashes(tour: Tour, demo: Any) -> None:
     tour.check(state == "SUCCESS" and len(runs) == 2, "it was re-run once and succeeded")
     tour.check(len(set(where)) == 2, "the re-run happened on the other node")
     tour.check(where[0] in tainted, "the node whose child crashed is tainted")
-    barrier.clear_taint()
+    _untaint(barrier, demo)
 
     tour.step("6. A non-idempotent task segfaults: it must not run twice")
     state, value = _wait_result(demo.segfault_plain.delay(), timeout=30)
@@ -281,7 +293,7 @@ def crashes(tour: Tour, demo: Any) -> None:
     tour.say(f"ran {len(runs)} time(s) -> {state} {type(value).__name__}: {value}")
     tour.check(isinstance(value, WorkerCrashedError), "it ended FAILURE with WorkerCrashedError")
     tour.check(len(runs) == 1, "and ran exactly once")
-    barrier.clear_taint()
+    _untaint(barrier, demo)
 
     tour.step("7. A poison task that segfaults every time")
     state, value = _wait_result(demo.poison.delay(), timeout=30)
@@ -289,7 +301,7 @@ def crashes(tour: Tour, demo: Any) -> None:
     tour.say(f"ran {len(runs)} time(s) -> {state} {type(value).__name__}")
     tour.check(len(runs) == 2, "it ran max_restarts + 1 = 2 times, then stopped for good")
     tour.check(isinstance(value, WorkerCrashedError), "its final state is WorkerCrashedError")
-    barrier.clear_taint()
+    _untaint(barrier, demo)
 
 
 def gpu_routing(tour: Tour, demo: Any) -> None:
@@ -308,7 +320,7 @@ def gpu_routing(tour: Tour, demo: Any) -> None:
     later = [_wait_result(demo.embed.delay(i))[1] for i in range(3, 6)]
     tour.say(f"devices now: {later}")
     tour.check(set(later) == {"cpu"}, "new tasks fall back to the next preference, the CPU")
-    barrier.clear_taint()
+    _untaint(barrier, demo)
 
 
 def status(tour: Tour, demo: Any) -> None:

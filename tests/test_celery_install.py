@@ -163,18 +163,20 @@ def _gate_task(app: Celery) -> Any:
     return poison
 
 
-def test_redelivered_message_without_a_recorded_crash_runs_and_is_recorded(app: Celery) -> None:
-    """kombu restores prefetched messages on consumer cancel/shutdown: not a crash."""
+def test_tracked_message_runs_and_is_recorded_in_the_crash_ledger(app: Celery) -> None:
+    """A message re-published after a crash carries the crash header: every run is recorded."""
     from types import SimpleNamespace
 
+    from snakepit_celery.celery.task import HEADER_CRASHES
+
     task = _gate_task(app)
-    request = SimpleNamespace(id="restored-1", hostname="a@host")
-    task._crash_ledger_gate(task.snakepit_runtime, request, {})
-    entry = task.snakepit_runtime.barrier.ledger_get("restored-1")
+    request = SimpleNamespace(id="tracked-1", hostname="a@host", delivery_info={})
+    task._crash_ledger_gate(task.snakepit_runtime, request, {HEADER_CRASHES: 0})
+    entry = task.snakepit_runtime.barrier.ledger_get("tracked-1")
     assert entry is not None and (entry.starts, entry.crashes) == (1, 0)
 
 
-def test_redelivered_message_after_a_recorded_crash_is_stopped_past_max_restarts(
+def test_untracked_message_that_came_back_counts_its_lost_delivery_as_one_crash(
     app: Celery,
 ) -> None:
     from types import SimpleNamespace
@@ -182,9 +184,10 @@ def test_redelivered_message_after_a_recorded_crash_is_stopped_past_max_restarts
     from snakepit_celery.errors import WorkerCrashedError
 
     task = _gate_task(app)
-    barrier = task.snakepit_runtime.barrier
-    barrier.ledger_start("poison-1", "a@host/1", 30.0)
-    barrier.ledger_crash("poison-1")
-    request = SimpleNamespace(id="poison-1", hostname="b@host")
+    came_back = {"redelivered": True}
+    first = SimpleNamespace(id="poison-1", hostname="b@host", delivery_info=came_back)
+    task._crash_ledger_gate(task.snakepit_runtime, first, {})  # crash 1 <= max_restarts: runs
+    task.snakepit_runtime.barrier.ledger_crash("poison-1")
+    again = SimpleNamespace(id="poison-1", hostname="c@host", delivery_info=came_back)
     with pytest.raises(WorkerCrashedError, match="max_restarts=1"):
-        task._crash_ledger_gate(task.snakepit_runtime, request, {})
+        task._crash_ledger_gate(task.snakepit_runtime, again, {})

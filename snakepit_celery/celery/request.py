@@ -33,8 +33,8 @@ from snakepit_celery.celery.task import (
     HEADER_CRASHES,
     ChildRecycled,
     SnakepitTask,
-    _count,
     _forwarded,
+    unrecorded_crashes,
 )
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.crash import describe_crash
@@ -94,7 +94,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         if device is not None and barrier.should_taint_device(info):
             barrier.taint_device(node, device, info)
 
-        unrecorded = _count(self._request_dict.get(HEADER_CRASHES))
+        unrecorded = unrecorded_crashes(self.delivery_info, self._request_dict)
         crashes = unrecorded + barrier.ledger_crash(self.id).crashes
         error = WorkerCrashedError(
             str(info.classification),

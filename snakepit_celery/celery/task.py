@@ -223,11 +223,14 @@ class SnakepitTask(Task):  # type: ignore[misc]
         runtime = self.snakepit_runtime
         headers = request.headers or {}
         gated = False
-        if runtime.barrier.enabled and self.acks_late and _redelivered(request):
+        # A message that came back, or one re-published after a crash, is run
+        # with a crash-ledger record (the rare path); a first delivery is not.
+        tracked = _redelivered(request) or HEADER_CRASHES in headers
+        if runtime.barrier.enabled and self.acks_late and tracked:
             self._crash_ledger_gate(runtime, request, headers)
             gated = True
-            # A retry of this run is a new message: it carries the lost first delivery along.
-            headers = {**headers, HEADER_CRASHES: _count(headers.get(HEADER_CRASHES)) + 1}
+            # A retry of this run is a new message: the header keeps it tracked.
+            headers = {**headers, HEADER_CRASHES: _count(headers.get(HEADER_CRASHES))}
         try:
             return self._attempt(runtime, request, headers, args, kwargs)
         finally:
@@ -342,13 +345,12 @@ class SnakepitTask(Task):  # type: ignore[misc]
         """Count the crashes behind a message that came back; stop it past ``max_restarts``.
 
         The first delivery of a message is never recorded (no round trip on the
-        happy path). A message can come back without having crashed anything
-        (kombu restores prefetched messages when a consumer is cancelled or a
-        worker shuts down), so a redelivery only starts the record: crashes
-        are what the ledger proves (earlier recorded runs whose lease ran out,
-        or that a pool parent saw die) plus the header's. A message that kills
-        its whole node is therefore run once unrecorded, once recorded, and
-        stopped on its next return: ``max_restarts + 1`` runs for the default of 1.
+        happy path), so when such an untracked message comes back its lost
+        delivery counts as one crash (conservatively: kombu also restores
+        messages a node had prefetched but never started). Once a message is
+        tracked (re-published after a crash, it carries the crash header) every
+        delivery is recorded, and the ledger proves its crashes: earlier runs
+        whose lease ran out, or that a pool parent saw die.
         """
         barrier = runtime.barrier
         worker_id = f"{request.hostname}/{os.getpid()}"
@@ -362,11 +364,10 @@ class SnakepitTask(Task):  # type: ignore[misc]
                 extra={"task_id": request.id, "running_on": before.running_on},
             )
             raise Ignore()
-        crashes = _count(headers.get(HEADER_CRASHES)) + before.crashes
+        crashes = unrecorded_crashes(request.delivery_info, headers) + before.crashes
         if crashes == 0:
             return
-        # This delivery would be a restart after ``crashes`` proven crashes.
-        if barrier.retry_allowed(bool(self.idempotent), crashes):
+        if barrier.retry_allowed(bool(self.idempotent), crashes - 1):
             logger.warning(
                 "task %s[%s] came back after its node died; running it again (crash %d)",
                 self.name,
@@ -578,6 +579,16 @@ def _since(headers: Mapping[str, Any]) -> float:
         return max(0.0, time.time() - float(first)) if first else 0.0
     except (TypeError, ValueError):
         return 0.0
+
+
+def unrecorded_crashes(delivery_info: Mapping[str, Any] | None, headers: Mapping[str, Any]) -> int:
+    """Crashes of a message the ledger does not hold: its header's, plus its lost delivery.
+
+    An untracked message (no crash header) that came back lost a delivery no
+    ledger recorded; that counts as one crash.
+    """
+    lost = 1 if (delivery_info or {}).get("redelivered") and HEADER_CRASHES not in headers else 0
+    return _count(headers.get(HEADER_CRASHES)) + lost
 
 
 def _redelivered(request: Any) -> bool:
