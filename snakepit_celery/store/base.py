@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "NODE_RETENTION",
     "BreakerDecision",
     "BreakerRecord",
     "BreakerSnapshot",
@@ -26,6 +27,22 @@ __all__ = [
     "TaintRecord",
     "WorkerCrashes",
 ]
+
+
+#: How long (s) the last record of a node incarnation is kept after its heartbeat
+#: expired, hidden from ``node_list``, for ``node_reap`` to claim: long enough for
+#: a fleet that was down as a whole (power loss) to restart and reap its own dead.
+NODE_RETENTION = 3600.0
+
+
+def node_incarnation(data: Mapping[str, Any]) -> str:
+    """The incarnation id of a node record (``data["incarnation"]``, "" without one).
+
+    One incarnation is one run of a node: a node restarted under the same name
+    is a new incarnation, so the record of the dead one survives for the reaper.
+    ``|`` separates fields in the store, so it is replaced.
+    """
+    return str(data.get("incarnation") or "").replace("|", "/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +247,13 @@ class Store(Protocol):
 
     # -- node registry --------------------------------------------------------
     def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
-        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh."""
+        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
+
+        The record is also kept per incarnation (``data["incarnation"]``, see
+        ``node_incarnation``) for ``NODE_RETENTION`` seconds past its expiry,
+        hidden from ``node_list``, so ``node_reap`` can claim the last record of
+        a node that died, even when a node of the same name has started since.
+        """
         ...
 
     def node_list(self) -> list[dict[str, Any]]:
@@ -238,7 +261,16 @@ class Store(Protocol):
         ...
 
     def node_remove(self, node: str) -> None:
-        """Drop a node's record (clean shutdown)."""
+        """Drop a node's record and its current incarnation's (clean shutdown: nothing to reap)."""
+        ...
+
+    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
+        """Claim the last records of dead node incarnations (heartbeat expired > ``grace`` ago).
+
+        Each returned record (with ``node``, ``incarnation`` and
+        ``heartbeat_age`` added) is removed in the same atomic step, so exactly
+        one caller fleet-wide gets each dead incarnation. Sorted by node, oldest first.
+        """
         ...
 
     def close(self) -> None:

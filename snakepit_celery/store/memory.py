@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snakepit_celery.store.base import (
+    NODE_RETENTION,
     BreakerDecision,
     BreakerRecord,
     BreakerSnapshot,
@@ -26,6 +27,7 @@ from snakepit_celery.store.base import (
     LedgerEntry,
     TaintRecord,
     WorkerCrashes,
+    node_incarnation,
 )
 
 __all__ = ["MemoryStore"]
@@ -74,7 +76,10 @@ class MemoryStore:
         self._pools: dict[str, _Pool] = {}
         self._taints: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._ledgers: dict[str, _Ledger] = {}
-        self._nodes: dict[str, tuple[float, float, dict[str, Any]]] = {}
+        # node -> (heartbeat, expiry, record, incarnation)
+        self._nodes: dict[str, tuple[float, float, dict[str, Any], str]] = {}
+        # (node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
+        self._incarnations: dict[tuple[str, str], tuple[float, float, dict[str, Any]]] = {}
         _all_stores.add(self)
 
     def __repr__(self) -> str:
@@ -368,28 +373,64 @@ class MemoryStore:
             return LedgerEntry(led.starts, led.finishes, led.crashes, running)
 
     # -- node registry --------------------------------------------------------
+    def _prune_incarnations(self, now: float) -> None:
+        cutoff = now - NODE_RETENTION
+        for key in [k for k, (_, exp, _) in self._incarnations.items() if exp <= cutoff]:
+            del self._incarnations[key]
+
     def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
-        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh."""
+        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
+
+        Its incarnation's copy stays ``NODE_RETENTION`` longer, for ``node_reap``.
+        """
         with self._lock:
             now = self.now()
             record = json.loads(json.dumps(dict(data), default=str))
-            self._nodes[node] = (now, now + ttl, record)
+            incarnation = node_incarnation(data)
+            self._nodes[node] = (now, now + ttl, record, incarnation)
+            self._incarnations[(node, incarnation)] = (now, now + ttl, record)
+            self._prune_incarnations(now)
 
     def node_list(self) -> list[dict[str, Any]]:
         """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
         with self._lock:
             now = self.now()
-            for node in [n for n, (_, exp, _) in self._nodes.items() if exp <= now]:
+            for node in [n for n, (_, exp, _, _) in self._nodes.items() if exp <= now]:
                 del self._nodes[node]
             return [
                 {**record, "node": node, "heartbeat_age": max(0.0, now - beat)}
-                for node, (beat, _, record) in sorted(self._nodes.items())
+                for node, (beat, _, record, _) in sorted(self._nodes.items())
             ]
 
     def node_remove(self, node: str) -> None:
-        """Drop a node's record (clean shutdown)."""
+        """Drop a node's record and its current incarnation's (clean shutdown)."""
         with self._lock:
-            self._nodes.pop(node, None)
+            entry = self._nodes.pop(node, None)
+            if entry is not None:
+                self._incarnations.pop((node, entry[3]), None)
+
+    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
+        """Claim the last records of incarnations whose heartbeat expired > ``grace`` ago."""
+        with self._lock:
+            now = self.now()
+            self._prune_incarnations(now)
+            cutoff = now - max(0.0, grace)
+            dead = sorted(
+                (key for key, (_, exp, _) in self._incarnations.items() if exp <= cutoff),
+                key=lambda key: (key[0], self._incarnations[key][0]),
+            )
+            claimed = []
+            for node, incarnation in dead:
+                beat, _, record = self._incarnations.pop((node, incarnation))
+                claimed.append(
+                    {
+                        **record,
+                        "node": node,
+                        "incarnation": incarnation,
+                        "heartbeat_age": max(0.0, now - beat),
+                    }
+                )
+            return claimed
 
     def close(self) -> None:
         """Nothing to release."""

@@ -36,6 +36,7 @@ from redis.sentinel import Sentinel
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
 from snakepit_celery.store.base import (
+    NODE_RETENTION,
     BreakerDecision,
     BreakerRecord,
     BreakerSnapshot,
@@ -43,6 +44,7 @@ from snakepit_celery.store.base import (
     LedgerEntry,
     TaintRecord,
     WorkerCrashes,
+    node_incarnation,
 )
 
 __all__ = [
@@ -79,8 +81,12 @@ KEY_SCHEMA: Mapping[str, str] = {
     "ledger": "{task:<task_id>}",
     # zset: node name -> expiry of its last heartbeat
     "nodes": "{nodes}",
-    # hash: node name -> '<heartbeat time>|<record JSON>'
+    # hash: node name -> '<heartbeat time>|<incarnation>|<record JSON>'
     "node_records": "{nodes}:records",
+    # zset: '<node>|<incarnation>' -> expiry of its last heartbeat (kept NODE_RETENTION longer)
+    "node_incarnations": "{nodes}:incarnations",
+    # hash: '<node>|<incarnation>' -> its last record, same format as node_records (node_reap)
+    "node_incarnation_records": "{nodes}:incarnation_records",
 }
 
 #: One script per atomic operation, ``store/lua/<name>.lua`` (``_common.lua`` is prepended).
@@ -100,9 +106,10 @@ SCRIPTS: Mapping[str, str] = {
     "ledger_finish": "count a finished execution, drop the lease",
     "ledger_crash": "count a crashed execution, drop the lease",
     "ledger_get": "read a ledger (running_on only while leased); no writes",
-    "node_register": "write a node record + expiry; prune dead nodes",
+    "node_register": "write a node record + expiry (live and per incarnation); prune dead nodes",
     "node_list": "prune dead nodes, list the live records",
-    "node_remove": "drop a node record",
+    "node_remove": "drop a node record and its current incarnation's",
+    "node_reap": "claim (return and drop) incarnations expired more than grace ago",
 }
 
 #: URL schemes a RedisStore accepts.
@@ -614,26 +621,55 @@ class RedisStore:
 
     # -- node registry --------------------------------------------------------
     def _node_keys(self) -> list[str]:
-        return [self.key("nodes"), self.key("nodes", part="records")]
+        return [
+            self.key("nodes"),
+            self.key("nodes", part="records"),
+            self.key("nodes", part="incarnations"),
+            self.key("nodes", part="incarnation_records"),
+        ]
 
     def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
-        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh."""
+        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
+
+        Its incarnation's copy stays ``NODE_RETENTION`` longer, for ``node_reap``.
+        """
         payload = json.dumps(dict(data), default=str, sort_keys=True)
-        self._run("node_register", self._node_keys(), [node, ttl, payload])
+        self._run(
+            "node_register",
+            self._node_keys(),
+            [node, ttl, payload, node_incarnation(data), NODE_RETENTION],
+        )
 
     def node_list(self) -> list[dict[str, Any]]:
         """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
-        reply = self._run("node_list", self._node_keys(), [])
+        reply = self._run("node_list", self._node_keys()[:2], [])
         now = float(reply[0])
-        nodes = []
-        for i in range(1, len(reply), 2):
-            beat, _, payload = _text(reply[i + 1]).partition("|")
-            record = json.loads(payload)
-            record["node"] = _text(reply[i])
-            record["heartbeat_age"] = max(0.0, now - float(beat))
-            nodes.append(record)
+        nodes = [_node_record(_text(reply[i]), reply[i + 1], now) for i in range(1, len(reply), 2)]
         return sorted(nodes, key=lambda r: str(r["node"]))
 
     def node_remove(self, node: str) -> None:
-        """Drop a node's record (clean shutdown)."""
+        """Drop a node's record and its current incarnation's (clean shutdown)."""
         self._run("node_remove", self._node_keys(), [node])
+
+    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
+        """Claim the last records of incarnations whose heartbeat expired > ``grace`` ago.
+
+        Atomic (one script): each dead incarnation goes to exactly one caller.
+        """
+        reply = self._run("node_reap", self._node_keys()[2:], [max(0.0, grace), NODE_RETENTION])
+        now = float(reply[0])
+        records = []
+        for i in range(1, len(reply), 2):
+            node, _, incarnation = _text(reply[i]).rpartition("|")
+            records.append({**_node_record(node, reply[i + 1], now), "incarnation": incarnation})
+        return sorted(records, key=lambda r: (str(r["node"]), -float(r["heartbeat_age"])))
+
+
+def _node_record(node: str, raw: Any, now: float) -> dict[str, Any]:
+    """Parse ``'<heartbeat>|<incarnation>|<JSON>'`` into the record with its fields added."""
+    beat, _, rest = _text(raw).partition("|")
+    payload = rest.partition("|")[2]
+    record: dict[str, Any] = json.loads(payload)
+    record["node"] = node
+    record["heartbeat_age"] = max(0.0, now - float(beat))
+    return record

@@ -1,13 +1,30 @@
--- KEYS: node expiry zset, node record hash   ARGV: node, ttl, record JSON
+-- KEYS: node expiry zset, node record hash, incarnation expiry zset, incarnation record hash
+-- ARGV: node, ttl, record JSON, incarnation, retention
+-- Live records leave at once when they expire; each incarnation's last record
+-- stays (hidden) `retention` seconds longer, for node_reap.
 local now = store_now()
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #dead > 0 then
   redis.call('HDEL', KEYS[2], unpack(dead))
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], fmt(now) .. '|' .. ARGV[3])
+local retention = tonumber(ARGV[5])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - retention)
+if #gone > 0 then
+  redis.call('HDEL', KEYS[4], unpack(gone))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention)
+end
+local expiry = now + tonumber(ARGV[2])
+local value = fmt(now) .. '|' .. ARGV[4] .. '|' .. ARGV[3]
+local member = ARGV[1] .. '|' .. ARGV[4]
+redis.call('ZADD', KEYS[1], expiry, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], value)
+redis.call('ZADD', KEYS[3], expiry, member)
+redis.call('HSET', KEYS[4], member, value)
 local last = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
 expire_at(KEYS[1], last)
 expire_at(KEYS[2], last)
+local last_incarnation = tonumber(redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')[2])
+expire_at(KEYS[3], last_incarnation + retention)
+expire_at(KEYS[4], last_incarnation + retention)
 return 0
