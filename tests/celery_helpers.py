@@ -14,22 +14,20 @@ it with SIGTERM, then SIGKILL for the whole group. Its log goes to a file that
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 from celery import Celery
 from celery.result import AsyncResult
+
+from snakepit_celery.testing import wait_until
+from snakepit_celery.testing.workers import WorkerNode
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_MODULE = "tests.apps.snakepit_app"
@@ -80,105 +78,16 @@ def make_client(redis_url: str, key_prefix: str) -> Celery:
     return app
 
 
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+def wait_answering(worker: WorkerNode, client: Celery, timeout: float = 60.0) -> None:
+    """Wait until ``worker`` answers ``ping`` (fails early when it exits)."""
 
+    def answers() -> bool:
+        if not worker.alive():
+            raise AssertionError(f"worker {worker.name} exited:\n{worker.logs()[-4000:]}")
+        replies = client.control.ping(destination=[worker.name], timeout=0.5)
+        return any(worker.name in reply for reply in replies or [])
 
-class Worker:
-    """One ``celery worker`` node (prefork) in its own process group."""
-
-    def __init__(
-        self, name: str, env: dict[str, str], log_dir: Path, queues: str, concurrency: int
-    ) -> None:
-        self.name = f"{name}@{socket.gethostname()}"
-        self.log_path = log_dir / f"{name}.log"
-        self.env = env
-        self.argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            APP_MODULE,
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            str(concurrency),
-            "-n",
-            f"{name}@%h",
-            "-Q",
-            queues,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "info",
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Worker:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def wait_ready(self, client: Celery, timeout: float = 60.0) -> None:
-        """Wait until the node answers ``ping`` (fails early when it exits)."""
-
-        def answers() -> bool:
-            if not self.alive():
-                raise AssertionError(f"worker {self.name} exited:\n{self.log()[-4000:]}")
-            replies = client.control.ping(destination=[self.name], timeout=0.5)
-            return any(self.name in reply for reply in replies or [])
-
-        wait_until(answers, timeout, interval=0.2, what=f"worker {self.name} to answer ping")
-
-    def wait_exit(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (warm shutdown), then SIGKILL for the whole process group."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
-        self.kill_group()
-
-    def kill_group(self) -> None:
-        """SIGKILL the node's parent and every pool child at once."""
-        process = self.process
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(10)
+    wait_until(answers, timeout, interval=0.2, what=f"worker {worker.name} to answer ping")
 
 
 class Harness:
@@ -190,7 +99,7 @@ class Harness:
         self.tmp_path = tmp_path
         self.client = make_client(redis_url, key_prefix)
         self.redis = redis.Redis.from_url(redis_url)
-        self.workers: list[Worker] = []
+        self.workers: list[WorkerNode] = []
 
     def key(self, name: str) -> str:
         """A Redis key of this test for the tasks' own bookkeeping (counters, flags)."""
@@ -206,7 +115,7 @@ class Harness:
         env: dict[str, str] | None = None,
         wait: bool = True,
         visibility_timeout: float = VISIBILITY_TIMEOUT,
-    ) -> Worker:
+    ) -> WorkerNode:
         """Start a node running ``tests/apps/snakepit_app.py`` with extra ``conf``."""
         app_conf = celery_conf(self.redis_url, self.key_prefix, conf, visibility_timeout)
         worker_env = {
@@ -216,10 +125,18 @@ class Harness:
             "SPT_KEY_PREFIX": self.key_prefix,
             **(env or {}),
         }
-        worker = Worker(name, worker_env, self.tmp_path, queues, concurrency).start()
+        worker = WorkerNode(
+            APP_MODULE,
+            f"{name}@{socket.gethostname()}",
+            queues=queues.split(","),
+            concurrency=concurrency,
+            env=worker_env,
+            cwd=str(ROOT),
+            log_path=self.tmp_path / f"{name}.log",
+        ).start()
         self.workers.append(worker)
         if wait:
-            worker.wait_ready(self.client)
+            wait_answering(worker, self.client)
         return worker
 
     def send(self, task: str, *args: Any, **options: Any) -> AsyncResult:
@@ -239,7 +156,7 @@ class Harness:
         for worker in self.workers:
             worker.stop()
         for worker in self.workers:
-            print(f"===== log of {worker.name} =====\n{worker.log()[-20000:]}")
+            print(f"===== log of {worker.name} =====\n{worker.logs()[-20000:]}")
         keys = list(self.redis.scan_iter(match=f"{self.key_prefix}*", count=1000))
         for start in range(0, len(keys), 500):
             self.redis.delete(*keys[start : start + 500])

@@ -14,10 +14,9 @@ import contextlib
 import json
 import os
 import socket
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,20 +33,6 @@ FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 #: Broker visibility timeout (s): the message of a killed node comes back after it.
 VISIBILITY_TIMEOUT = 6.0
 T = TypeVar("T")
-
-
-def wait_until(
-    predicate: Callable[[], T | None], timeout: float, interval: float = 0.1, what: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def chaos_conf(

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from billiard.exceptions import WorkerLostError
 from celery import Celery
-from chaos_helpers import ChaosFleet, chaos_conf, wait_until
+from chaos_helpers import ChaosFleet, chaos_conf
 
 from snakepit_celery import hardware, lockfile
 from snakepit_celery.barrier import MAX_REASON_CHARS, CrashBarrier
@@ -35,6 +35,7 @@ from snakepit_celery.errors import ConfigError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.crash import Classification, classify
 from snakepit_celery.store import set_default_store, store_from_url
+from snakepit_celery.testing import wait_until
 
 MAX_RESTARTS = 1
 BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": MAX_RESTARTS, "backoff": [0.05]}

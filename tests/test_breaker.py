@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from breaker_helpers import CountingStore, record_signals, wait_until
+from breaker_helpers import CountingStore, record_signals
 
 from snakepit_celery import testing
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.errors import CircuitOpenError, ConfigError, StoreUnavailableError
 from snakepit_celery.store import MemoryStore, set_fail_open, store_from_url
+from snakepit_celery.testing import wait_until
 
 RESET = 0.2  # reset_timeout used by the transition tests (seconds)
 

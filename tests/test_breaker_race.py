@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 import redis
-from breaker_helpers import BREAKER_SIGNALS, wait_until
+from breaker_helpers import BREAKER_SIGNALS
 
 from snakepit_celery.breaker import BreakerState, CircuitBreaker
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.store import store_from_url
+from snakepit_celery.testing import wait_until
 
 PROCESSES = 8
 CTX = multiprocessing.get_context("fork")

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery_helpers import Harness, harness_fixture, wait_until
+from celery_helpers import Harness, harness_fixture
 
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.hardware.types import Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import store_from_url
+from snakepit_celery.testing import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery_helpers import CommandLog, Harness, StateLog, harness_fixture, wait_until
+from celery_helpers import CommandLog, Harness, StateLog, harness_fixture
 
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.errors import RetryExhaustedError
 from snakepit_celery.store import store_from_url
+from snakepit_celery.testing import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

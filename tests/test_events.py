@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from worker_helpers import CPU_HARDWARE, Fleet, fleet_fixture, wait_until
+from worker_helpers import CPU_HARDWARE, Fleet, fleet_fixture
 
 from snakepit_celery import signals
 from snakepit_celery.celery.events import EventBridge, event_type, json_safe, signal_event
+from snakepit_celery.testing import wait_until
 
 # -- pure parts --------------------------------------------------------------------------
 

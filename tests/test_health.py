@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 import redis
-from breaker_helpers import record_signals, wait_until
+from breaker_helpers import record_signals
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
 from snakepit_celery.health import HealthMonitor, HealthStats, WorkerHealth
 from snakepit_celery.store import MemoryStore, set_fail_open, store_from_url
+from snakepit_celery.testing import wait_until
 
 
 @pytest.fixture(params=["memory", "redis"])

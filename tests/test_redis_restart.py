@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from chaos_helpers import ChaosFleet, chaos_conf, wait_until
+from chaos_helpers import ChaosFleet, chaos_conf
 
 from snakepit_celery.breaker import BreakerState, CircuitBreaker
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import fail_open, set_fail_open, store_from_url
+from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 
 THRESHOLD = 5

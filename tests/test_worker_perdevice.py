@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_helpers import ROOT, Fleet, cuda_hardware, fleet_fixture, wait_until, write_hardware
+from worker_helpers import ROOT, Fleet, cuda_hardware, fleet_fixture, write_hardware
 
 from snakepit_celery.celery.perdevice import (
     NODE_MARKER_ENV,
@@ -20,6 +20,7 @@ from snakepit_celery.celery.perdevice import (
 )
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.hardware import Device, HardwareInfo
+from snakepit_celery.testing import wait_until
 
 GPUS = [Device("cuda", 0), Device("cuda", 1)]
 

@@ -13,10 +13,10 @@ import pytest
 from worker_helpers import (
     CPU_HARDWARE,
     Fleet,
-    WorkerProcess,
     cuda_hardware,
     fleet_fixture,
     wait_until,
+    worker_node,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -109,7 +109,7 @@ def test_clean_shutdown_removes_the_node_at_once(fleet: Fleet) -> None:
     worker = fleet.start("cpu@test", CPU_HARDWARE)
     assert worker.stop(signal.SIGTERM) == 0
     assert fleet.node("cpu@test") is None
-    assert "left the fleet" in worker.log()
+    assert "left the fleet" in worker.logs()
 
 
 def test_node_registry_lists_several_nodes(fleet: Fleet) -> None:
@@ -123,8 +123,8 @@ def test_worker_refuses_to_start_on_a_lock_file_mismatch(fleet: Fleet) -> None:
     worker = fleet.start(
         "cpu@test", CPU_HARDWARE, wait=False, env={"SNAKEPIT_LOCK_FILE": str(lock)}
     )
-    assert worker.wait(timeout=60) == 1
-    lines = [line for line in worker.log().splitlines() if "refuses to start" in line]
+    assert worker.wait_exit(timeout=60) == 1
+    lines = [line for line in worker.logs().splitlines() if "refuses to start" in line]
     assert len(lines) == 1
     assert "accelerator_mismatch" in lines[0]
     assert fleet.node("cpu@test") is None
@@ -135,8 +135,8 @@ def test_worker_refuses_too_few_gpus(fleet: Fleet) -> None:
     worker = fleet.start(
         "cuda@test", cuda_hardware(1), wait=False, env={"SNAKEPIT_LOCK_FILE": str(lock)}
     )
-    assert worker.wait(timeout=60) == 1
-    assert "insufficient_gpus" in worker.log()
+    assert worker.wait_exit(timeout=60) == 1
+    assert "insufficient_gpus" in worker.logs()
 
 
 def test_worker_starts_when_the_lock_file_matches(fleet: Fleet) -> None:
@@ -148,10 +148,10 @@ def test_worker_starts_when_the_lock_file_matches(fleet: Fleet) -> None:
 def test_worker_refuses_a_broken_hardware_override(fleet: Fleet) -> None:
     bad = fleet.tmp_path / "bad.json"
     bad.write_text("{not json")
-    worker = WorkerProcess(
+    worker = worker_node(
         "cpu@test", fleet.redis_url, fleet.key_prefix, fleet.tmp_path, hardware=bad
     ).start()
     fleet.workers.append(worker)
-    assert worker.wait(timeout=60) == 1
-    assert "not valid JSON" in worker.log()
-    assert os.fspath(bad) in worker.log()
+    assert worker.wait_exit(timeout=60) == 1
+    assert "not valid JSON" in worker.logs()
+    assert os.fspath(bad) in worker.logs()

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_helpers import CPU_HARDWARE, Fleet, cuda_hardware, fleet_fixture, wait_until
+from worker_helpers import CPU_HARDWARE, Fleet, cuda_hardware, fleet_fixture
 
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.errors import DeviceNotAvailableError
 from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.testing import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -4,19 +4,14 @@
 its worker subprocesses use (``tests/apps/worker_app.py`` builds it from env).
 Every Redis key of a test, broker and store alike, starts with the test's key
 prefix, so tests running side by side on one Redis never see each other's
-queues. ``WorkerProcess`` starts ``celery worker`` with an overridden hardware
+queues. ``worker_node()`` starts ``celery worker`` with an overridden hardware
 identity (``SNAKEPIT_HARDWARE``) and stops it within bounded time.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +19,8 @@ from celery import Celery
 
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import SnakepitTask
+from snakepit_celery.testing import wait_until
+from snakepit_celery.testing.workers import WorkerNode
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -150,97 +147,6 @@ def make_app(redis_url: str, key_prefix: str) -> Celery:
     return app
 
 
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, what: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-class WorkerProcess:
-    """``celery -A tests.apps.worker_app worker`` as a subprocess, with its log captured."""
-
-    def __init__(
-        self,
-        name: str,
-        redis_url: str,
-        key_prefix: str,
-        log_dir: Path,
-        *,
-        hardware: Path | None = None,
-        pool: str = "threads",
-        concurrency: int = 2,
-        env: dict[str, str] | None = None,
-        args: tuple[str, ...] = (),
-    ) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name.replace('@', '_')}.log"
-        self.env = {
-            **os.environ,
-            "WORKER_APP_REDIS_URL": redis_url,
-            "WORKER_APP_KEY_PREFIX": key_prefix,
-            "PYTHONPATH": str(ROOT),
-            **(env or {}),
-        }
-        if hardware is not None:
-            self.env["SNAKEPIT_HARDWARE"] = str(hardware)
-        self.argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.apps.worker_app",
-            "worker",
-            "-n",
-            name,
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "INFO",
-            *args,
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
-        """Send ``sig`` and wait; kill after ``timeout``. Returns the exit code."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        return process.returncode
-
-
 class Fleet:
     """The workers of one test (all stopped at teardown) and the test's own app and store."""
 
@@ -252,17 +158,17 @@ class Fleet:
         self.tmp_path = tmp_path
         self.app = make_app(redis_url, key_prefix)
         self.store = store_from_url(redis_url, key_prefix=key_prefix)
-        self.workers: list[WorkerProcess] = []
+        self.workers: list[WorkerNode] = []
 
     def hardware(self, name: str, hardware: dict[str, Any]) -> Path:
         return write_hardware(self.tmp_path / f"{name}.json", hardware)
 
     def start(
         self, name: str, hardware: dict[str, Any], *, wait: bool = True, **kwargs: Any
-    ) -> WorkerProcess:
+    ) -> WorkerNode:
         """Start a worker node with ``hardware``; by default wait until it is registered."""
         path = self.hardware(name.replace("@", "_"), hardware)
-        worker = WorkerProcess(
+        worker = worker_node(
             name, self.redis_url, self.key_prefix, self.tmp_path, hardware=path, **kwargs
         ).start()
         self.workers.append(worker)
@@ -270,11 +176,10 @@ class Fleet:
             self.wait_registered(worker)
         return worker
 
-    def wait_registered(self, worker: WorkerProcess, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_registered(self, worker: WorkerNode, timeout: float = 30.0) -> dict[str, Any]:
         def registered() -> dict[str, Any] | None:
-            assert worker.process is not None
-            if worker.process.poll() is not None:
-                raise AssertionError(f"worker {worker.name} exited:\n{worker.log()[-3000:]}")
+            if not worker.alive():
+                raise AssertionError(f"worker {worker.name} exited:\n{worker.logs()[-3000:]}")
             return self.node(worker.name)
 
         return wait_until(registered, timeout, what=f"node {worker.name} to register")
@@ -297,6 +202,40 @@ class Fleet:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
         self.app.close()
+
+
+def worker_node(
+    name: str,
+    redis_url: str,
+    key_prefix: str,
+    log_dir: Path,
+    *,
+    hardware: Path | None = None,
+    pool: str = "threads",
+    concurrency: int = 2,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> WorkerNode:
+    """``celery -A tests.apps.worker_app worker`` for node ``name``, its log in ``log_dir``."""
+    node_env = {
+        "WORKER_APP_REDIS_URL": redis_url,
+        "WORKER_APP_KEY_PREFIX": key_prefix,
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
+    if hardware is not None:
+        node_env["SNAKEPIT_HARDWARE"] = str(hardware)
+    return WorkerNode(
+        "tests.apps.worker_app",
+        name,
+        concurrency=concurrency,
+        env=node_env,
+        extra_args=args,
+        cwd=str(ROOT),
+        pool=pool,
+        flags=("--without-mingle", "--without-gossip"),
+        log_path=log_dir / f"{name.replace('@', '_')}.log",
+    )
 
 
 def fleet_fixture(redis_url: str, key_prefix: str, tmp_path: Path) -> Any:

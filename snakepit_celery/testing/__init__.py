@@ -7,10 +7,14 @@ breakers and taints off in the current process, after stamina's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
-__all__ = ["disabled", "is_testing", "set_testing"]
+__all__ = ["disabled", "is_testing", "set_testing", "wait_until"]
+
+T = TypeVar("T")
 
 _testing = False
 
@@ -35,3 +39,24 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         set_testing(previous)
+
+
+def wait_until(
+    predicate: Callable[[], T | None],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "",
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Raises ``AssertionError`` naming ``what`` after ``timeout`` seconds, so a
+    test waiting on real processes is always bounded.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)

@@ -19,9 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["WorkerNode"]
+__all__ = ["QUIET_FLAGS", "WorkerNode"]
 
 log = logging.getLogger(__name__)
+
+#: Worker flags that keep test and demo nodes quiet and quick to start.
+QUIET_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
 @dataclass
@@ -39,14 +42,15 @@ class WorkerNode:
     env: Mapping[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
     cwd: str | None = None
+    pool: str = "prefork"
+    flags: Sequence[str] = QUIET_FLAGS
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
 
     def command(self) -> list[str]:
         """The command line that starts this node."""
-        cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-P", "prefork"]
-        cmd += ["-c", str(self.concurrency), "-n", self.name, "-l", "INFO"]
-        cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-P", self.pool]
+        cmd += ["-c", str(self.concurrency), "-n", self.name, "-l", "INFO", *self.flags]
         if self.queues:
             cmd += ["-Q", ",".join(self.queues)]
         return cmd + list(self.extra_args)
@@ -76,6 +80,16 @@ class WorkerNode:
             time.sleep(0.1)
         raise TimeoutError(f"worker {self.name} not ready in {timeout}s:\n{self.logs()[-4000:]}")
 
+    def alive(self) -> bool:
+        """True while the node's main process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait (at most ``timeout`` s) for the node to exit by itself; its exit code."""
+        if self.process is None:
+            raise RuntimeError(f"worker {self.name} was never started")
+        return self.process.wait(timeout)
+
     def logs(self) -> str:
         """Everything the node printed so far."""
         try:
@@ -97,14 +111,18 @@ class WorkerNode:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL of the group if it does not end in time."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Send ``sig`` (default: warm shutdown) to the main process and wait for it.
+
+        Whatever is left of the group after ``timeout`` s is SIGKILLed. Returns
+        the node's exit code (None when it was never started).
+        """
         process = self.process
         if process is None:
-            return
+            return None
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                process.send_signal(sig)
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -113,6 +131,7 @@ class WorkerNode:
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
+        return process.returncode
 
     def __enter__(self) -> WorkerNode:
         return self.start().wait_ready()
