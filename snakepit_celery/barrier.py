@@ -36,7 +36,7 @@ from snakepit_celery.policy.crash import (
     describe_crash,
     gpu_error_action,
 )
-from snakepit_celery.store import fail_open, report_store_error, resolve_store
+from snakepit_celery.store import StoreBinding, fail_open, report_store_error
 from snakepit_celery.store.base import LedgerEntry, Store, TaintRecord
 from snakepit_celery.testing import is_testing
 
@@ -202,13 +202,12 @@ class CrashBarrier:
             config = CrashBarrierConfig.from_dict(config)
         self.config = config
         self.pool = str(pool)
-        self._store_arg = store
-        self._store: Store | None = None if store is None else resolve_store(store)
+        self._store = StoreBinding(store)
 
     @property
     def store(self) -> Store:
         """The store holding taints and the ledger (the process default for ``store=None``)."""
-        return self._store if self._store is not None else resolve_store(None)
+        return self._store.get()
 
     @property
     def enabled(self) -> bool:
@@ -216,7 +215,7 @@ class CrashBarrier:
         return self.config.enabled
 
     def __repr__(self) -> str:
-        store = self._store_arg if isinstance(self._store_arg, str | None) else self._store_arg.url
+        store = self._store.describe()
         return f"CrashBarrier({self.config!r}, pool={self.pool!r}, store={store!r})"
 
     # -- classification ---------------------------------------------------------

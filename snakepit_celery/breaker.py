@@ -32,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from snakepit_celery import signals
 from snakepit_celery.errors import CircuitOpenError, ConfigError, StoreUnavailableError
-from snakepit_celery.store import fail_open, report_store_error, resolve_store, store_from_url
+from snakepit_celery.store import StoreBinding, fail_open, report_store_error, store_from_url
 from snakepit_celery.store.base import BreakerRecord, Store
 from snakepit_celery.testing import is_testing
 
@@ -142,8 +142,7 @@ class CircuitBreaker:
         self.probe_ttl = _non_negative("probe_ttl", probe_ttl)
         if self.probe_ttl == 0:
             raise ConfigError("probe_ttl", probe_ttl, "a number of seconds > 0")
-        self._store_arg = store
-        self._store: Store | None = None if store is None else resolve_store(store)
+        self._store = StoreBinding(store)
         # Monotonic deadline until which the breaker is known closed (0.0 = ask the store).
         self._view_until = 0.0
         self._pending = 0
@@ -157,10 +156,10 @@ class CircuitBreaker:
     @property
     def store(self) -> Store:
         """The store holding this breaker (the process default when built with ``store=None``)."""
-        return self._store if self._store is not None else resolve_store(None)
+        return self._store.get()
 
     def __repr__(self) -> str:
-        store = self._store_arg if isinstance(self._store_arg, str | None) else self._store_arg.url
+        store = self._store.describe()
         return (
             f"CircuitBreaker({self.name!r}, failure_threshold={self.failure_threshold}, "
             f"reset_timeout={self.reset_timeout}, half_open_max_calls={self.half_open_max_calls}, "
@@ -170,7 +169,7 @@ class CircuitBreaker:
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle by configuration; a Store object travels as its URL and key prefix."""
-        store = self._store_arg
+        store = self._store.arg
         prefix = None
         if store is not None and not isinstance(store, str):
             store, prefix = store.url, getattr(store, "key_prefix", None)

@@ -14,7 +14,7 @@ from typing import Any
 
 from snakepit_celery import signals
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
-from snakepit_celery.store import fail_open, report_store_error, resolve_store
+from snakepit_celery.store import StoreBinding, fail_open, report_store_error
 from snakepit_celery.store.base import HealthSnapshot, Store
 
 __all__ = ["HealthMonitor", "HealthStats", "WorkerHealth"]
@@ -107,16 +107,15 @@ class HealthMonitor:
         self.check_interval = _positive_seconds("check_interval", check_interval)
         self.max_worker_crashes = _positive_int("max_worker_crashes", max_worker_crashes)
         self.max_entries = max(10 * self.max_crashes, MIN_MAX_ENTRIES)
-        self._store_arg = store
-        self._store: Store | None = None if store is None else resolve_store(store)
+        self._store = StoreBinding(store)
 
     @property
     def store(self) -> Store:
         """The store holding this pool's crashes (the process default for ``store=None``)."""
-        return self._store if self._store is not None else resolve_store(None)
+        return self._store.get()
 
     def __repr__(self) -> str:
-        store = self._store_arg if isinstance(self._store_arg, str | None) else self._store_arg.url
+        store = self._store.describe()
         return (
             f"HealthMonitor(pool={self.pool!r}, max_crashes={self.max_crashes}, "
             f"crash_window={self.crash_window}, check_interval={self.check_interval}, "

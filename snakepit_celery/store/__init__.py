@@ -40,6 +40,7 @@ __all__ = [
     "MemoryStore",
     "RedisStore",
     "Store",
+    "StoreBinding",
     "TaintRecord",
     "WorkerCrashes",
     "clear_store_cache",
@@ -115,6 +116,28 @@ def resolve_store(store: Store | str | None) -> Store:
     if isinstance(store, str):
         return store_from_url(store)
     return store
+
+
+class StoreBinding:
+    """The ``store=`` argument of a stateful object (breaker, health monitor, barrier).
+
+    A Store or URL is resolved once, at construction; ``None`` means the
+    process default at each use, so ``install(app)`` can set it later.
+    """
+
+    __slots__ = ("_store", "arg")
+
+    def __init__(self, store: Store | str | None) -> None:
+        self.arg = store
+        self._store = None if store is None else resolve_store(store)
+
+    def get(self) -> Store:
+        """The store to use now."""
+        return self._store if self._store is not None else resolve_store(None)
+
+    def describe(self) -> str | None:
+        """The argument for a ``repr``: its URL, or None for the default."""
+        return self.arg if isinstance(self.arg, str | None) else self.arg.url
 
 
 def fail_open() -> bool:
