@@ -14,6 +14,20 @@ queues; they come back when the taint expires or is cleared. The thread only
 talks to the store; queue changes are applied on the worker's own event loop
 by a timer entry, since kombu consumers are not thread-safe. A thread (not the
 loop's timer) keeps the heartbeat alive while a ``solo`` pool runs a long task.
+
+Orphan reaper (DESIGN.md, crash path): a task that is not idempotent is
+acknowledged when it starts, so when its whole node dies (SIGKILL of the
+parent, OOM killer, power loss) no message comes back and no pool parent is
+left to store ``WorkerCrashedError``. Each record therefore lists the tasks in
+flight (``in_flight_tasks``: name, ``acks_late``, crash barrier on), written
+again within ``IN_FLIGHT_POLL`` seconds when such a task starts (one write per
+poll at most, from this thread: nothing on the task's path). Every
+``REAP_EVERY`` heartbeats a live node claims dead node incarnations from the
+store (``Store.node_reap``: exactly one node gets each) and ends their
+early-acknowledged barrier tasks that have no final state FAILURE with
+``WorkerCrashedError`` naming the dead node; idempotent tasks are left to
+their message, which comes back by itself. A task that started less than
+``IN_FLIGHT_POLL`` before its node died may not be listed yet.
 """
 
 from __future__ import annotations
@@ -22,12 +36,15 @@ import logging
 import os
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, states
 from celery import signals as celery_signals
+from celery.backends.base import DisabledBackend
 from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
@@ -43,13 +60,21 @@ from snakepit_celery.celery.routing import (
     settings_for,
     taint_pools,
 )
-from snakepit_celery.errors import ConfigError, LockMismatchError, StoreUnavailableError
+from snakepit_celery.errors import (
+    ConfigError,
+    LockMismatchError,
+    StoreUnavailableError,
+    WorkerCrashedError,
+)
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TTL",
+    "IN_FLIGHT_POLL",
+    "REAP_EVERY",
+    "REAP_GRACE",
     "NodeAgent",
     "SnakepitPreflightStep",
     "SnakepitWorkerStep",
@@ -68,6 +93,13 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
 #: Seconds between two checks, on the worker's event loop, for queue changes to apply.
 APPLY_INTERVAL = 0.5
+#: Seconds between two looks (heartbeat thread) for newly started early-acked tasks;
+#: the record is written again when one appeared (at most one write per look).
+IN_FLIGHT_POLL = 0.1
+#: The orphan reaper runs every this many heartbeats.
+REAP_EVERY = 2
+#: A node is reaped this many seconds after its record expired (a slow node may still beat).
+REAP_GRACE = 3.0
 
 
 def desired_queues(
@@ -140,6 +172,9 @@ class NodeAgent:
         extra_queues: Sequence[str] = (),
         interval: float = HEARTBEAT_INTERVAL,
         ttl: float = HEARTBEAT_TTL,
+        in_flight_poll: float = IN_FLIGHT_POLL,
+        reap_every: int = REAP_EVERY,
+        reap_grace: float = REAP_GRACE,
     ) -> None:
         self.app = app
         self.node = node
@@ -148,6 +183,10 @@ class NodeAgent:
         self.pools = tuple(pools)
         self.interval = interval
         self.ttl = ttl
+        self.in_flight_poll = in_flight_poll
+        self.reap_every = reap_every
+        self.reap_grace = reap_grace
+        self.incarnation = uuid.uuid4().hex
         self.devices = node_devices(info)
         self.queues = queues_for(node, info)
         self.identity = _identity_of(info)
@@ -159,6 +198,8 @@ class NodeAgent:
         self._thread: threading.Thread | None = None
         self._last_alone_warning = False
         self._released = False
+        self._recorded_orphanable: frozenset[str] = frozenset()
+        self._events: list[dict[str, Any]] = []
 
     # -- the record --------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
@@ -166,6 +207,8 @@ class NodeAgent:
         with self._lock:
             consuming = list(self._queues.consuming)
             tainted = self._queues.tainted
+        in_flight = _in_flight_tasks()
+        self._recorded_orphanable = _orphanable(in_flight)
         return {
             "node": self.node,
             "hostname": socket.gethostname(),
@@ -176,7 +219,9 @@ class NodeAgent:
             "devices": [dict(d) for d in self.devices],
             "queues": consuming,
             "tainted": tainted,
-            "in_flight": _in_flight_task_ids(),
+            "in_flight": sorted(in_flight),
+            "in_flight_tasks": in_flight,
+            "incarnation": self.incarnation,
             "heartbeat_interval": self.interval,
         }
 
@@ -229,8 +274,147 @@ class NodeAgent:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.safe_beat()
+        beats = 0
+        next_beat = time.monotonic() + self.interval
+        while not self._stop.wait(self._until_next_look(next_beat)):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.interval
+                self.safe_beat()
+                beats += 1
+                if self.reap_every > 0 and beats % self.reap_every == 0:
+                    self.safe_reap()
+            elif self._orphanable_started():
+                self.safe_register()
+
+    def _until_next_look(self, next_beat: float) -> float:
+        wait = max(0.0, next_beat - time.monotonic())
+        return min(wait, self.in_flight_poll) if self.in_flight_poll > 0 else wait
+
+    def _orphanable_started(self) -> bool:
+        """True when an early-acked barrier task started since the record was last written."""
+        return not _orphanable(_in_flight_tasks()) <= self._recorded_orphanable
+
+    def safe_register(self) -> None:
+        """``register()`` that never raises (store errors reported, fail-open)."""
+        try:
+            self.register()
+        except StoreUnavailableError as exc:
+            report_store_error(exc, node=self.node)
+        except Exception:
+            logger.exception("registering %s failed", self.node, extra={"node": self.node})
+
+    # -- orphan reaper (heartbeat thread) ---------------------------------------------
+    def reap(self) -> list[str]:
+        """Claim dead nodes and end their orphaned tasks FAILURE; returns those tasks' ids.
+
+        An orphan is a task the dead node's last record lists in flight that
+        was acknowledged early (not ``acks_late``) under an enabled crash
+        barrier, and has no final state in the result backend.
+        """
+        failed: list[str] = []
+        for record in self.store.node_reap(grace=self.reap_grace):
+            failed.extend(self._reap_node(record))
+        return failed
+
+    def safe_reap(self) -> None:
+        """``reap()`` that never raises: store errors are reported (fail-open) or logged."""
+        try:
+            self.reap()
+        except StoreUnavailableError as exc:
+            report_store_error(exc, node=self.node)
+        except Exception:
+            logger.exception("orphan reaper of %s failed", self.node, extra={"node": self.node})
+
+    def _reap_node(self, record: Mapping[str, Any]) -> list[str]:
+        dead = str(record.get("node"))
+        age = float(record.get("heartbeat_age") or 0.0)
+        tasks = record.get("in_flight_tasks")
+        orphans = sorted(_orphanable(tasks if isinstance(tasks, Mapping) else {}))
+        logger.warning(
+            "node %s is dead (no heartbeat for %.1fs); reaped by %s: %d early-acked task(s) "
+            "in flight%s",
+            dead,
+            age,
+            self.node,
+            len(orphans),
+            f" ({', '.join(orphans)})" if orphans else "",
+            extra={"node": self.node, "dead_node": dead, "task_ids": orphans},
+        )
+        failed = []
+        for task_id in orphans:
+            name = str((tasks or {})[task_id].get("name") or "")
+            try:
+                if self._fail_orphan(dead, task_id, name, age):
+                    failed.append(task_id)
+            except StoreUnavailableError as exc:
+                report_store_error(exc, node=self.node, task_id=task_id)
+            except Exception:
+                logger.exception(
+                    "could not give task %s of dead node %s a final state",
+                    task_id,
+                    dead,
+                    extra={"node": self.node, "dead_node": dead, "task_id": task_id},
+                )
+        return failed
+
+    def _fail_orphan(self, dead: str, task_id: str, name: str, age: float) -> bool:
+        """Store FAILURE (``WorkerCrashedError``) for ``task_id`` unless it has a final state."""
+        from snakepit_celery.celery.task import SnakepitTask  # noqa: PLC0415 - task imports worker
+
+        backend = self.app.backend
+        if isinstance(backend, DisabledBackend):  # no result backend: no state to give
+            return False
+        state = backend.get_task_meta(task_id).get("status")
+        if state in states.READY_STATES:
+            logger.info(
+                "task %s of dead node %s already ended %s",
+                task_id,
+                dead,
+                state,
+                extra={"node": self.node, "dead_node": dead, "task_id": task_id},
+            )
+            return False
+        error = WorkerCrashedError(
+            "unknown",
+            None,
+            None,
+            dead,
+            None,
+            message=(
+                f"node {dead} was lost while running task {name}[{task_id}] (no heartbeat for "
+                f"{age:.0f}s); the task is not idempotent, so it is not run again"
+            ),
+        )
+        task = self.app.tasks.get(name)
+        runtime = task.snakepit_runtime if isinstance(task, SnakepitTask) else None
+        if runtime is not None:
+            runtime.barrier.ledger_crash(task_id)
+        backend.mark_as_failure(task_id, error)
+        if runtime is not None:
+            runtime.health.record_crash(dead, reason="unknown", task_id=task_id)
+        with self._lock:
+            self._events.append(
+                {"uuid": task_id, "exception": repr(error), "traceback": "", "dead_node": dead}
+            )
+        logger.warning(
+            "task %s[%s] was running on dead node %s (state %s): marked FAILURE "
+            "(WorkerCrashedError)",
+            name,
+            task_id,
+            dead,
+            state,
+            extra={"node": self.node, "dead_node": dead, "task_id": task_id},
+        )
+        return True
+
+    def send_events(self, dispatcher: Any) -> None:
+        """Send ``task-failed`` for the orphans reaped since the last call (event loop only)."""
+        with self._lock:
+            events, self._events = self._events, []
+        if not events or dispatcher is None or not getattr(dispatcher, "enabled", False):
+            return
+        for fields in events:
+            dispatcher.send("task-failed", **fields)
 
     def close(self) -> None:
         """Stop the heartbeat and remove the node from the registry."""
@@ -281,14 +465,49 @@ def _identity_of(info: hardware.HardwareInfo) -> dict[str, Any]:
     return identity
 
 
-def _in_flight_task_ids() -> list[str]:
-    """Ids of the tasks this worker is running (read from another thread: retry on a race)."""
+def _in_flight_tasks() -> dict[str, dict[str, Any]]:
+    """Tasks this worker is running: id -> name, ``acks_late``, crash barrier enabled.
+
+    Read from another thread than the event loop's, so a race (the set changed
+    size while copied) is retried.
+    """
     for _ in range(5):
         try:
-            return sorted(str(request.id) for request in tuple(worker_state.active_requests))
+            requests = tuple(worker_state.active_requests)
         except RuntimeError:  # set changed size during iteration
             continue
-    return []
+        return {str(request.id): _in_flight_entry(request) for request in requests}
+    return {}
+
+
+def _in_flight_entry(request: Any) -> dict[str, Any]:
+    task = getattr(request, "task", None)
+    return {
+        "name": str(getattr(request, "name", None) or getattr(task, "name", "")),
+        "acks_late": bool(getattr(task, "acks_late", False)),
+        "crash_barrier": _barrier_enabled(task),
+    }
+
+
+def _barrier_enabled(task: Any) -> bool:
+    """True for a ``SnakepitTask`` whose crash barrier is enabled."""
+    from snakepit_celery.celery.task import SnakepitTask  # noqa: PLC0415 - task imports worker
+
+    if not isinstance(task, SnakepitTask):
+        return False
+    try:
+        return task.snakepit_runtime.barrier.enabled
+    except Exception:  # a task whose options cannot be resolved here: not ours to reap
+        return False
+
+
+def _orphanable(tasks: Mapping[str, Any]) -> frozenset[str]:
+    """Ids of the tasks a dead node would orphan: acknowledged early, crash barrier on."""
+    return frozenset(
+        task_id
+        for task_id, info in tasks.items()
+        if isinstance(info, Mapping) and info.get("crash_barrier") and not info.get("acks_late")
+    )
 
 
 def _consumer_queue_names(consumer: Any) -> list[str]:
@@ -420,6 +639,10 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             agent.apply(c)
         except Exception:
             logger.exception("snakepit: could not change the queues of %s", agent.node)
+        try:
+            agent.send_events(getattr(c, "event_dispatcher", None))
+        except Exception:
+            logger.exception("snakepit: could not send the reaper's events from %s", agent.node)
 
     def stop(self, c: Any) -> None:
         """Stop applying queue changes; on shutdown, mark the node ``stopping`` (it still beats)."""
