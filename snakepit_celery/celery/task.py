@@ -222,20 +222,22 @@ class SnakepitTask(Task):  # type: ignore[misc]
             return self._call_directly(args, kwargs)
         runtime = self.snakepit_runtime
         headers = request.headers or {}
-        gated = False
         # A message that came back, or one re-published after a crash, is run
         # with a crash-ledger record (the rare path); a first delivery is not.
         tracked = _redelivered(request) or HEADER_CRASHES in headers
-        if runtime.barrier.enabled and self.acks_late and tracked:
-            self._crash_ledger_gate(runtime, request, headers)
-            gated = True
-            # A retry of this run is a new message: the header keeps it tracked.
-            headers = {**headers, HEADER_CRASHES: _count(headers.get(HEADER_CRASHES))}
+        if not (runtime.barrier.enabled and self.acks_late and tracked):
+            return self._attempt(runtime, request, headers, args, kwargs)
+        self._crash_ledger_gate(runtime, request, headers)
+        # A retry of this run is a new message: the header keeps it tracked.
+        headers = {**headers, HEADER_CRASHES: _count(headers.get(HEADER_CRASHES))}
         try:
             return self._attempt(runtime, request, headers, args, kwargs)
-        finally:
-            if gated:
-                runtime.barrier.ledger_finish(request.id)
+        except BaseException:
+            # Retry/Reject bring this task id back: close the record so its next
+            # run is not taken for a duplicate or a crash. A success needs no
+            # second round trip: its message is acked and does not return.
+            runtime.barrier.ledger_finish(request.id)
+            raise
 
     def _call_directly(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``task(...)`` called as a function: device and breaker apply, retries do not."""
