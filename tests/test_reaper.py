@@ -137,6 +137,30 @@ def test_task_without_crash_barrier_keeps_celerys_behaviour(
     assert app.AsyncResult("t-plain").state == "PENDING"
 
 
+class Dispatcher:
+    """Stands in for the consumer's event dispatcher: records what is sent."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self.sent.append((kind, fields))
+
+
+def test_reaped_orphan_is_announced_as_task_failed_on_the_event_loop(
+    store: RedisStore, agent: NodeAgent
+) -> None:
+    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
+    agent.reap()
+    dispatcher = Dispatcher(enabled=True)
+    agent.send_events(dispatcher)
+    [(kind, fields)] = dispatcher.sent
+    assert (kind, fields["uuid"], fields["dead_node"]) == ("task-failed", "t-orphan", "dead@test")
+    agent.send_events(dispatcher)
+    assert len(dispatcher.sent) == 1
+
+
 def test_a_dead_node_is_reaped_by_one_live_node_only(
     app: Celery, store: RedisStore, agent: NodeAgent
 ) -> None:
