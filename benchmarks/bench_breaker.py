@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore, store_from_url
 from snakepit_celery.store.redis import HEALTH_TOTAL_TTL
+from snakepit_celery.testing.monitor import CommandLog
 from snakepit_celery.testing.redis_server import redis_url as find_redis_url
 
 REPEATS = 5
@@ -107,35 +107,15 @@ def round_trips_per_call(url: str, kind: str, calls: int = 2000) -> float:
     call()
     _flush()
     time.sleep(0.2)
-    stop = f"stop-{tag}"
-    seen = [0]
-    ready = threading.Event()
-    done = threading.Event()
-
-    def listen() -> None:
-        client = redis.Redis.from_url(url)
-        with client.monitor() as monitor:
-            ready.set()
-            while True:
-                line = monitor.connection.read_response()
-                text = line.decode(errors="replace") if isinstance(line, bytes) else str(line)
-                if stop in text:
-                    break
-                if tag in text and "lua]" not in text:
-                    seen[0] += 1
-        client.close()
-        done.set()
-
-    thread = threading.Thread(target=listen, daemon=True)
-    thread.start()
-    ready.wait(5)
-    time.sleep(0.1)
-    for _ in range(calls):
-        call()
-    _flush()
-    redis.Redis.from_url(url).echo(stop)
-    done.wait(30)
-    return seen[0] / calls
+    client = redis.Redis.from_url(url)
+    with CommandLog(url) as log:
+        start = log.mark(client)
+        for _ in range(calls):
+            call()
+        _flush()
+        seen = [c for c in log.since(start, log.mark(client)) if tag in c]
+    client.close()
+    return len(seen) / calls
 
 
 def _scaling_worker(url: str, kind: str, tag: str, start: Any, out: Any) -> None:

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
 from benchmarks.apps.fleet import BenchFleet, machine_details
+from snakepit_celery.testing.monitor import CommandLog
 
 REPEATS = 3
 TASKS = 200
@@ -49,73 +48,13 @@ class CommandCount:
     results: int = 0
 
 
-class Monitor:
-    """A MONITOR connection in a thread, counting client commands between markers."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._client = redis.Redis.from_url(url)
-        self._monitor = self._client.monitor()  # type: ignore[no-untyped-call]
-        self._monitor.__enter__()
-        self._lock = threading.Lock()
-        self._marker: str | None = None
-        self._count: CommandCount | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                entry: dict[str, Any] = self._monitor.next_command()
-            except (redis.RedisError, OSError, AttributeError):
-                return
-            command = str(entry.get("command", ""))
-            with self._lock:
-                if self._marker is not None and self._marker in command:
-                    self._count = CommandCount() if self._count is None else self._count
-                    continue
-                count = self._count
-                if count is None or entry.get("client_type") == "lua":
-                    continue
-                count.total += 1
-                count.by_name[command.split(" ", 1)[0].upper()] += 1
-                if command.upper().startswith("SET") and RESULT_KEY in command:
-                    count.results += 1
-
-    def begin(self, sender: redis.Redis) -> None:
-        """Start counting (after the marker ECHO from ``sender`` is seen)."""
-        with self._lock:
-            self._marker = f"bench-mark-{uuid.uuid4().hex}"
-            self._count = None
-        sender.echo(self._marker)
-        deadline = time.monotonic() + 10
-        while self.snapshot() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("MONITOR did not see the start marker")
-            time.sleep(0.01)
-
-    def snapshot(self) -> CommandCount | None:
-        with self._lock:
-            return self._count
-
-    def end(self) -> CommandCount:
-        """Stop counting; what was counted since ``begin``."""
-        with self._lock:
-            count, self._count, self._marker = self._count, None, None
-        return count or CommandCount()
-
-    def close(self) -> None:
-        """Stop the thread (an ECHO wakes its blocking read) and the connection."""
-        self._stop.set()
-        waker = redis.Redis.from_url(self._url)
-        waker.echo("bench-monitor-stop")
-        waker.close()
-        self._thread.join(5)
-        try:
-            self._monitor.__exit__()
-        finally:
-            self._client.close()
+def _count(commands: list[str]) -> CommandCount:
+    count = CommandCount(total=len(commands))
+    for command in commands:
+        count.by_name[command.split(" ", 1)[0].upper()] += 1
+        if command.upper().startswith("SET") and RESULT_KEY in command:
+            count.results += 1
+    return count
 
 
 def mark_redelivered(client: redis.Redis, queue: str) -> None:
@@ -134,23 +73,23 @@ def mark_redelivered(client: redis.Redis, queue: str) -> None:
 
 
 def count_batch(
-    fleet: BenchFleet, monitor: Monitor, task: str, tasks: int, redelivered: bool
+    fleet: BenchFleet, monitor: CommandLog, task: str, tasks: int, redelivered: bool
 ) -> CommandCount:
     """Client commands while the node runs a batch of ``tasks`` calls of ``task``."""
     queue = f"bench.rt.{uuid.uuid4().hex[:8]}"
     ids = fleet.publish(task, tasks, queue)
     if redelivered:
         mark_redelivered(fleet.redis, queue)
-    monitor.begin(fleet.redis)
+    start = monitor.mark(fleet.redis)
     fleet.consume(queue)
     deadline = time.monotonic() + 120
-    while (seen := monitor.snapshot()) is None or seen.results < tasks:
+    while _count(monitor.since(start)).results < tasks:
         if time.monotonic() > deadline:
             raise TimeoutError(f"batch of {task} did not finish")
         time.sleep(0.02)
     time.sleep(SETTLE)
     fleet.release(queue)
-    count = monitor.end()
+    count = _count(monitor.since(start, monitor.mark(fleet.redis)))
     fleet.redis.delete(*[f"{RESULT_KEY}{task_id}" for task_id in ids])
     return count
 
@@ -160,7 +99,7 @@ Pair = tuple[CommandCount, CommandCount]
 
 def measure(fleet: BenchFleet) -> dict[str, list[Pair]]:
     """Per case, (baseline, measured) command counts of every repeat."""
-    monitor = Monitor(fleet.url)
+    monitor = CommandLog(fleet.url)
     try:
         for _, base, measured, _ in CASES:
             count_batch(fleet, monitor, base, 20, False)

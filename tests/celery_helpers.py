@@ -194,39 +194,3 @@ class StateLog:
         self._stop.set()
         self._thread.join(5)
         self._pubsub.close()
-
-
-class CommandLog:
-    """Redis ``MONITOR`` of the test's database: commands sent by clients (not run by Lua)."""
-
-    def __init__(self, redis_url: str, db: int) -> None:
-        self.db = db
-        self.commands: list[str] = []
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=0.2)
-        self._monitor = self._client.monitor()
-        self._monitor.__enter__()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                entry = self._monitor.next_command()
-            except (redis.TimeoutError, TimeoutError):
-                continue
-            except Exception:
-                return
-            if entry and entry["db"] == self.db and entry["client_type"] != "lua":
-                self.commands.append(str(entry["command"]))
-
-    def matching(self, needle: str) -> list[str]:
-        return [command for command in list(self.commands) if needle in command]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        try:
-            self._monitor.__exit__()
-        finally:
-            self._client.close()

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery_helpers import CommandLog, Harness, StateLog, harness_fixture
+from celery_helpers import Harness, StateLog, harness_fixture
 
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.errors import RetryExhaustedError
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
+from snakepit_celery.testing.monitor import CommandLog
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
