@@ -156,7 +156,7 @@ def _gate_task(app: Celery) -> Any:
     app.conf.snakepit_crash_barrier = {"enabled": True, "max_restarts": 1}
     install(app)
 
-    @snakepit_task(app=app, name="gate.poison", idempotent=True)
+    @snakepit_task(app=app, name="gate.poison", idempotent=True, shared=False)
     def poison() -> None:
         return None
 
