@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from snakepit_celery.store import MemoryStore, Store, store_from_url
 from snakepit_celery.testing.redis_server import redis_url as find_redis_url
 
 
@@ -28,9 +29,33 @@ def redis_url(redis_base_url: str) -> str:
 
 
 @pytest.fixture
-def key_prefix() -> str:
-    """A key prefix unique to one test."""
-    return f"sptest-{uuid.uuid4().hex[:10]}"
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to one test; its keys are deleted afterwards (never FLUSHDB)."""
+    prefix = f"sptest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    except redis.RedisError:
+        pass  # a test that stopped its Redis; nothing of ours is left to delete there
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def each_store(request: pytest.FixtureRequest, key_prefix: str) -> Store:
+    """The test's store on each backend in turn: in-process memory, then real Redis."""
+    if request.param == "memory":
+        return MemoryStore(key_prefix=key_prefix)
+    return store_from_url(request.getfixturevalue("redis_url"), key_prefix=key_prefix)
+
+
+@pytest.fixture
+def redis_store(redis_url: str, key_prefix: str) -> Store:
+    """The test's store on real Redis (shared by every object using the same prefix)."""
+    return store_from_url(redis_url, key_prefix=key_prefix)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from breaker_helpers import CountingStore, record_signals
 from snakepit_celery import testing
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.errors import CircuitOpenError, ConfigError, StoreUnavailableError
-from snakepit_celery.store import MemoryStore, set_fail_open, store_from_url
+from snakepit_celery.store import MemoryStore, Store, set_fail_open, store_from_url
 from snakepit_celery.testing import wait_until
 
 RESET = 0.2  # reset_timeout used by the transition tests (seconds)
@@ -37,12 +37,9 @@ def ok() -> str:
     return "ok"
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest, key_prefix: str) -> Any:
-    if request.param == "memory":
-        return MemoryStore(key_prefix=key_prefix)
-    redis_url = request.getfixturevalue("redis_url")
-    return store_from_url(redis_url, key_prefix=key_prefix)
+@pytest.fixture
+def store(each_store: Store) -> Store:
+    return each_store
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.cli import snakepit
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.crash import CrashBarrierConfig
-from snakepit_celery.store import Store, set_default_store, set_fail_open, store_from_url
+from snakepit_celery.store import Store, set_default_store, set_fail_open
 from tests.cli_helpers import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,17 +77,8 @@ def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
 
 
 @pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Store:
-    return store_from_url(redis_url, key_prefix=key_prefix)
-
-
-@pytest.fixture(autouse=True)
-def _drop_keys(redis_client: Any, key_prefix: str) -> Iterator[None]:
-    """Delete this test's keys afterwards (never FLUSHDB: the Redis is shared)."""
-    yield
-    keys = list(redis_client.scan_iter(f"{key_prefix}:*", count=500))
-    if keys:
-        redis_client.delete(*keys)
+def store(redis_store: Store) -> Store:
+    return redis_store
 
 
 @pytest.fixture

@@ -12,16 +12,13 @@ from breaker_helpers import record_signals
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
 from snakepit_celery.health import HealthMonitor, HealthStats, WorkerHealth
-from snakepit_celery.store import MemoryStore, set_fail_open, store_from_url
+from snakepit_celery.store import Store, set_fail_open, store_from_url
 from snakepit_celery.testing import wait_until
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest, key_prefix: str) -> Any:
-    if request.param == "memory":
-        return MemoryStore(key_prefix=key_prefix)
-    redis_url = request.getfixturevalue("redis_url")
-    return store_from_url(redis_url, key_prefix=key_prefix)
+@pytest.fixture
+def store(each_store: Store) -> Store:
+    return each_store
 
 
 @pytest.fixture

@@ -55,16 +55,8 @@ def server(shared_server: metrics.MetricsServer, enabled: None) -> metrics.Metri
 
 
 @pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Store:
-    return store_from_url(redis_url, key_prefix=key_prefix)
-
-
-@pytest.fixture(autouse=True)
-def _drop_keys(redis_client: Any, key_prefix: str) -> Iterator[None]:
-    yield
-    keys = list(redis_client.scan_iter(f"{key_prefix}:*", count=500))
-    if keys:
-        redis_client.delete(*keys)
+def store(redis_store: Store) -> Store:
+    return redis_store
 
 
 def unique(name: str) -> str:
