@@ -78,6 +78,15 @@ class ChaosFleet:
         self._tag = uuid.uuid4().hex[:6]
 
     # -- nodes ----------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, redis_base_url: str, label: str, barrier: dict[str, Any], db: int | None = None
+    ) -> ChaosFleet:
+        """A fleet on a database of ``redis_base_url`` under a fresh ``<label>-...`` key prefix."""
+        redis_url = f"{redis_base_url}/{1 + os.getpid() % 14 if db is None else db}"
+        key_prefix = f"{label}-{uuid.uuid4().hex[:10]}"
+        return cls(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, barrier))
+
     def node_name(self, index: int) -> str:
         return f"chaos{index}-{self._tag}@{socket.gethostname()}"
 

@@ -10,7 +10,6 @@ and what runs next is unaffected.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from billiard.exceptions import WorkerLostError
 from celery import Celery
-from chaos_helpers import ChaosFleet, chaos_conf
+from chaos_helpers import ChaosFleet
 
 from snakepit_celery import hardware, lockfile
 from snakepit_celery.barrier import MAX_REASON_CHARS, CrashBarrier
@@ -48,9 +47,7 @@ HUGE = 100_000
 @pytest.fixture(scope="module")
 def fleet(redis_base_url: str) -> Iterator[ChaosFleet]:
     """One chaos_app worker node (crash barrier on, max_restarts=1) for the module."""
-    redis_url = f"{redis_base_url}/{1 + os.getpid() % 14}"
-    key_prefix = f"spbad-{uuid.uuid4().hex[:10]}"
-    fleet = ChaosFleet(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, BARRIER))
+    fleet = ChaosFleet.create(redis_base_url, "spbad", BARRIER)
     try:
         fleet.start_all(1)
         yield fleet

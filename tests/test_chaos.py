@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from chaos_helpers import ChaosFleet, chaos_conf
+from chaos_helpers import ChaosFleet
 
 from snakepit_celery.testing.workers import WorkerNode
 
@@ -194,9 +194,7 @@ def chaos(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[Chaos
     size: Size = request.param
     if size is LARGE and not FULL:
         pytest.skip("the 1,000-task chaos run needs SNAKEPIT_CHAOS_FULL=1 (make chaos)")
-    redis_url = f"{redis_base_url}/{1 + os.getpid() % 14}"
-    key_prefix = f"spchaos-{os.getpid()}-{random.randrange(1 << 30):x}"
-    fleet = ChaosFleet(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, BARRIER))
+    fleet = ChaosFleet.create(redis_base_url, "spchaos", BARRIER)
     try:
         run = run_chaos(fleet, size, seed=int(os.environ.get("SNAKEPIT_CHAOS_SEED", "1234")))
         print(

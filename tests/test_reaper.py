@@ -14,8 +14,6 @@ The first tests drive ``NodeAgent.reap()`` in this process against real Redis
 
 from __future__ import annotations
 
-import os
-import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +28,7 @@ from snakepit_celery.celery.worker import HEARTBEAT_TTL, REAP_EVERY, REAP_GRACE,
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore
+from snakepit_celery.testing import wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -181,23 +180,11 @@ def test_live_node_is_not_reaped(app: Celery, store: RedisStore, agent: NodeAgen
 
 @pytest.fixture
 def fleet(redis_base_url: str) -> Iterator[ChaosFleet]:
-    redis_url = f"{redis_base_url}/{1 + os.getpid() % 14}"
-    key_prefix = f"spreap-{os.getpid()}-{random.randrange(1 << 30):x}"
-    fleet = ChaosFleet(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, BARRIER))
+    fleet = ChaosFleet.create(redis_base_url, "spreap", BARRIER)
     yield fleet
     if any(node.logs() for node in fleet.nodes.values()):
         print(fleet.logs())
     fleet.close()
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def running_on(fleet: ChaosFleet, task_id: str) -> str | None:
@@ -223,7 +210,9 @@ def kill_mid_task(fleet: ChaosFleet, task: str, work: float) -> tuple[str, str, 
     for name in names:
         fleet.nodes[name].wait_ready(60)
     task_id = fleet.send(task, work)
-    doomed = wait_for(lambda: running_on(fleet, task_id), 30, f"{task_id} listed in flight")
+    doomed = wait_until(
+        lambda: running_on(fleet, task_id), 30, interval=0.2, what=f"{task_id} listed in flight"
+    )
     fleet.nodes[doomed].kill()
     return doomed, next(n for n in names if n != doomed), task_id
 
@@ -234,7 +223,9 @@ def test_non_idempotent_task_of_a_killed_node_ends_failure_naming_the_node(
 ) -> None:
     doomed, _, task_id = kill_mid_task(fleet, "chaos.once", 60.0)
     killed_at = time.monotonic()
-    wait_for(lambda: not fleet.unfinished([task_id]), REAP_BOUND, f"{task_id} to end")
+    wait_until(
+        lambda: not fleet.unfinished([task_id]), REAP_BOUND, interval=0.2, what=f"{task_id} to end"
+    )
     print(f"orphan failed {time.monotonic() - killed_at:.1f}s after its node was killed")
     meta = fleet.states([task_id])[task_id] or {}
     assert meta["status"] == "FAILURE"
@@ -247,8 +238,13 @@ def test_non_idempotent_task_of_a_killed_node_ends_failure_naming_the_node(
 def test_idempotent_task_of_a_killed_node_is_not_failed_but_runs_again(fleet: ChaosFleet) -> None:
     doomed, alive, task_id = kill_mid_task(fleet, "chaos.idempotent", 3.0)
     survivor = fleet.nodes[alive]
-    wait_for(lambda: not fleet.unfinished([task_id]), 60, f"{task_id} to end")
+    wait_until(lambda: not fleet.unfinished([task_id]), 60, interval=0.2, what=f"{task_id} to end")
     assert (fleet.states([task_id])[task_id] or {})["status"] == "SUCCESS"
     assert fleet.executions()[task_id] == 2
-    wait_for(lambda: f"node {doomed} is dead" in survivor.logs(), REAP_BOUND, "the reaper")
+    wait_until(
+        lambda: f"node {doomed} is dead" in survivor.logs(),
+        REAP_BOUND,
+        interval=0.2,
+        what="the reaper",
+    )
     assert "marked FAILURE" not in survivor.logs()
