@@ -16,6 +16,7 @@ from worker_helpers import CPU_HARDWARE, Fleet, fleet_fixture
 
 from snakepit_celery import signals
 from snakepit_celery.celery.events import EventBridge, event_type, json_safe, signal_event
+from snakepit_celery.celery.task import TASK_FACTS_EVENT
 from snakepit_celery.testing import wait_until
 
 # -- pure parts --------------------------------------------------------------------------
@@ -185,3 +186,34 @@ def test_event_fields_are_json_safe(fleet: Fleet) -> None:
         emit.apply_async(("retry_exhausted", fields), {"error": "boom"}, queue="celery").get(20)
         event = capture.wait_for("task-snakepit-retry-exhausted")
     assert event["last_error"] == "RuntimeError('boom')"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_each_run_reports_its_device_and_crash_count_when_task_events_are_on(
+    fleet: Fleet,
+) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE, args=("-E",))
+    with Capture(fleet.app) as capture:
+        result = fleet.app.tasks["worker_app.device_used"].apply_async()
+        assert result.get(timeout=20)["device"] == "cpu"
+        event = capture.wait_for(TASK_FACTS_EVENT)
+    assert event["uuid"] == result.id
+    assert (event["device"], event["breaker"], event["crashes"], event["attempt"]) == (
+        "cpu",
+        None,
+        0,
+        1,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_no_per_run_event_without_task_events(fleet: Fleet) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE)
+    with Capture(fleet.app) as capture:
+        fleet.app.tasks["worker_app.device_used"].apply_async().get(timeout=20)
+        emit = fleet.app.tasks["worker_app.emit"]
+        emit.apply_async(("retry_attempt", {"attempt": 1, "delay": 0.1}), queue="celery").get(20)
+        capture.wait_for("task-snakepit-retry-attempt")  # later than the run's would be
+    assert not [e for e in capture.events if e["type"] == TASK_FACTS_EVENT]

@@ -55,6 +55,7 @@ __all__ = [
     "HEADER_CRASHES",
     "HEADER_DEFERRALS",
     "HEADER_FIRST_TRY",
+    "TASK_FACTS_EVENT",
     "ChildRecycled",
     "SnakepitTask",
     "TaskRuntime",
@@ -69,6 +70,8 @@ HEADER_CRASHES = "snakepit_crashes"
 HEADER_DEFERRALS = "snakepit_deferrals"
 #: Message header: epoch seconds of the first attempt (for ``retry_*`` signal durations).
 HEADER_FIRST_TRY = "snakepit_first_try"
+#: Task event carrying a run's device, breaker, crash count and attempt (with ``-E``).
+TASK_FACTS_EVENT = "task-snakepit-run"
 #: Headers kombu adds to a restored message; never copied into a re-published one.
 _TRANSPORT_HEADERS = frozenset({"redelivered"})
 
@@ -260,6 +263,8 @@ class SnakepitTask(Task):  # type: ignore[misc]
             kwargs = {**kwargs, "device": self.resolved_device}
         attempt = request.retries + 1 - _count(headers.get(HEADER_DEFERRALS))
         breaker = runtime.breaker
+        if self.app.conf.worker_send_task_events:
+            self._send_facts(request, headers, breaker, attempt)
         try:
             if breaker is None:
                 result = self.run(*args, **kwargs)
@@ -283,6 +288,32 @@ class SnakepitTask(Task):  # type: ignore[misc]
                 sender=self, attempts=attempt, total_duration=_since(headers)
             )
         return result
+
+    def _send_facts(
+        self,
+        request: Any,
+        headers: Mapping[str, Any],
+        breaker: CircuitBreaker | None,
+        attempt: int,
+    ) -> None:
+        """``task-snakepit-run``: the device, breaker and crash count of this run, for Flower.
+
+        Sent only when the worker sends task events (``-E``), like Celery's own
+        per-task events; never raises into the task.
+        """
+        device = self._device_or_none((request.delivery_info or {}).get("routing_key"))
+        try:
+            self.send_event(
+                TASK_FACTS_EVENT,
+                device=None if device is None else str(device),
+                breaker=None if breaker is None else breaker.name,
+                crashes=_count(headers.get(HEADER_CRASHES)),
+                deferrals=_count(headers.get(HEADER_DEFERRALS)),
+                attempt=attempt,
+                retry=False,
+            )
+        except Exception:
+            logger.debug("could not send %s", TASK_FACTS_EVENT, exc_info=True)
 
     def _defer(
         self,
