@@ -32,6 +32,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from snakepit_celery import signals
 from snakepit_celery.errors import CircuitOpenError, ConfigError, StoreUnavailableError
+from snakepit_celery.policy.checks import check_int, check_seconds
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error, store_from_url
 from snakepit_celery.store.base import BreakerRecord, Store
 from snakepit_celery.testing import is_testing
@@ -92,18 +93,6 @@ _UNCOUNTED = _Admission(counted=False)
 _LOCAL = _Admission(counted=True)
 
 
-def _positive_int(setting: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(setting, value, "an integer >= 1")
-    return value
-
-
-def _non_negative(setting: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigError(setting, value, "a number of seconds >= 0")
-    return float(value)
-
-
 class CircuitBreaker:
     """Fleet-wide circuit breaker: ``closed`` → ``open`` → ``half_open`` → ``closed``.
 
@@ -128,18 +117,18 @@ class CircuitBreaker:
         if not isinstance(name, str) or not name:
             raise ConfigError("name", name, "a non-empty string")
         self.name = name
-        self.failure_threshold = _positive_int("failure_threshold", failure_threshold)
-        self.reset_timeout = _non_negative("reset_timeout", reset_timeout)
-        self.half_open_max_calls = _positive_int("half_open_max_calls", half_open_max_calls)
+        self.failure_threshold = check_int("failure_threshold", failure_threshold, minimum=1)
+        self.reset_timeout = check_seconds("reset_timeout", reset_timeout)
+        self.half_open_max_calls = check_int("half_open_max_calls", half_open_max_calls, minimum=1)
         if isinstance(exclude, type):
             exclude = (exclude,)
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in exclude):
             raise ConfigError("exclude", exclude, "exception classes")
         self.exclude: tuple[type[BaseException], ...] = tuple(exclude)
-        self.max_staleness = _non_negative("max_staleness", max_staleness)
+        self.max_staleness = check_seconds("max_staleness", max_staleness)
         if probe_ttl is None:
             probe_ttl = max(self.reset_timeout, MIN_PROBE_TTL)
-        self.probe_ttl = _non_negative("probe_ttl", probe_ttl)
+        self.probe_ttl = check_seconds("probe_ttl", probe_ttl)
         if self.probe_ttl == 0:
             raise ConfigError("probe_ttl", probe_ttl, "a number of seconds > 0")
         self._store = StoreBinding(store)

@@ -14,6 +14,7 @@ from typing import Any
 
 from snakepit_celery import signals
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
+from snakepit_celery.policy.checks import check_int, check_seconds
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
 from snakepit_celery.store.base import HealthSnapshot, Store
 
@@ -67,18 +68,6 @@ class HealthStats:
         }
 
 
-def _positive_int(setting: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(setting, value, "an integer >= 1")
-    return value
-
-
-def _positive_seconds(setting: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(setting, value, "a number of seconds > 0")
-    return float(value)
-
-
 _EMPTY = HealthSnapshot(total_crashes=0, crashes_in_window=0)
 
 
@@ -102,10 +91,10 @@ class HealthMonitor:
         if not isinstance(pool, str) or not pool:
             raise ConfigError("pool", pool, "a non-empty string")
         self.pool = pool
-        self.max_crashes = _positive_int("max_crashes", max_crashes)
-        self.crash_window = _positive_seconds("crash_window", crash_window)
-        self.check_interval = _positive_seconds("check_interval", check_interval)
-        self.max_worker_crashes = _positive_int("max_worker_crashes", max_worker_crashes)
+        self.max_crashes = check_int("max_crashes", max_crashes, minimum=1)
+        self.crash_window = check_seconds("crash_window", crash_window, positive=True)
+        self.check_interval = check_seconds("check_interval", check_interval, positive=True)
+        self.max_worker_crashes = check_int("max_worker_crashes", max_worker_crashes, minimum=1)
         self.max_entries = max(10 * self.max_crashes, MIN_MAX_ENTRIES)
         self._store = StoreBinding(store)
 

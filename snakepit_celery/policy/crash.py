@@ -17,7 +17,6 @@ construction, with the two pure decisions: ``retry_allowed()`` and
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import signal as _signal
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from snakepit_celery.errors import ConfigError
+from snakepit_celery.policy.checks import check_bool, check_int, check_seconds
 
 __all__ = [
     "GPU_ERROR_RULES",
@@ -383,30 +383,6 @@ _MODES_TEXT = "always, idempotent, never"
 _CLASSES_TEXT = ", ".join(c.value for c in Classification)
 
 
-def _check_bool(setting: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(setting, value, "True or False")
-    return value
-
-
-def _check_int(setting: str, value: Any, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(setting, value, "an integer")
-    if minimum is not None and value < minimum:
-        raise ConfigError(setting, value, f"an integer >= {minimum}")
-    return int(value)
-
-
-def _check_seconds(setting: str, value: Any, *, positive: bool = False) -> float:
-    allowed = "a number of seconds > 0" if positive else "a number of seconds >= 0"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(setting, value, allowed)
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
-        raise ConfigError(setting, value, allowed)
-    return seconds
-
-
 def _as_tuple(setting: str, value: Any) -> tuple[Any, ...]:
     if isinstance(value, str | bytes | int | float | type):
         return (value,)
@@ -451,22 +427,22 @@ class CrashBarrierConfig:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        put("enabled", _check_bool("enabled", self.enabled))
+        put("enabled", check_bool("enabled", self.enabled))
         put("retry", _check_retry(self.retry))
-        put("max_restarts", _check_int("max_restarts", self.max_restarts, minimum=0))
-        put("taint_duration", _check_seconds("taint_duration", self.taint_duration, positive=True))
+        put("max_restarts", check_int("max_restarts", self.max_restarts, minimum=0))
+        put("taint_duration", check_seconds("taint_duration", self.taint_duration, positive=True))
         put(
             "backoff",
-            tuple(_check_seconds("backoff", d) for d in _as_tuple("backoff", self.backoff)),
+            tuple(check_seconds("backoff", d) for d in _as_tuple("backoff", self.backoff)),
         )
         put("mark_on", tuple(_check_class(v) for v in _as_tuple("mark_on", self.mark_on)))
         codes = _as_tuple("taint_on_exit_codes", self.taint_on_exit_codes)
-        put("taint_on_exit_codes", tuple(_check_int("taint_on_exit_codes", c) for c in codes))
+        put("taint_on_exit_codes", tuple(check_int("taint_on_exit_codes", c) for c in codes))
         types = _as_tuple("taint_on_error_types", self.taint_on_error_types)
         put("taint_on_error_types", tuple(_check_error_type(t) for t in types))
         put(
             "taint_device_on_cuda_fatal",
-            _check_bool("taint_device_on_cuda_fatal", self.taint_device_on_cuda_fatal),
+            check_bool("taint_device_on_cuda_fatal", self.taint_device_on_cuda_fatal),
         )
 
     @classmethod
