@@ -248,27 +248,3 @@ def test_idempotent_task_of_a_killed_node_is_not_failed_but_runs_again(fleet: Ch
         what="the reaper",
     )
     assert "marked FAILURE" not in survivor.logs()
-
-
-# -- when the record is rewritten ---------------------------------------------------------
-
-
-def test_quick_tasks_cost_no_record_write_but_a_lasting_one_is_recorded(
-    agent: NodeAgent, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stream of tasks quicker than one poll never writes; one that outlives a poll does."""
-    from snakepit_celery.celery import worker
-
-    running: dict[str, dict[str, Any]] = {}
-    monkeypatch.setattr(worker, "_in_flight_tasks", lambda: dict(running))
-    for task_id in ("quick-1", "quick-2", "quick-3"):
-        running.clear()
-        running[task_id] = entry("reap.once")
-        assert not agent._orphanable_started()
-    running.clear()
-    running["slow"] = entry("reap.once")
-    assert not agent._orphanable_started()  # first look: it may still be quick
-    assert agent._orphanable_started()  # still running one poll later: record it
-    running.clear()
-    running["idem"] = entry("reap.idem", acks_late=True)
-    assert not agent._orphanable_started() and not agent._orphanable_started()

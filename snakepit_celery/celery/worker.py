@@ -20,15 +20,14 @@ acknowledged when it starts, so when its whole node dies (SIGKILL of the
 parent, OOM killer, power loss) no message comes back and no pool parent is
 left to store ``WorkerCrashedError``. Each record therefore lists the tasks in
 flight (``in_flight_tasks``: name, ``acks_late``, crash barrier on), written
-again once such a task has run for one ``IN_FLIGHT_POLL`` (at most one write
-per poll, from this thread: nothing on the task's path, and nothing at all
-for tasks quicker than the poll). Every
+again within ``IN_FLIGHT_POLL`` seconds when such a task starts (one write per
+poll at most, from this thread: nothing on the task's path). Every
 ``REAP_EVERY`` heartbeats a live node claims dead node incarnations from the
 store (``Store.node_reap``: exactly one node gets each) and ends their
 early-acknowledged barrier tasks that have no final state FAILURE with
 ``WorkerCrashedError`` naming the dead node; idempotent tasks are left to
 their message, which comes back by itself. A task that started less than
-two polls before its node died may not be listed yet.
+``IN_FLIGHT_POLL`` before its node died may not be listed yet.
 """
 
 from __future__ import annotations
@@ -200,7 +199,6 @@ class NodeAgent:
         self._last_alone_warning = False
         self._released = False
         self._recorded_orphanable: frozenset[str] = frozenset()
-        self._seen_orphanable: frozenset[str] = frozenset()
         self._events: list[dict[str, Any]] = []
 
     # -- the record --------------------------------------------------------------------
@@ -293,15 +291,8 @@ class NodeAgent:
         return min(wait, self.in_flight_poll) if self.in_flight_poll > 0 else wait
 
     def _orphanable_started(self) -> bool:
-        """True when an early-acked barrier task outlived one look and is not recorded yet.
-
-        Tasks shorter than ``in_flight_poll`` end before they are ever written:
-        a stream of quick tasks costs no store writes (measured: recording every
-        new task cost ~10 % of a no-op task's CPU).
-        """
-        current = _orphanable(_in_flight_tasks())
-        lasting, self._seen_orphanable = current & self._seen_orphanable, current
-        return not lasting <= self._recorded_orphanable
+        """True when an early-acked barrier task started since the record was last written."""
+        return not _orphanable(_in_flight_tasks()) <= self._recorded_orphanable
 
     def safe_register(self) -> None:
         """``register()`` that never raises (store errors reported, fail-open)."""
