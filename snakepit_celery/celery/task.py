@@ -192,23 +192,25 @@ class SnakepitTask(Task):  # type: ignore[misc]
         return self.device_for(delivery.get("routing_key"))
 
     def device_for(self, routing_key: str | None) -> Device | None:
-        """The device for a delivery on ``routing_key`` (see ``resolved_device``); cached."""
+        """The device for a delivery on ``routing_key`` (see ``resolved_device``).
+
+        Cached per routing key (a worker sees a handful), so a task's device
+        costs a dict lookup after its first run on each queue.
+        """
         if self.device is None:
             return None
-        routed = queue_device(routing_key or "")
-        if routed is not None and not any(
-            _admits(pref, routed) for pref in parse_prefs(self.device)
-        ):
-            routed = None
-        key = str(routed) if routed is not None else ""
         cache = self._snakepit_devices
         if cache is None:
             cache = self._snakepit_devices = {}
+        key = routing_key or ""
         device = cache.get(key)
         if device is None:
-            device = cache[key] = (
-                hardware.select(key) if key else hardware.select_with_fallback(self.device)
-            )
+            routed = queue_device(key)
+            if routed is not None and any(_admits(p, routed) for p in parse_prefs(self.device)):
+                device = hardware.select(str(routed))
+            else:
+                device = hardware.select_with_fallback(self.device)
+            cache[key] = device
         return device
 
     def _device_or_none(self, routing_key: str | None = None) -> Device | None:
