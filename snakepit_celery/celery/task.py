@@ -101,6 +101,8 @@ class TaskRuntime:
     health: HealthMonitor
     defer_on_open: bool
     lease: float
+    #: The worker sends task events (``-E``): each run also sends ``task-snakepit-run``.
+    task_events: bool
 
 
 class ChildRecycled(SystemExit):
@@ -265,7 +267,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
             kwargs = {**kwargs, "device": self.resolved_device}
         attempt = request.retries + 1 - _count(headers.get(HEADER_DEFERRALS))
         breaker = runtime.breaker
-        if self.app.conf.worker_send_task_events:
+        if runtime.task_events:
             self._send_facts(request, headers, breaker, attempt)
         try:
             if breaker is None:
@@ -490,6 +492,7 @@ def _build_runtime(task: SnakepitTask) -> TaskRuntime:
         health=HealthMonitor(pool=task.pool or app_pool, store=store, **health_settings),
         defer_on_open=settings.defer_on_open,
         lease=visibility * LEASE_FRACTION,
+        task_events=bool(task.app.conf.worker_send_task_events),
     )
 
 
