@@ -9,16 +9,15 @@ app. Calling it again is a no-op.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from typing import Any
 
 from celery import Celery
 
 from snakepit_celery.celery.events import install_events
 from snakepit_celery.celery.routing import install_router
+from snakepit_celery.celery.settings import settings_for
 from snakepit_celery.celery.worker import install_worker
-from snakepit_celery.config import SnakepitSettings, load_settings, resolve_store_url
+from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.store import set_default_store, set_fail_open, store_from_url
 from snakepit_celery.store.base import Store
 
@@ -26,32 +25,8 @@ __all__ = ["install", "is_installed", "settings_for"]
 
 logger = logging.getLogger(__name__)
 
-#: Where the resolved settings live on the app (shared with ``routing.settings_of``).
-_SETTINGS_ATTR = "_snakepit_settings"
 #: Marker set on an app once ``install()`` has run.
 _INSTALLED_ATTR = "_snakepit_installed"
-
-
-def settings_for(app: Celery) -> SnakepitSettings:
-    """The app's validated settings with the store URL resolved; read once per app.
-
-    Raises ``ConfigError`` for unknown ``snakepit_*`` names, invalid values,
-    or when no store URL can be found.
-    """
-    cached = app.__dict__.get(_SETTINGS_ATTR)
-    if isinstance(cached, SnakepitSettings) and cached.store_url:
-        return cached
-    settings = load_settings(app.conf)
-    transport_options = app.conf.broker_transport_options or {}
-    store_url = resolve_store_url(
-        settings,
-        _first_url(app.conf.broker_url),
-        _first_url(app.conf.result_backend),
-        master_name=transport_options.get("master_name"),
-    )
-    settings = dataclasses.replace(settings, store_url=store_url)
-    app.__dict__[_SETTINGS_ATTR] = settings
-    return settings
 
 
 def is_installed(app: Celery) -> bool:
@@ -84,12 +59,6 @@ def install(app: Celery) -> SnakepitSettings:
 
 def _store_url_with_prefix(settings: SnakepitSettings) -> Store:
     return store_from_url(str(settings.store_url), key_prefix=settings.key_prefix)
-
-
-def _first_url(value: Any) -> str | None:
-    if isinstance(value, list | tuple):
-        value = value[0] if value else None
-    return value if isinstance(value, str) else None
 
 
 def _redacted(url: str | None) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 from celery import Celery
 
 from snakepit_celery.barrier import device_member, worker_member
+from snakepit_celery.celery.settings import settings_for
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
 from snakepit_celery.hardware import Device, parse_preference
 from snakepit_celery.store import fail_open, report_store_error, store_from_url
@@ -467,13 +468,6 @@ def _is_ours(route: Any) -> bool:
 # -- the app's store and fleet view -------------------------------------------------------
 
 
-def settings_for(app: Celery) -> Any:
-    """The app's resolved ``SnakepitSettings`` (``install.settings_for``, read once per app)."""
-    from snakepit_celery.celery import install  # noqa: PLC0415 - install imports this module
-
-    return install.settings_for(app)
-
-
 def app_store(app: Celery) -> Store:
     """The store the app's settings name (``snakepit_store_url``, ``snakepit_key_prefix``)."""
     settings = settings_for(app)
@@ -483,8 +477,7 @@ def app_store(app: Celery) -> Store:
 def taint_pools(app: Celery) -> tuple[str, ...]:
     """The taint pools the router and the worker watch: ``default`` and the health pool."""
     pools = ["default"]
-    health = getattr(settings_for(app), "health", None) or {}
-    pool = health.get("pool") if isinstance(health, Mapping) else getattr(health, "pool", None)
+    pool = settings_for(app).health.get("pool")
     if pool and pool not in pools:
         pools.append(str(pool))
     return tuple(pools)
@@ -492,7 +485,7 @@ def taint_pools(app: Celery) -> tuple[str, ...]:
 
 def allow_waiting(app: Celery) -> bool:
     """The setting ``snakepit_allow_waiting``: queue device tasks no live node can take."""
-    return bool(getattr(settings_for(app), "allow_waiting", False))
+    return settings_for(app).allow_waiting
 
 
 def fleet_snapshot(store: Store, pools: Sequence[str] = ("default",)) -> FleetSnapshot:

@@ -33,8 +33,8 @@ from celery.exceptions import Ignore, Reject, Retry
 from snakepit_celery import hardware, signals
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
-from snakepit_celery.celery.install import settings_for
 from snakepit_celery.celery.routing import Pref, parse_prefs, queue_device
+from snakepit_celery.celery.settings import settings_for
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.errors import (
     CircuitOpenError,

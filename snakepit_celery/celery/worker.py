@@ -57,9 +57,9 @@ from snakepit_celery.celery.routing import (
     fleet_snapshot,
     node_devices,
     queues_for,
-    settings_for,
     taint_pools,
 )
+from snakepit_celery.celery.settings import settings_for
 from snakepit_celery.errors import (
     ConfigError,
     LockMismatchError,
