@@ -477,6 +477,14 @@ class CrashBarrier:
             LedgerEntry(starts=0, finishes=0, crashes=1, running_on=None),
         )
 
+    def ledger_release(self, task_id: str) -> None:
+        """Record that this node gives ``task_id``'s message back unstarted (warm shutdown).
+
+        Its next delivery comes back ``redelivered`` but is then not counted
+        as a delivery lost with a crash.
+        """
+        self._guarded(lambda store: store.ledger_release(task_id, ttl=self.ledger_ttl), None)
+
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The ledger entry of ``task_id``, or None."""
         return self._guarded(lambda store: store.ledger_get(task_id), None)

@@ -80,12 +80,20 @@ class ChaosFleet:
     # -- nodes ----------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, redis_base_url: str, label: str, barrier: dict[str, Any], db: int | None = None
+        cls,
+        redis_base_url: str,
+        label: str,
+        barrier: dict[str, Any],
+        db: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> ChaosFleet:
-        """A fleet on a database of ``redis_base_url`` under a fresh ``<label>-...`` key prefix."""
+        """A fleet on a database of ``redis_base_url`` under a fresh ``<label>-...`` key prefix.
+
+        ``extra`` is added to (or overrides) the app's ``chaos_conf``.
+        """
         redis_url = f"{redis_base_url}/{1 + os.getpid() % 14 if db is None else db}"
         key_prefix = f"{label}-{uuid.uuid4().hex[:10]}"
-        return cls(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, barrier))
+        return cls(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, barrier, extra))
 
     def node_name(self, index: int) -> str:
         return f"chaos{index}-{self._tag}@{socket.gethostname()}"
@@ -161,6 +169,14 @@ class ChaosFleet:
             for task_id, meta in self.states(ids).items()
             if meta is None or meta.get("status") not in FINAL_STATES
         ]
+
+    def unacked(self) -> set[str]:
+        """Ids of the tasks whose messages a node holds unacknowledged (kombu's unacked hash)."""
+        ids = set()
+        for raw in self.redis.hvals(f"{self.key_prefix}:unacked"):
+            payload = json.loads(raw)[0]
+            ids.add(str(payload["headers"]["id"]))
+        return ids
 
     def executions(self) -> Counter[str]:
         """How many times each task id started running (from the execution log)."""

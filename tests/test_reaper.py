@@ -1,8 +1,9 @@
 """The orphan reaper: a task whose whole node died gets a final state.
 
-A task that is not idempotent is acknowledged when it starts; when its whole
-node is SIGKILLed (parent and pool children) no message comes back and no pool
-parent is left to store ``WorkerCrashedError``. The node's last heartbeat
+A task that is not idempotent is acknowledged when it starts (or, under the
+crash barrier, once its node's record lists it: ``test_ack_on_record.py``);
+when its whole node is then SIGKILLed (parent and pool children) no message
+comes back and no pool parent is left to store ``WorkerCrashedError``. The node's last heartbeat
 lists it in flight; once that record has expired (plus a grace), a live
 node's reaper claims it and ends the task FAILURE with ``WorkerCrashedError``
 naming the dead node. Idempotent tasks are left to their message, which comes
@@ -40,8 +41,8 @@ SHORT_TTL = 0.2
 REAP_BOUND = HEARTBEAT_TTL + REAP_GRACE + REAP_EVERY * 2.0 + 10.0
 
 
-def entry(name: str, *, acks_late: bool = False, crash_barrier: bool = True) -> dict[str, Any]:
-    return {"name": name, "acks_late": acks_late, "crash_barrier": crash_barrier}
+def entry(name: str, *, early_ack: bool = True, crash_barrier: bool = True) -> dict[str, Any]:
+    return {"name": name, "early_ack": early_ack, "crash_barrier": crash_barrier}
 
 
 # -- in process: NodeAgent.reap() ------------------------------------------------------------
@@ -123,7 +124,7 @@ def test_task_with_a_final_state_is_not_overwritten(
 def test_late_acknowledged_task_is_left_to_its_message(
     app: Celery, store: RedisStore, agent: NodeAgent
 ) -> None:
-    dead_node(store, "dead@test", {"t-idem": entry("reap.idem", acks_late=True)})
+    dead_node(store, "dead@test", {"t-idem": entry("reap.idem", early_ack=False)})
     assert agent.reap() == []
     assert app.AsyncResult("t-idem").state == "PENDING"
 
@@ -213,6 +214,8 @@ def kill_mid_task(fleet: ChaosFleet, task: str, work: float) -> tuple[str, str, 
     doomed = wait_until(
         lambda: running_on(fleet, task_id), 30, interval=0.2, what=f"{task_id} listed in flight"
     )
+    if task == "chaos.once":  # acknowledged on record: killed after that, only the reaper can help
+        wait_until(lambda: task_id not in fleet.unacked(), 10, interval=0.05, what="the ack")
     fleet.nodes[doomed].kill()
     return doomed, next(n for n in names if n != doomed), task_id
 

@@ -496,6 +496,55 @@ def test_ledger_entries_expire(store: Store) -> None:
     assert store.ledger_get("task-1") is None
 
 
+def test_release_marks_the_next_delivery_and_is_consumed_by_its_start(store: Store) -> None:
+    store.ledger_release("task-1", ttl=60.0)
+    pending = store.ledger_get("task-1")
+    assert pending is not None and pending.released and pending.starts == 0
+    assert start(store).released
+    entry = store.ledger_get("task-1")
+    assert entry is not None and not entry.released
+    store.ledger_finish("task-1")
+    assert not start(store).released, "a mark speaks for one delivery only"
+
+
+def test_crash_of_a_released_delivery_reports_it_once(store: Store) -> None:
+    store.ledger_release("task-1", ttl=60.0)
+    start(store)
+    first = store.ledger_crash("task-1", ttl=60.0)
+    assert (first.crashes, first.released) == (1, True)
+    start(store)
+    second = store.ledger_crash("task-1", ttl=60.0)
+    assert (second.crashes, second.released) == (2, False)
+
+
+def test_crash_before_the_released_delivery_started_reports_it(store: Store) -> None:
+    store.ledger_release("task-1", ttl=60.0)
+    after = store.ledger_crash("task-1", ttl=60.0)
+    assert (after.starts, after.crashes, after.released) == (0, 1, True)
+    assert not store.ledger_crash("task-1", ttl=60.0).released
+
+
+def test_finished_run_clears_the_release(store: Store) -> None:
+    store.ledger_release("task-1", ttl=60.0)
+    start(store)
+    store.ledger_finish("task-1")
+    assert not store.ledger_crash("task-1", ttl=60.0).released
+
+
+def test_release_never_shortens_the_entry(store: Store) -> None:
+    store.ledger_start("task-1", worker_id="w1", lease=0.1, ttl=60.0)
+    store.ledger_release("task-1", ttl=SHORT)
+    time.sleep(PAST_SHORT)
+    entry = store.ledger_get("task-1")
+    assert entry is not None and entry.released
+
+
+def test_release_alone_expires(store: Store) -> None:
+    store.ledger_release("task-1", ttl=SHORT)
+    time.sleep(PAST_SHORT)
+    assert store.ledger_get("task-1") is None
+
+
 # -- node registry ------------------------------------------------------------------
 
 

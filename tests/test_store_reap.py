@@ -27,7 +27,7 @@ from snakepit_celery.store.base import NODE_RETENTION
 
 SHORT = 0.2  # a heartbeat TTL short enough to wait out in a test
 PAST_SHORT = 0.3
-IN_FLIGHT = {"t-1": {"name": "app.once", "acks_late": False, "crash_barrier": True}}
+IN_FLIGHT = {"t-1": {"name": "app.once", "early_ack": True, "crash_barrier": True}}
 
 
 @pytest.fixture(params=["memory", "redis"])

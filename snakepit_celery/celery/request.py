@@ -94,8 +94,9 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         if device is not None and barrier.should_taint_device(info):
             barrier.taint_device(node, device, info)
 
-        unrecorded = unrecorded_crashes(self.delivery_info, self._request_dict)
-        crashes = unrecorded + barrier.ledger_crash(self.id).crashes
+        entry = barrier.ledger_crash(self.id)
+        unrecorded = unrecorded_crashes(self.delivery_info, self._request_dict, entry.released)
+        crashes = unrecorded + entry.crashes
         error = WorkerCrashedError(
             str(info.classification),
             info.exit_code,

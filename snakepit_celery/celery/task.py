@@ -28,6 +28,7 @@ from typing import Any, ClassVar, overload
 
 from celery import Celery, Task, shared_task, states
 from celery import signals as celery_signals
+from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, Reject, Retry
 
 from snakepit_celery import hardware, signals
@@ -59,7 +60,10 @@ __all__ = [
     "ChildRecycled",
     "SnakepitTask",
     "TaskRuntime",
+    "ack_on_record_tasks",
+    "final_state",
     "snakepit_task",
+    "unrecorded_crashes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,7 +136,11 @@ class SnakepitTask(Task):  # type: ignore[misc]
     - ``breaker``: a name, ``True`` (the task's name) or a ``CircuitBreaker``.
     - ``retry_policy``: a ``RetryPolicy`` (or its dict), else ``snakepit_retry_policy``.
     - ``idempotent``: safe to run twice; turns on ``acks_late`` and
-      ``reject_on_worker_lost``, so crashes may re-run it.
+      ``reject_on_worker_lost``, so crashes may re-run it. A task that is not
+      idempotent, under an enabled crash barrier and without an ``acks_late``
+      of its own, is acknowledged *on record* (``ack_on_record``): once its
+      node's registry record lists it in flight (within about half a second
+      of its start) or when it ends, whichever comes first.
     - ``crash_barrier``: dict overriding ``snakepit_crash_barrier`` for this task.
     - ``timeout``: seconds; soft time limit, hard limit a little later.
     - ``pool``: the health-monitor pool its crashes are recorded in.
@@ -147,14 +155,21 @@ class SnakepitTask(Task):  # type: ignore[misc]
     crash_barrier: Mapping[str, Any] | None = None
     timeout: float | None = None
     pool: str | None = None
+    #: Set by the worker (``ack_on_record_tasks``): the node acknowledges the message
+    #: once its record lists the task in flight, not when the task starts.
+    ack_on_record: bool = False
 
     _accepts_device: ClassVar[bool] = False
+    #: ``acks_late`` as the task declared it (None: left to Celery's ``task_acks_late``).
+    _acks_late_option: ClassVar[bool | None] = None
     _snakepit_runtime: TaskRuntime | None = None
     _snakepit_devices: dict[str, Device] | None = None
 
     @classmethod
     def bind(cls, app: Celery) -> Any:
         """Turn snakepit options into Celery ones before Celery reads its defaults."""
+        if "_acks_late_option" not in cls.__dict__:
+            cls._acks_late_option = cls.acks_late
         if cls.idempotent:
             if cls.acks_late is None:
                 cls.acks_late = True
@@ -383,11 +398,14 @@ class SnakepitTask(Task):  # type: ignore[misc]
 
         The first delivery of a message is never recorded (no round trip on the
         happy path), so when such an untracked message comes back its lost
-        delivery counts as one crash (conservatively: kombu also restores
-        messages a node had prefetched but never started). Once a message is
-        tracked (re-published after a crash, it carries the crash header) every
-        delivery is recorded, and the ledger proves its crashes: earlier runs
-        whose lease ran out, or that a pool parent saw die.
+        delivery counts as one crash, unless its node marked it given back
+        unstarted (``ledger_release``, on warm shutdown). Conservatively: kombu
+        also restores messages a SIGKILLed node had prefetched but never
+        started. Once a message is tracked (re-published after a crash, it
+        carries the crash header) every delivery is recorded, and the ledger
+        proves its crashes: earlier runs whose lease ran out, or that a pool
+        parent saw die. A message whose task already has a final state is not
+        run again (its result was stored, its acknowledgement lost).
         """
         barrier = runtime.barrier
         worker_id = f"{request.hostname}/{os.getpid()}"
@@ -401,8 +419,11 @@ class SnakepitTask(Task):  # type: ignore[misc]
                 extra={"task_id": request.id, "running_on": before.running_on},
             )
             raise Ignore()
-        crashes = unrecorded_crashes(request.delivery_info, headers) + before.crashes
+        crashes = unrecorded_crashes(request.delivery_info, headers, before.released)
+        crashes += before.crashes
         if crashes == 0:
+            if before.released:
+                self._drop_if_ended(runtime, request)
             return
         if barrier.retry_allowed(bool(self.idempotent), crashes - 1):
             logger.warning(
@@ -413,6 +434,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
                 extra={"task_id": request.id, "crashes": crashes},
             )
             return
+        self._drop_if_ended(runtime, request)
         barrier.ledger_finish(request.id)
         logger.error(
             "task %s[%s] crashed its worker %d time(s) (max_restarts=%d): not run again",
@@ -429,6 +451,24 @@ class SnakepitTask(Task):  # type: ignore[misc]
                 f"(max_restarts={barrier.config.max_restarts}); not run again"
             ),
         )
+
+    def _drop_if_ended(self, runtime: TaskRuntime, request: Any) -> None:
+        """Raise ``Ignore`` (the message is acknowledged, the state kept) when the task ended.
+
+        One result-backend read, only on the rare paths of the crash-ledger gate.
+        """
+        state = final_state(self.app, request.id)
+        if state is None:
+            return
+        runtime.barrier.ledger_finish(request.id)
+        logger.warning(
+            "task %s[%s] came back but already ended %s: not run again",
+            self.name,
+            request.id,
+            state,
+            extra={"task_id": request.id, "state": state},
+        )
+        raise Ignore()
 
     def _note_gpu_fatal(self, runtime: TaskRuntime, request: Any, exc: BaseException) -> None:
         """A GPU-fatal error in the body: record it, taint the device, recycle the child."""
@@ -470,6 +510,38 @@ def snakepit_task(*args: Any, **options: Any) -> Any:
     if app is not None:
         return app.task(*args, **options)
     return shared_task(*args, **options)
+
+
+def ack_on_record_tasks(app: Celery) -> list[str]:
+    """Make the app's crash-barrier tasks that are not idempotent ``ack_on_record``; their names.
+
+    Called by the worker before its pool starts. Celery acknowledges such a
+    task when it starts; if its whole node then dies before the node's record
+    lists it in flight, no message comes back and no one can give it a final
+    state. Acknowledged on record instead (``acks_late`` plus an early
+    acknowledgement by the node, see ``celery.worker``), its message comes
+    back in that window and the crash-ledger gate ends it ``WorkerCrashedError``
+    without running it again. Tasks with their own ``acks_late``, and apps with
+    ``task_acks_late``, keep theirs.
+    """
+    if app.conf.task_acks_late:
+        return []
+    names = []
+    for name, task in sorted(app.tasks.items()):
+        if not isinstance(task, SnakepitTask) or task.idempotent or task.ack_on_record:
+            continue
+        if type(task)._acks_late_option is not None:
+            continue
+        try:
+            enabled = task.snakepit_runtime.barrier.enabled
+        except SnakepitError as exc:
+            logger.warning("task %s: %s", name, exc)
+            continue
+        if enabled:
+            task.acks_late = True
+            task.ack_on_record = True
+            names.append(name)
+    return names
 
 
 # -- runtime -----------------------------------------------------------------------------
@@ -619,14 +691,35 @@ def _since(headers: Mapping[str, Any]) -> float:
         return 0.0
 
 
-def unrecorded_crashes(delivery_info: Mapping[str, Any] | None, headers: Mapping[str, Any]) -> int:
+def unrecorded_crashes(
+    delivery_info: Mapping[str, Any] | None, headers: Mapping[str, Any], released: bool = False
+) -> int:
     """Crashes of a message the ledger does not hold: its header's, plus its lost delivery.
 
     An untracked message (no crash header) that came back lost a delivery no
-    ledger recorded; that counts as one crash.
+    ledger recorded; that counts as one crash, unless its node gave it back
+    unstarted (``released``: the ledger's give-back mark for this delivery).
     """
-    lost = 1 if (delivery_info or {}).get("redelivered") and HEADER_CRASHES not in headers else 0
-    return _count(headers.get(HEADER_CRASHES)) + lost
+    lost = (
+        (delivery_info or {}).get("redelivered") and HEADER_CRASHES not in headers and not released
+    )
+    return _count(headers.get(HEADER_CRASHES)) + (1 if lost else 0)
+
+
+def final_state(app: Celery, task_id: str) -> str | None:
+    """The task's state in the result backend when it is a final one, else None.
+
+    None too without a result backend, or when it cannot be read (logged).
+    """
+    backend = app.backend
+    if isinstance(backend, DisabledBackend):
+        return None
+    try:
+        state = backend.get_task_meta(task_id).get("status")
+    except Exception:
+        logger.warning("could not read the state of task %s", task_id, exc_info=True)
+        return None
+    return str(state) if state in states.READY_STATES else None
 
 
 def _redelivered(request: Any) -> bool:

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, bootsteps, states
+from celery import Celery, bootsteps
 from celery import signals as celery_signals
 from celery.backends.base import DisabledBackend
 from celery.exceptions import WorkerShutdown
@@ -60,6 +60,7 @@ from snakepit_celery.celery.routing import (
     taint_pools,
 )
 from snakepit_celery.celery.settings import settings_for
+from snakepit_celery.celery.task import SnakepitTask, ack_on_record_tasks, final_state
 from snakepit_celery.errors import (
     ConfigError,
     LockMismatchError,
@@ -93,6 +94,8 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
 #: Seconds between two checks, on the worker's event loop, for queue changes to apply.
 APPLY_INTERVAL = 0.5
+#: Seconds between two looks, on the event loop, for ``ack_on_record`` tasks the record lists.
+ACK_INTERVAL = 0.1
 #: Seconds between two looks (heartbeat thread) for newly started early-acked tasks;
 #: the record is written again when one appeared (at most one write per look).
 IN_FLIGHT_POLL = 0.1
@@ -199,6 +202,8 @@ class NodeAgent:
         self._last_alone_warning = False
         self._released = False
         self._recorded_orphanable: frozenset[str] = frozenset()
+        #: Tasks in flight in the last record the store accepted (ack_on_record may ack them).
+        self._recorded_in_flight: frozenset[str] = frozenset()
         self._events: list[dict[str, Any]] = []
 
     # -- the record --------------------------------------------------------------------
@@ -228,7 +233,55 @@ class NodeAgent:
     # -- store side (heartbeat thread) ------------------------------------------------
     def register(self) -> None:
         """Write this node's record now (refreshing its TTL)."""
-        self.store.node_register(self.node, self.record(), ttl=self.ttl)
+        record = self.record()
+        self.store.node_register(self.node, record, ttl=self.ttl)
+        self._recorded_in_flight = frozenset(record["in_flight"])
+
+    def ack_recorded(self) -> int:
+        """Acknowledge the ``ack_on_record`` tasks the store's record lists (event loop only).
+
+        From here on the orphan reaper gives such a task a final state if this
+        node dies; before, its message would come back. Returns how many.
+        """
+        recorded = self._recorded_in_flight
+        if not recorded:
+            return 0
+        acked = 0
+        for request in tuple(worker_state.active_requests):
+            if (
+                getattr(request.task, "ack_on_record", False)
+                and not request.acknowledged
+                and str(request.id) in recorded
+            ):
+                request.acknowledge()
+                acked += 1
+        return acked
+
+    def release_unstarted(self, consumer: Any) -> list[str]:
+        """Mark the crash-barrier messages this node gives back unstarted; returns their ids.
+
+        Called on warm shutdown once the pool has finished (nothing starts any
+        more) and before the broker connection closes, when kombu restores
+        them: each comes back ``redelivered``, and the mark tells the
+        crash-ledger gate that this delivery was not lost with a crash.
+        """
+        released = []
+        for task_id, task in _unstarted_snakepit_messages(consumer):
+            try:
+                task.snakepit_runtime.barrier.ledger_release(task_id)
+            except StoreUnavailableError as exc:
+                report_store_error(exc, node=self.node, task_id=task_id)
+                continue
+            released.append(task_id)
+        if released:
+            logger.info(
+                "node %s gives back %d unstarted task(s): %s",
+                self.node,
+                len(released),
+                ", ".join(released),
+                extra={"node": self.node, "task_ids": released},
+            )
+        return released
 
     def beat(self, *, register: bool = True) -> None:
         """One heartbeat: read the fleet, decide the queues, refresh the record.
@@ -359,13 +412,11 @@ class NodeAgent:
 
     def _fail_orphan(self, dead: str, task_id: str, name: str, age: float) -> bool:
         """Store FAILURE (``WorkerCrashedError``) for ``task_id`` unless it has a final state."""
-        from snakepit_celery.celery.task import SnakepitTask  # noqa: PLC0415 - task imports worker
-
         backend = self.app.backend
         if isinstance(backend, DisabledBackend):  # no result backend: no state to give
             return False
-        state = backend.get_task_meta(task_id).get("status")
-        if state in states.READY_STATES:
+        state = final_state(self.app, task_id)
+        if state is not None:
             logger.info(
                 "task %s of dead node %s already ended %s",
                 task_id,
@@ -397,12 +448,10 @@ class NodeAgent:
                 {"uuid": task_id, "exception": repr(error), "traceback": "", "dead_node": dead}
             )
         logger.warning(
-            "task %s[%s] was running on dead node %s (state %s): marked FAILURE "
-            "(WorkerCrashedError)",
+            "task %s[%s] was running on dead node %s: marked FAILURE (WorkerCrashedError)",
             name,
             task_id,
             dead,
-            state,
             extra={"node": self.node, "dead_node": dead, "task_id": task_id},
         )
         return True
@@ -484,15 +533,19 @@ def _in_flight_entry(request: Any) -> dict[str, Any]:
     task = getattr(request, "task", None)
     return {
         "name": str(getattr(request, "name", None) or getattr(task, "name", "")),
-        "acks_late": bool(getattr(task, "acks_late", False)),
+        # acknowledged before it ends: its message does not come back if the node dies
+        "early_ack": _acked_early(task),
         "crash_barrier": _barrier_enabled(task),
     }
 
 
+def _acked_early(task: Any) -> bool:
+    """True when Celery (no ``acks_late``) or the node (``ack_on_record``) acks before the end."""
+    return not getattr(task, "acks_late", False) or bool(getattr(task, "ack_on_record", False))
+
+
 def _barrier_enabled(task: Any) -> bool:
     """True for a ``SnakepitTask`` whose crash barrier is enabled."""
-    from snakepit_celery.celery.task import SnakepitTask  # noqa: PLC0415 - task imports worker
-
     if not isinstance(task, SnakepitTask):
         return False
     try:
@@ -506,8 +559,36 @@ def _orphanable(tasks: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(
         task_id
         for task_id, info in tasks.items()
-        if isinstance(info, Mapping) and info.get("crash_barrier") and not info.get("acks_late")
+        if isinstance(info, Mapping) and info.get("crash_barrier") and info.get("early_ack")
     )
+
+
+def _unstarted_snakepit_messages(consumer: Any) -> list[tuple[str, Any]]:
+    """(task id, task) of the messages this node holds unacknowledged and never started.
+
+    Read from the channel's deliveries (kombu's virtual-transport QoS, the
+    Redis one included) less those acknowledged and those the pool accepted;
+    only crash-barrier tasks. Empty where the transport does not expose them.
+    """
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    qos = getattr(channel, "qos", None)
+    delivered = getattr(qos, "_delivered", None)
+    if not isinstance(delivered, Mapping):
+        return []
+    acked = set(getattr(qos, "_dirty", ()))  # acknowledged, not yet dropped from _delivered
+    started = {str(request.id) for request in tuple(worker_state.active_requests)}
+    unstarted = []
+    for tag, message in tuple(delivered.items()):
+        if tag in acked:
+            continue
+        headers = getattr(message, "headers", None) or {}
+        task_id, name = headers.get("id"), headers.get("task")
+        task = consumer.app.tasks.get(name) if isinstance(name, str) else None
+        if task_id is None or str(task_id) in started or not isinstance(task, SnakepitTask):
+            continue
+        if _barrier_enabled(task):
+            unstarted.append((str(task_id), task))
+    return unstarted
 
 
 def _consumer_queue_names(consumer: Any) -> list[str]:
@@ -570,6 +651,12 @@ class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         w.snakepit_hardware = preflight(w.app, str(w.hostname))
+        acked_on_record = ack_on_record_tasks(w.app)
+        if acked_on_record:
+            logger.info(
+                "snakepit: acknowledged on record (crash barrier, not idempotent): %s",
+                ", ".join(acked_on_record),
+            )
         # ``-E`` sets only the worker's own flag; make it visible to the pool
         # children, which send the per-run ``task-snakepit-run`` event only then.
         w.app.conf.worker_send_task_events = bool(w.task_events)
@@ -591,6 +678,7 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(c, **kwargs)
         self.agent: NodeAgent | None = None
         self.tref: Any = None
+        self.ack_tref: Any = None
         c.snakepit = None
         _note_worker_node(c.app, c.hostname)
 
@@ -633,6 +721,16 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             report_store_error(exc, node=agent.node)
         agent.start_heartbeat()
         self.tref = c.timer.call_repeatedly(APPLY_INTERVAL, self._apply, (c,), priority=10)
+        self.ack_tref = c.timer.call_repeatedly(ACK_INTERVAL, self._ack, (), priority=10)
+
+    def _ack(self) -> None:
+        agent = self.agent
+        if agent is None:
+            return
+        try:
+            agent.ack_recorded()
+        except Exception:
+            logger.exception("snakepit: could not acknowledge recorded tasks of %s", agent.node)
 
     def _apply(self, c: Any) -> None:
         agent = self.agent
@@ -649,9 +747,10 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def stop(self, c: Any) -> None:
         """Stop applying queue changes; on shutdown, mark the node ``stopping`` (it still beats)."""
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
+        for tref in (self.tref, self.ack_tref):
+            if tref is not None:
+                tref.cancel()
+        self.tref = self.ack_tref = None
         agent = self.agent
         if agent is not None and c.blueprint.state != bootsteps.RUN:
             agent.state = "stopping"
@@ -661,8 +760,20 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 report_store_error(exc, node=agent.node)
 
     def shutdown(self, c: Any) -> None:
-        """Consumer shutdown: same as stop (the node leaves on ``worker_shutdown``)."""
+        """Consumer shutdown: stop, and on a warm one mark the messages given back unstarted.
+
+        The pool has finished by now and the broker connection is still open
+        (kombu restores the unacknowledged messages when it closes). A cold
+        shutdown marks nothing: the tasks it killed did start. The node leaves
+        the registry on ``worker_shutdown``.
+        """
         self.stop(c)
+        agent = self.agent
+        if agent is not None and not worker_state.should_terminate:
+            try:
+                agent.release_unstarted(c)
+            except Exception:
+                logger.exception("snakepit: could not mark the unstarted tasks of %s", agent.node)
 
     def leave(self) -> None:
         """Remove the node from the fleet (after the pool finished its tasks)."""

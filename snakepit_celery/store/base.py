@@ -120,13 +120,16 @@ class LedgerEntry:
 
     ``starts``: executions started; ``finishes``: executions that ended (any
     outcome); ``crashes``: executions known to have died; ``running_on``: the
-    worker holding a live lease on the task, if any.
+    worker holding a live lease on the task, if any; ``released``: the
+    delivery concerned is one a node gave back unstarted (``ledger_release``),
+    so it was not lost with a crash.
     """
 
     starts: int
     finishes: int
     crashes: int
     running_on: str | None = None
+    released: bool = False
 
 
 @runtime_checkable
@@ -226,6 +229,8 @@ class Store(Protocol):
         counts that earlier one as a crash. While *another* worker still holds
         a live lease nothing is written and the result's ``running_on`` names
         that worker: the caller must not run the task (duplicate delivery).
+        ``released`` is true when this delivery follows a ``ledger_release``
+        (the mark is consumed; ``ledger_crash`` of this run reports it too).
         """
         ...
 
@@ -238,7 +243,19 @@ class Store(Protocol):
         ...
 
     def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
-        """Record that the running execution died; returns the entry after it."""
+        """Record that the running execution died; returns the entry after it.
+
+        ``released`` is true when the delivery that died followed a
+        ``ledger_release`` (whether or not its run got to ``ledger_start``).
+        """
+        ...
+
+    def ledger_release(self, task_id: str, *, ttl: float) -> None:
+        """Mark the task's message as given back to the broker unstarted (warm shutdown).
+
+        Its next delivery comes back ``redelivered`` but was not lost with a
+        crash; the entry lives at least ``ttl`` seconds.
+        """
         ...
 
     def ledger_get(self, task_id: str) -> LedgerEntry | None:

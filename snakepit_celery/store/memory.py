@@ -62,6 +62,10 @@ class _Ledger:
     running_on: str | None = None
     lease_until: float = 0.0
     expires_at: float = 0.0
+    #: A node gave the message back unstarted; the next delivery is no crash.
+    released: bool = False
+    #: The running delivery followed such a give-back.
+    released_run: bool = False
 
 
 class MemoryStore:
@@ -324,7 +328,8 @@ class MemoryStore:
                     return LedgerEntry(led.starts, led.finishes, led.crashes, led.running_on)
                 if led.lease_until <= now:
                     led.crashes += 1
-            before = LedgerEntry(led.starts, led.finishes, led.crashes, None)
+            before = LedgerEntry(led.starts, led.finishes, led.crashes, None, led.released)
+            led.released_run, led.released = led.released, False
             led.starts += 1
             led.running_on = worker_id
             led.lease_until = now + lease
@@ -349,6 +354,7 @@ class MemoryStore:
                 led.finishes += 1
                 led.running_on = None
                 led.lease_until = 0.0
+                led.released_run = False
 
     def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
         """Record that the running execution died; returns the entry after it."""
@@ -360,7 +366,18 @@ class MemoryStore:
             led.running_on = None
             led.lease_until = 0.0
             led.expires_at = now + ttl
-            return LedgerEntry(led.starts, led.finishes, led.crashes, None)
+            released = led.released or led.released_run
+            led.released = led.released_run = False
+            return LedgerEntry(led.starts, led.finishes, led.crashes, None, released)
+
+    def ledger_release(self, task_id: str, *, ttl: float) -> None:
+        """Mark ``task_id``'s message as given back unstarted (its next delivery is no crash)."""
+        with self._lock:
+            now = self.now()
+            led = self._ledger(task_id, now) or _Ledger()
+            self._ledgers[task_id] = led
+            led.released = True
+            led.expires_at = max(led.expires_at, now + ttl)
 
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The entry for ``task_id``, or None."""
@@ -370,7 +387,7 @@ class MemoryStore:
             if led is None:
                 return None
             running = led.running_on if led.lease_until > now else None
-            return LedgerEntry(led.starts, led.finishes, led.crashes, running)
+            return LedgerEntry(led.starts, led.finishes, led.crashes, running, led.released)
 
     # -- node registry --------------------------------------------------------
     def _prune_incarnations(self, now: float) -> None:

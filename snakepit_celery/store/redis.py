@@ -77,7 +77,8 @@ KEY_SCHEMA: Mapping[str, str] = {
     "taints": "{taint:<pool>}",
     # hash: taint member -> JSON details
     "taint_details": "{taint:<pool>}:details",
-    # hash: starts, finishes, crashes, running_on, lease_until (TTL: the ledger ttl)
+    # hash: starts, finishes, crashes, running_on, lease_until, released (a node gave the
+    # message back unstarted), released_run (the running delivery was such one) (TTL: ledger ttl)
     "ledger": "{task:<task_id>}",
     # zset: node name -> expiry of its last heartbeat
     "nodes": "{nodes}",
@@ -105,6 +106,7 @@ SCRIPTS: Mapping[str, str] = {
     "ledger_renew": "extend the running worker's lease",
     "ledger_finish": "count a finished execution, drop the lease",
     "ledger_crash": "count a crashed execution, drop the lease",
+    "ledger_release": "mark the message given back unstarted: its next delivery is no crash",
     "ledger_get": "read a ledger (running_on only while leased); no writes",
     "node_register": "write a node record + expiry (live and per incarnation); prune dead nodes",
     "node_list": "prune dead nodes, list the live records",
@@ -589,12 +591,14 @@ class RedisStore:
         is written and the result's ``running_on`` names that worker: the
         caller must not run the task.
         """
-        starts, finishes, crashes, running = self._run(
+        starts, finishes, crashes, running, released = self._run(
             "ledger_start",
             [self.key("task", task_id)],
             [worker_id, lease, max(1, int(ttl * 1000))],
         )
-        return LedgerEntry(int(starts), int(finishes), int(crashes), _opt_text(running))
+        return LedgerEntry(
+            int(starts), int(finishes), int(crashes), _opt_text(running), bool(released)
+        )
 
     def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
         """Extend ``worker_id``'s lease on a running task; False when it does not hold it."""
@@ -606,18 +610,24 @@ class RedisStore:
 
     def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
         """Record that the running execution died; returns the entry after it."""
-        starts, finishes, crashes = self._run(
+        starts, finishes, crashes, released = self._run(
             "ledger_crash", [self.key("task", task_id)], [max(1, int(ttl * 1000))]
         )
-        return LedgerEntry(int(starts), int(finishes), int(crashes), None)
+        return LedgerEntry(int(starts), int(finishes), int(crashes), None, bool(released))
+
+    def ledger_release(self, task_id: str, *, ttl: float) -> None:
+        """Mark ``task_id``'s message as given back unstarted (its next delivery is no crash)."""
+        self._run("ledger_release", [self.key("task", task_id)], [max(1, int(ttl * 1000))])
 
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The entry for ``task_id``, or None."""
         reply = self._run("ledger_get", [self.key("task", task_id)], [])
         if reply is None:
             return None
-        starts, finishes, crashes, running = reply
-        return LedgerEntry(int(starts), int(finishes), int(crashes), _opt_text(running))
+        starts, finishes, crashes, running, released = reply
+        return LedgerEntry(
+            int(starts), int(finishes), int(crashes), _opt_text(running), bool(released)
+        )
 
     # -- node registry --------------------------------------------------------
     def _node_keys(self) -> list[str]:

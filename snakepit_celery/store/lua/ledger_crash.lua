@@ -1,6 +1,13 @@
--- KEYS: task ledger hash   ARGV: ttl_ms   -> {starts, finishes, crashes} after it
+-- KEYS: task ledger hash   ARGV: ttl_ms
+-- -> {starts, finishes, crashes, released} after it; released = 1 when the delivery that
+--    crashed was one a node gave back unstarted (its mark, consumed or not, is dropped)
+local r = redis.call('HMGET', KEYS[1], 'released', 'released_run')
 redis.call('HINCRBY', KEYS[1], 'crashes', 1)
-redis.call('HDEL', KEYS[1], 'running_on', 'lease_until')
+redis.call('HDEL', KEYS[1], 'running_on', 'lease_until', 'released', 'released_run')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 local h = redis.call('HMGET', KEYS[1], 'starts', 'finishes', 'crashes')
-return {tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0}
+local released = 0
+if r[1] or r[2] then
+  released = 1
+end
+return {tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0, released}

@@ -1,6 +1,6 @@
 -- KEYS: task ledger hash   ARGV: -   (a missing entry stays missing)
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'finishes', 1)
-  redis.call('HDEL', KEYS[1], 'running_on', 'lease_until')
+  redis.call('HDEL', KEYS[1], 'running_on', 'lease_until', 'released_run')
 end
 return 0

@@ -1,21 +1,32 @@
 -- KEYS: task ledger hash   ARGV: worker_id, lease, ttl_ms
--- -> {starts, finishes, crashes, running_on|nil} as they were before this start;
---    running_on set means another worker holds a live lease and nothing was written.
+-- -> {starts, finishes, crashes, running_on|nil, released} as they were before this start;
+--    running_on set means another worker holds a live lease and nothing was written;
+--    released = 1 when this delivery is one a node gave back unstarted (ledger_release):
+--    the mark is consumed here and kept as released_run until this run ends.
 local now = store_now()
-local h = redis.call('HMGET', KEYS[1], 'starts', 'finishes', 'crashes', 'running_on', 'lease_until')
+local h = redis.call('HMGET', KEYS[1], 'starts', 'finishes', 'crashes', 'running_on', 'lease_until',
+  'released')
 local starts = tonumber(h[1]) or 0
 local finishes = tonumber(h[2]) or 0
 local crashes = tonumber(h[3]) or 0
 if h[4] then
   local live = (tonumber(h[5]) or 0) > now
   if live and h[4] ~= ARGV[1] then
-    return {starts, finishes, crashes, h[4]}
+    return {starts, finishes, crashes, h[4], 0}
   end
   if not live then
     crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
   end
 end
+local released = 0
+if h[6] then
+  released = 1
+  redis.call('HDEL', KEYS[1], 'released')
+  redis.call('HSET', KEYS[1], 'released_run', 1)
+else
+  redis.call('HDEL', KEYS[1], 'released_run')
+end
 redis.call('HINCRBY', KEYS[1], 'starts', 1)
 redis.call('HSET', KEYS[1], 'running_on', ARGV[1], 'lease_until', fmt(now + tonumber(ARGV[2])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {starts, finishes, crashes, false}
+return {starts, finishes, crashes, false, released}
