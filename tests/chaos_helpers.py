@@ -178,6 +178,17 @@ class ChaosFleet:
             ids.add(str(payload["headers"]["id"]))
         return ids
 
+    def in_broker(self) -> set[str]:
+        """Ids of the tasks whose messages the broker still holds: queued or unacknowledged."""
+        ids = self.unacked()
+        for key in self.redis.scan_iter(match=f"{self.key_prefix}:*", count=1000, _type="list"):
+            if key.decode().startswith(f"{self.log_key}"):
+                continue
+            for raw in self.redis.lrange(key, 0, -1):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    ids.add(str(json.loads(raw)["headers"]["id"]))
+        return ids
+
     def executions(self) -> Counter[str]:
         """How many times each task id started running (from the execution log)."""
         raw_ids = self.redis.lrange(self.log_key, 0, -1)
