@@ -73,6 +73,7 @@ class ChaosFleet:
         self.redis = redis.Redis.from_url(redis_url)
         self.client = Celery("chaos_client", set_as_current=False)
         self.client.conf.update(conf)
+        self.queue = str(conf.get("task_default_queue") or QUEUE)
         self.nodes: dict[str, WorkerNode] = {}
         self.retired: list[WorkerNode] = []
         self._tag = uuid.uuid4().hex[:6]
@@ -111,7 +112,7 @@ class ChaosFleet:
         node = WorkerNode(
             app=APP,
             name=name,
-            queues=(QUEUE,),
+            queues=(self.queue,),
             concurrency=concurrency,
             env={
                 "CHAOS_CONF": json.dumps(self.conf),
@@ -203,8 +204,19 @@ class ChaosFleet:
         for node in [*self.nodes.values(), *self.retired]:
             with contextlib.suppress(OSError):
                 os.unlink(node.log_path)
+        if str(self.conf["broker_url"]).startswith("amqp"):
+            self._delete_amqp_queues()
         keys = list(self.redis.scan_iter(match=f"{self.key_prefix}*", count=1000))
         for start in range(0, len(keys), 500):
             self.redis.delete(*keys[start : start + 500])
         self.redis.close()
         self.client.close()
+
+    def _delete_amqp_queues(self) -> None:
+        """Delete the RabbitMQ queues of the run (its task queue and its nodes' own queues)."""
+        names = [self.queue, *(f"snakepit.node.{name}" for name in self.nodes)]
+        with contextlib.suppress(Exception), self.client.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in names:
+                with contextlib.suppress(Exception):
+                    channel.queue_delete(name)

@@ -15,7 +15,9 @@ elsewhere as if nothing happened instead of being taken for crashes.
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +32,7 @@ from snakepit_celery.testing import wait_until
 pytestmark = pytest.mark.timeout(150)
 
 BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 2, "taint_duration": 1.0}
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 #: Longest wait for a final state after a node was killed: the message comes back after
 #: the visibility timeout, the reaper needs the record's TTL, grace and a reap round.
 END_BOUND = max(VISIBILITY_TIMEOUT, HEARTBEAT_TTL + REAP_GRACE + REAP_EVERY * 2.0) + 20.0
@@ -108,6 +111,10 @@ def test_running_task_is_acknowledged_once_recorded_not_when_it_ends(fleet: Chao
     wait_until(lambda: task_id not in fleet.unacked(), 5, interval=0.05, what="the ack")
     assert fleet.unfinished([task_id]), "acknowledged while still running"
     assert "acknowledged on record" in node.logs() and "chaos.once" in node.logs()
+    # It outlives the visibility timeout: acknowledged, it is not delivered a second time.
+    assert VISIBILITY_TIMEOUT < 8.0
+    assert ended(fleet, task_id, 30)["status"] == "SUCCESS"
+    assert fleet.executions()[task_id] == 1
 
 
 @pytest.mark.integration
@@ -126,15 +133,37 @@ def test_node_killed_as_the_task_starts_leaves_it_failed_not_lost(fleet: ChaosFl
     assert fleet.executions()[task_id] == 1
 
 
+def rabbitmq_answers() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_fleet(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[ChaosFleet]:
+    """A fleet on Redis, or on RabbitMQ (127.0.0.1:5672, skipped when it does not answer)."""
+    extra: dict[str, Any] = {"worker_prefetch_multiplier": 4}
+    if request.param == "amqp":
+        if not rabbitmq_answers():
+            pytest.skip("RabbitMQ does not answer on 127.0.0.1:5672")
+        extra |= {"broker_url": AMQP_URL, "task_default_queue": f"chaos-{uuid.uuid4().hex[:8]}"}
+    fleet = ChaosFleet.create(redis_base_url, "spack", BARRIER, extra=extra)
+    yield fleet
+    fleet.close()
+
+
 @pytest.mark.integration
 def test_warm_shutdown_gives_prefetched_tasks_back_to_run_once_elsewhere(
-    fleet: ChaosFleet,
+    broker_fleet: ChaosFleet,
 ) -> None:
+    fleet = broker_fleet
     first = fleet.start(fleet.node_name(0), concurrency=1).wait_ready(60)
     long_id = fleet.send("chaos.once", 3.0)
     started(fleet, long_id)
     waiting = [fleet.send("chaos.once", 0.1) for _ in range(2)]
-    wait_until(lambda: set(waiting) <= fleet.unacked(), 10, interval=0.05, what="prefetch")
+    wait_until(lambda: all(f"[{t}] received" in first.logs() for t in waiting), 10, what="prefetch")
     assert first.stop(timeout=30) == 0
     assert "gives back 2 unstarted task(s)" in first.logs(), first.logs()
     fleet.start(fleet.node_name(1)).wait_ready(60)

@@ -257,16 +257,17 @@ class NodeAgent:
                 acked += 1
         return acked
 
-    def release_unstarted(self, consumer: Any) -> list[str]:
+    def release_unstarted(self, consumer: Any, reserved: Sequence[Any] = ()) -> list[str]:
         """Mark the crash-barrier messages this node gives back unstarted; returns their ids.
 
         Called on warm shutdown once the pool has finished (nothing starts any
         more) and before the broker connection closes, when kombu restores
         them: each comes back ``redelivered``, and the mark tells the
         crash-ledger gate that this delivery was not lost with a crash.
+        ``reserved``: Celery's reserved requests as the shutdown began.
         """
         released = []
-        for task_id, task in _unstarted_snakepit_messages(consumer):
+        for task_id, task in _unstarted_snakepit_messages(consumer, reserved):
             try:
                 task.snakepit_runtime.barrier.ledger_release(task_id)
             except StoreUnavailableError as exc:
@@ -490,7 +491,7 @@ class NodeAgent:
                 consumer.cancel_task_queue(queue)
         for queue in wanted:
             if queue not in consuming:
-                consumer.add_task_queue(queue)
+                _add_task_queue(consumer, queue)
         released = [q for q in (*self.queues, *self.extra_queues) if q not in wanted]
         if released:
             logger.warning(
@@ -563,32 +564,72 @@ def _orphanable(tasks: Mapping[str, Any]) -> frozenset[str]:
     )
 
 
-def _unstarted_snakepit_messages(consumer: Any) -> list[tuple[str, Any]]:
-    """(task id, task) of the messages this node holds unacknowledged and never started.
+def _unstarted_snakepit_messages(
+    consumer: Any, reserved: Sequence[Any]
+) -> list[tuple[str, SnakepitTask]]:
+    """(task id, task) of the crash-barrier messages this node holds unacknowledged, unstarted.
 
-    Read from the channel's deliveries (kombu's virtual-transport QoS, the
-    Redis one included) less those acknowledged and those the pool accepted;
-    only crash-barrier tasks. Empty where the transport does not expose them.
+    Redis and the other kombu virtual transports expose every unacknowledged
+    delivery of the channel (tasks waiting for their ETA included); other
+    transports (AMQP) fall back on ``reserved``, Celery's reserved requests
+    as the shutdown began. Requests the pool accepted are left out: they started.
+    """
+    started = {str(request.id) for request in tuple(worker_state.active_requests)}
+    unstarted = []
+    for task_id, name in _held_messages(consumer, reserved):
+        task = consumer.app.tasks.get(name)
+        if task_id in started or not isinstance(task, SnakepitTask):
+            continue
+        if _barrier_enabled(task):
+            unstarted.append((task_id, task))
+    return unstarted
+
+
+def _held_messages(consumer: Any, reserved: Sequence[Any]) -> list[tuple[str, str]]:
+    """(task id, task name) of every message the consumer holds unacknowledged.
+
+    ``reserved``: Celery's reserved requests as the shutdown began (the
+    consumer clears its own list when it closes); used where the channel does
+    not expose its deliveries, less those the pool accepted or acknowledged.
     """
     channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
     qos = getattr(channel, "qos", None)
     delivered = getattr(qos, "_delivered", None)
     if not isinstance(delivered, Mapping):
-        return []
+        return [
+            (str(request.id), str(request.name))
+            for request in reserved
+            if request.time_start is None and not request.acknowledged
+        ]
     acked = set(getattr(qos, "_dirty", ()))  # acknowledged, not yet dropped from _delivered
-    started = {str(request.id) for request in tuple(worker_state.active_requests)}
-    unstarted = []
+    held = []
     for tag, message in tuple(delivered.items()):
-        if tag in acked:
-            continue
         headers = getattr(message, "headers", None) or {}
-        task_id, name = headers.get("id"), headers.get("task")
-        task = consumer.app.tasks.get(name) if isinstance(name, str) else None
-        if task_id is None or str(task_id) in started or not isinstance(task, SnakepitTask):
-            continue
-        if _barrier_enabled(task):
-            unstarted.append((str(task_id), task))
-    return unstarted
+        if tag not in acked and headers.get("id") and headers.get("task"):
+            held.append((str(headers["id"]), str(headers["task"])))
+    return held
+
+
+def _add_task_queue(consumer: Any, queue: str) -> None:
+    """Consume ``queue`` too; before the event loop runs, only add it to the task consumer.
+
+    Celery's ``add_task_queue`` starts consuming at once. Before the loop has
+    set the consumer's ``on_message`` an AMQP broker would deliver waiting
+    messages to a consumer without callbacks (kombu raises
+    ``NotImplementedError``); the loop starts consuming every added queue.
+    """
+    task_consumer = consumer.task_consumer
+    if task_consumer.on_message is not None or task_consumer.callbacks:
+        consumer.add_task_queue(queue)
+        return
+    queues = consumer.app.amqp.queues
+    if queue in queues:
+        declared = queues.select_add(queues[queue])
+    else:
+        declared = queues.select_add(queue, exchange=queue, exchange_type="direct")
+    if not task_consumer.consuming_from(queue):
+        task_consumer.add_queue(declared)
+        logger.info("node will consume from %s", queue)
 
 
 def _consumer_queue_names(consumer: Any) -> list[str]:
@@ -679,6 +720,8 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.agent: NodeAgent | None = None
         self.tref: Any = None
         self.ack_tref: Any = None
+        #: Celery's reserved requests when the shutdown began (``worker_shutting_down``).
+        self.reserved_at_shutdown: tuple[Any, ...] = ()
         c.snakepit = None
         _note_worker_node(c.app, c.hostname)
 
@@ -771,7 +814,7 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         agent = self.agent
         if agent is not None and not worker_state.should_terminate:
             try:
-                agent.release_unstarted(c)
+                agent.release_unstarted(c, self.reserved_at_shutdown)
             except Exception:
                 logger.exception("snakepit: could not mark the unstarted tasks of %s", agent.node)
 
@@ -789,7 +832,12 @@ def _connect_shutdown(c: Any, step: SnakepitWorkerStep) -> None:
         if controller is None or sender is controller:
             step.leave()
 
+    def on_shutting_down(sender: Any = None, **_: Any) -> None:
+        if sender == c.hostname:
+            step.reserved_at_shutdown = tuple(worker_state.reserved_requests)
+
     celery_signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
+    celery_signals.worker_shutting_down.connect(on_shutting_down, weak=False)
 
 
 def _connect_taint_watch(c: Any, step: SnakepitWorkerStep) -> None:

@@ -24,7 +24,7 @@ app = Celery("chaos_app", set_as_current=True)
 app.conf.update(json.loads(os.environ.get("CHAOS_CONF", "{}")))
 install(app)
 
-_redis = redis.Redis.from_url(app.conf.broker_url)
+_redis = redis.Redis.from_url(app.conf.result_backend)  # the broker may be RabbitMQ
 _LOG = os.environ.get("CHAOS_LOG", "chaos:exec")
 
 
