@@ -34,6 +34,8 @@ from typing import Any
 import pytest
 from chaos_helpers import ChaosFleet
 
+from benchmarks.__main__ import record
+from benchmarks.apps.fleet import machine_details
 from snakepit_celery.testing.workers import WorkerNode
 
 FULL = os.environ.get("SNAKEPIT_CHAOS_FULL") == "1"
@@ -123,6 +125,50 @@ class ChaosRun:
         )
         lines = [f"{count:4d} x {key}" for key, count in sorted(outcomes.items(), key=str)]
         return "\n".join(lines)
+
+    def report(self, seed: int) -> str:
+        """The run's figures as Markdown, for ``benchmarks/RESULTS.md`` (full runs)."""
+        non_idempotent = self.ids(idempotent=False)
+        unrun = [
+            t for t in non_idempotent if self.status(t) == "FAILURE" and not self.executions[t]
+        ]
+        healthy = self.ids(idempotent=True, crashes=False)
+        rows = [
+            ("tasks / seconds / seed", f"{len(self.kinds)} / {self.seconds:.0f} s / {seed}"),
+            ("chaos actions", ", ".join(f"{k} {v}" for k, v in sorted(self.actions.items()))),
+            (
+                "tasks a node received without a final state",
+                str(len(self.lost(list(self.kinds))) - len(self.lost_by_transport())),
+            ),
+            (
+                "messages lost by kombu's transport (never received)",
+                str(len(self.lost_by_transport())),
+            ),
+            (
+                "idempotent tasks that do not crash themselves: SUCCESS",
+                f"{sum(self.status(t) == 'SUCCESS' for t in healthy)} of {len(healthy)}",
+            ),
+            (
+                "non-idempotent tasks run twice",
+                str(sum(self.executions[t] > 1 for t in non_idempotent)),
+            ),
+            (
+                "tasks run more than max_restarts + 1 times",
+                str(sum(self.executions[t] > MAX_RESTARTS + 1 for t in self.kinds)),
+            ),
+            (
+                "non-idempotent tasks failed without running (held by a SIGKILLed node)",
+                f"{len(unrun)} of {len(non_idempotent)}",
+            ),
+        ]
+        table = "\n".join(f"| {what} | {value} |" for what, value in rows)
+        return (
+            "`make chaos`: 3 prefork nodes (concurrency 2), random SIGKILL/SIGSEGV of pool "
+            "children and SIGKILL of whole nodes, restarted; final states from the result "
+            "backend, executions from a log each task writes first.\n\n"
+            f"| invariant | result |\n|---|---|\n{table}\n\n"
+            f"Outcomes (kind, status, error, runs):\n\n```\n{self.summary()}\n```"
+        )
 
     def describe(self, ids: list[str], limit: int = 10) -> str:
         return "; ".join(
@@ -218,8 +264,9 @@ def chaos(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[Chaos
     if size is LARGE and not FULL:
         pytest.skip("the 1,000-task chaos run needs SNAKEPIT_CHAOS_FULL=1 (make chaos)")
     fleet = ChaosFleet.create(redis_base_url, "spchaos", BARRIER)
+    seed = int(os.environ.get("SNAKEPIT_CHAOS_SEED", "1234"))
     try:
-        run = run_chaos(fleet, size, seed=int(os.environ.get("SNAKEPIT_CHAOS_SEED", "1234")))
+        run = run_chaos(fleet, size, seed=seed)
         print(
             f"chaos run: {len(run.kinds)} tasks in {run.seconds:.1f}s, actions {dict(run.actions)}"
             f"\n(kind, status, error, runs):\n{run.summary()}"
@@ -228,6 +275,8 @@ def chaos(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[Chaos
         if log_file:
             with open(log_file, "w", encoding="utf-8") as out:
                 out.write(run.logs)
+        if size is LARGE:
+            record("chaos", f"{machine_details(fleet.redis)}\n\n{run.report(seed)}")
         yield run
     finally:
         fleet.close()

@@ -526,6 +526,7 @@ def ack_on_record_tasks(app: Celery) -> list[str]:
     """
     if app.conf.task_acks_late:
         return []
+    barrier = settings_for(app).crash_barrier
     names = []
     for name, task in sorted(app.tasks.items()):
         if not isinstance(task, SnakepitTask) or task.idempotent or task.ack_on_record:
@@ -533,7 +534,7 @@ def ack_on_record_tasks(app: Celery) -> list[str]:
         if type(task)._acks_late_option is not None:
             continue
         try:
-            enabled = task.snakepit_runtime.barrier.enabled
+            enabled = barrier.merged(task.crash_barrier).enabled
         except SnakepitError as exc:
             logger.warning("task %s: %s", name, exc)
             continue
