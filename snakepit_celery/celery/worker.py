@@ -16,18 +16,25 @@ by a timer entry, since kombu consumers are not thread-safe. A thread (not the
 loop's timer) keeps the heartbeat alive while a ``solo`` pool runs a long task.
 
 Orphan reaper (DESIGN.md, crash path): a task that is not idempotent is
-acknowledged when it starts, so when its whole node dies (SIGKILL of the
+acknowledged before it ends, so when its whole node dies (SIGKILL of the
 parent, OOM killer, power loss) no message comes back and no pool parent is
 left to store ``WorkerCrashedError``. Each record therefore lists the tasks in
-flight (``in_flight_tasks``: name, ``acks_late``, crash barrier on), written
+flight (``in_flight_tasks``: name, ``early_ack``, crash barrier on), written
 again within ``IN_FLIGHT_POLL`` seconds when such a task starts (one write per
 poll at most, from this thread: nothing on the task's path). Every
 ``REAP_EVERY`` heartbeats a live node claims dead node incarnations from the
 store (``Store.node_reap``: exactly one node gets each) and ends their
 early-acknowledged barrier tasks that have no final state FAILURE with
 ``WorkerCrashedError`` naming the dead node; idempotent tasks are left to
-their message, which comes back by itself. A task that started less than
-``IN_FLIGHT_POLL`` before its node died may not be listed yet.
+their message, which comes back by itself.
+
+Acknowledged on record: so that no such task falls between the two, a
+crash-barrier task that is not idempotent is acknowledged by the node (a
+timer on the event loop, every ``ACK_INTERVAL`` seconds) only once a record
+the store accepted lists it, or by Celery when it ends (``acks_late``). Killed
+before, its message comes back and the crash-ledger gate ends it; after, the
+reaper does. On a warm shutdown the node marks the messages it gives back
+unstarted (``Store.ledger_release``), so they are not taken for crashes.
 """
 
 from __future__ import annotations
