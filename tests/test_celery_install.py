@@ -191,3 +191,56 @@ def test_untracked_message_that_came_back_counts_its_lost_delivery_as_one_crash(
     again = SimpleNamespace(id="poison-1", hostname="c@host", delivery_info=came_back)
     with pytest.raises(WorkerCrashedError, match="max_restarts=1"):
         task._crash_ledger_gate(task.snakepit_runtime, again, {})
+
+
+def _once_task(app: Celery) -> Any:
+    app.conf.snakepit_crash_barrier = {"enabled": True, "max_restarts": 1}
+    install(app)
+
+    @snakepit_task(app=app, name="gate.once", shared=False)
+    def once() -> None:
+        return None
+
+    return once
+
+
+def _came_back(task_id: str) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=task_id, hostname="d@host", delivery_info={"redelivered": True})
+
+
+def test_message_given_back_unstarted_runs_without_counting_a_crash(app: Celery) -> None:
+    task = _once_task(app)
+    barrier = task.snakepit_runtime.barrier
+    barrier.ledger_release("given-back-1")
+    task._crash_ledger_gate(task.snakepit_runtime, _came_back("given-back-1"), {})  # runs
+    entry = barrier.ledger_get("given-back-1")
+    assert entry is not None and (entry.starts, entry.crashes, entry.released) == (1, 0, False)
+
+
+def test_untracked_non_idempotent_message_that_came_back_is_failed_not_run(app: Celery) -> None:
+    from snakepit_celery.errors import WorkerCrashedError
+
+    task = _once_task(app)
+    with pytest.raises(WorkerCrashedError, match="not run again"):
+        task._crash_ledger_gate(task.snakepit_runtime, _came_back("lost-1"), {})
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_message_of_a_task_that_already_ended_is_dropped(
+    app: Celery, key_prefix: str, released: bool
+) -> None:
+    from celery.exceptions import Ignore
+
+    task = _once_task(app)
+    task_id = f"{key_prefix}-ended"
+    task.backend.mark_as_done(task_id, 42)
+    try:
+        if released:
+            task.snakepit_runtime.barrier.ledger_release(task_id)
+        with pytest.raises(Ignore):
+            task._crash_ledger_gate(task.snakepit_runtime, _came_back(task_id), {})
+        assert app.AsyncResult(task_id).get(timeout=5) == 42
+    finally:
+        task.backend.forget(task_id)
