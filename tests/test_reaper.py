@@ -16,11 +16,12 @@ The first tests drive ``NodeAgent.reap()`` in this process against real Redis
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, chord
 from chaos_helpers import ChaosFleet, chaos_conf
 
 from snakepit_celery import hardware
@@ -200,17 +201,20 @@ def running_on(fleet: ChaosFleet, task_id: str) -> str | None:
         store.close()
 
 
-def kill_mid_task(fleet: ChaosFleet, task: str, work: float) -> tuple[str, str, str]:
+def kill_mid_task(
+    fleet: ChaosFleet, task: str, work: float, send: Callable[[], str] | None = None
+) -> tuple[str, str, str]:
     """Run ``task`` on one of two nodes and SIGKILL that node (whole group) mid-task.
 
-    Returns the dead node, the surviving node and the task id.
+    ``send`` sends it some other way (returns its id). Returns the dead node,
+    the surviving node and the task id.
     """
     names = [fleet.node_name(0), fleet.node_name(1)]
     for name in names:
         fleet.start(name)
     for name in names:
         fleet.nodes[name].wait_ready(60)
-    task_id = fleet.send(task, work)
+    task_id = send() if send is not None else fleet.send(task, work)
     doomed = wait_until(
         lambda: running_on(fleet, task_id), 30, interval=0.2, what=f"{task_id} listed in flight"
     )
@@ -251,3 +255,34 @@ def test_idempotent_task_of_a_killed_node_is_not_failed_but_runs_again(fleet: Ch
         what="the reaper",
     )
     assert "marked FAILURE" not in survivor.logs()
+
+
+@pytest.mark.integration
+def test_reaped_task_calls_its_errback_and_fails_its_chord(fleet: ChaosFleet) -> None:
+    """The record keeps a task's errbacks and chord: the reaper honours them."""
+    client = fleet.client
+    doomed_id = str(uuid.uuid4())
+    header = [
+        client.signature("chaos.once", args=(60.0,)).set(
+            task_id=doomed_id, link_error=client.signature("chaos.on_error")
+        ),
+        client.signature("chaos.once", args=(0.1,)),
+    ]
+
+    bodies: list[Any] = []
+
+    def send() -> str:
+        bodies.append(chord(header, app=client)(client.signature("chaos.collect")))
+        return doomed_id
+
+    _, _, task_id = kill_mid_task(fleet, "chaos.once", 60.0, send=send)
+    wait_until(
+        lambda: not fleet.unfinished([task_id]), REAP_BOUND, interval=0.2, what=f"{task_id} to end"
+    )
+    assert (fleet.states([task_id])[task_id] or {})["result"]["exc_type"] == "WorkerCrashedError"
+    errbacks = f"{fleet.log_key}:errbacks"
+    wait_until(lambda: fleet.redis.lrange(errbacks, 0, -1), 30, interval=0.2, what="the errback")
+    assert fleet.redis.lrange(errbacks, 0, -1) == [task_id.encode()]
+    body_id = str(bodies[0].id)
+    wait_until(lambda: not fleet.unfinished([body_id]), 30, interval=0.2, what="the chord body")
+    assert (fleet.states([body_id])[body_id] or {})["result"]["exc_type"] == "ChordError"

@@ -51,6 +51,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery import signals as celery_signals
+from celery.app.task import Context
 from celery.backends.base import DisabledBackend
 from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
@@ -403,9 +404,10 @@ class NodeAgent:
         )
         failed = []
         for task_id in orphans:
-            name = str((tasks or {})[task_id].get("name") or "")
+            entry = (tasks or {})[task_id]
+            name = str(entry.get("name") or "")
             try:
-                if self._fail_orphan(dead, task_id, name, age):
+                if self._fail_orphan(dead, task_id, name, age, entry.get("context")):
                     failed.append(task_id)
             except StoreUnavailableError as exc:
                 report_store_error(exc, node=self.node, task_id=task_id)
@@ -418,8 +420,15 @@ class NodeAgent:
                 )
         return failed
 
-    def _fail_orphan(self, dead: str, task_id: str, name: str, age: float) -> bool:
-        """Store FAILURE (``WorkerCrashedError``) for ``task_id`` unless it has a final state."""
+    def _fail_orphan(
+        self, dead: str, task_id: str, name: str, age: float, context: Any = None
+    ) -> bool:
+        """Store FAILURE (``WorkerCrashedError``) for ``task_id`` unless it has a final state.
+
+        ``context``: the task's errbacks, chain and chord/group membership as
+        its record kept them (``_failure_context``): they are honoured as the
+        pool parent would have (errbacks called, chord counted, chain failed).
+        """
         backend = self.app.backend
         if isinstance(backend, DisabledBackend):  # no result backend: no state to give
             return False
@@ -448,7 +457,7 @@ class NodeAgent:
         runtime = task.snakepit_runtime if isinstance(task, SnakepitTask) else None
         if runtime is not None:
             runtime.barrier.ledger_crash(task_id)
-        backend.mark_as_failure(task_id, error)
+        backend.mark_as_failure(task_id, error, request=_failed_request(task_id, name, context))
         if runtime is not None:
             runtime.health.record_crash(dead, reason="unknown", task_id=task_id)
         with self._lock:
@@ -539,12 +548,53 @@ def _in_flight_tasks() -> dict[str, dict[str, Any]]:
 
 def _in_flight_entry(request: Any) -> dict[str, Any]:
     task = getattr(request, "task", None)
-    return {
+    entry: dict[str, Any] = {
         "name": str(getattr(request, "name", None) or getattr(task, "name", "")),
         # acknowledged before it ends: its message does not come back if the node dies
         "early_ack": _acked_early(task),
         "crash_barrier": _barrier_enabled(task),
     }
+    if entry["early_ack"] and entry["crash_barrier"]:
+        context = _failure_context(request)
+        if context:
+            entry["context"] = context
+    return entry
+
+
+#: Request fields the reaper needs to fail a task as its pool parent would.
+_CONTEXT_FIELDS = ("errbacks", "chain", "chord", "group", "group_index", "root_id", "parent_id")
+
+
+def _failure_context(request: Any) -> dict[str, Any] | None:
+    """Errbacks, chain and chord/group membership of a request; None when it has none.
+
+    Kept in the node's record (only for tasks that have any) so the orphan
+    reaper can call the errbacks, count the chord part and fail the chain.
+    """
+    try:
+        embed = request._payload[2] or {}
+        fields = {
+            "errbacks": embed.get("errbacks"),
+            "chain": embed.get("chain"),
+            "chord": embed.get("chord"),
+            "group": request.group,
+            "group_index": request.group_index,
+        }
+    except Exception:  # a request without Celery's message layout: nothing to honour
+        return None
+    if not any(value for key, value in fields.items() if key != "group_index"):
+        return None
+    fields["root_id"] = getattr(request, "root_id", None)
+    fields["parent_id"] = getattr(request, "parent_id", None)
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _failed_request(task_id: str, name: str, context: Any) -> Context | None:
+    """The request ``mark_as_failure`` honours errbacks and chords by (None: nothing to honour)."""
+    if not isinstance(context, Mapping):
+        return None
+    fields = {key: context[key] for key in _CONTEXT_FIELDS if key in context}
+    return Context(id=task_id, task=name, delivery_info={"is_eager": False}, **fields)
 
 
 def _acked_early(task: Any) -> bool:

@@ -71,3 +71,15 @@ def guarded(self: Any, fail: bool) -> str:
     if fail:
         raise ConnectionError("downstream is down")
     return str(self.request.id)
+
+
+@app.task(name="chaos.on_error")
+def on_error(task_id: str) -> None:
+    """Errback in the old style (called with the failed task's id): logs it under ``:errbacks``."""
+    _redis.lpush(f"{_LOG}:errbacks", task_id)
+
+
+@app.task(name="chaos.collect")
+def collect(results: list[Any]) -> list[Any]:
+    """Chord body: the header's results."""
+    return results
