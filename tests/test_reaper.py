@@ -58,8 +58,8 @@ def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
     """An app whose result backend and store live under the test's key prefix."""
     app = Celery("reaper_test", set_as_current=False)
     app.conf.update(chaos_conf(redis_url, key_prefix, BARRIER))
-    snakepit_task(app=app, name="reap.once")(noop)
-    snakepit_task(app=app, name="reap.idem", idempotent=True)(noop)
+    snakepit_task(app=app, name="reap.once", shared=False)(noop)
+    snakepit_task(app=app, name="reap.idem", idempotent=True, shared=False)(noop)
     yield app
     client = app.backend.client
     keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))

@@ -354,7 +354,7 @@ class NodeAgent:
 
     def _orphanable_started(self) -> bool:
         """True when an early-acked barrier task started since the record was last written."""
-        return not _orphanable(_in_flight_tasks()) <= self._recorded_orphanable
+        return not _orphanable_in_flight() <= self._recorded_orphanable
 
     def safe_register(self) -> None:
         """``register()`` that never raises (store errors reported, fail-open)."""
@@ -531,19 +531,33 @@ def _identity_of(info: hardware.HardwareInfo) -> dict[str, Any]:
     return identity
 
 
-def _in_flight_tasks() -> dict[str, dict[str, Any]]:
-    """Tasks this worker is running: id -> name, ``acks_late``, crash barrier enabled.
+def _active_requests() -> tuple[Any, ...]:
+    """The requests this worker is running.
 
     Read from another thread than the event loop's, so a race (the set changed
     size while copied) is retried.
     """
     for _ in range(5):
         try:
-            requests = tuple(worker_state.active_requests)
+            return tuple(worker_state.active_requests)
         except RuntimeError:  # set changed size during iteration
             continue
-        return {str(request.id): _in_flight_entry(request) for request in requests}
-    return {}
+    return ()
+
+
+def _in_flight_tasks() -> dict[str, dict[str, Any]]:
+    """Tasks this worker is running: id -> name, ``early_ack``, crash barrier (and context)."""
+    return {str(request.id): _in_flight_entry(request) for request in _active_requests()}
+
+
+def _orphanable_in_flight() -> frozenset[str]:
+    """Ids of the running tasks a death of this node would orphan (cheap: no entries built)."""
+    return frozenset(
+        str(request.id)
+        for request in _active_requests()
+        if _acked_early(getattr(request, "task", None))
+        and _barrier_enabled(getattr(request, "task", None))
+    )
 
 
 def _in_flight_entry(request: Any) -> dict[str, Any]:
