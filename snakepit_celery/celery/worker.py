@@ -255,7 +255,7 @@ class NodeAgent:
         if not recorded:
             return 0
         acked = 0
-        for request in tuple(worker_state.active_requests):
+        for request in _active_requests():
             if (
                 getattr(request.task, "ack_on_record", False)
                 and not request.acknowledged
@@ -645,7 +645,7 @@ def _unstarted_snakepit_messages(
     transports (AMQP) fall back on ``reserved``, Celery's reserved requests
     as the shutdown began. Requests the pool accepted are left out: they started.
     """
-    started = {str(request.id) for request in tuple(worker_state.active_requests)}
+    started = {str(request.id) for request in _active_requests()}
     unstarted = []
     for task_id, name in _held_messages(consumer, reserved):
         task = consumer.app.tasks.get(name)
