@@ -293,6 +293,21 @@ def test_reset_without_a_name_is_a_usage_error(app: Celery) -> None:
     assert run(app, "reset").exit_code == 2
 
 
+def test_reset_of_an_unknown_breaker_exits_1_naming_close_names(app: Celery) -> None:
+    result = run(app, "reset", "paymnts")
+    assert result.exit_code == 1
+    assert "unknown breaker 'paymnts'" in result.stderr
+    assert "did you mean: payments?" in result.stderr
+    assert result.stdout == ""
+    assert "paymnts" not in {b["name"] for b in run_json(app, "breakers")[1]}
+
+
+def test_reset_of_a_name_close_to_nothing_lists_the_known_breakers(app: Celery) -> None:
+    result = run(app, "reset", "zzz")
+    assert result.exit_code == 1
+    assert "known: cli_app.infer, payments" in result.stderr
+
+
 # -- taints and untaint ---------------------------------------------------------------
 
 
@@ -343,6 +358,34 @@ def test_untaint_all_lifts_every_taint_in_every_pool(app: Celery, store: Store) 
     code, data = run_json(app, "untaint", "--all")
     assert (code, data) == (0, {"cleared": 3})
     assert run_json(app, "taints")[1] == []
+
+
+def test_untaint_of_an_untainted_worker_exits_1_naming_close_names(
+    app: Celery, store: Store
+) -> None:
+    taint_worker_and_device(store)
+    result = run(app, "untaint", "--worker", "cpu@host-b")
+    assert result.exit_code == 1
+    assert result.stdout.strip() == "cleared 0 taint(s)"
+    assert "no taint of worker 'cpu@host-b'; did you mean: cpu@host-a?" in result.stderr
+    assert barrier(store).worker_tainted("cpu@host-a")
+
+
+def test_untaint_of_an_untainted_device_exits_1_naming_close_names(
+    app: Celery, store: Store
+) -> None:
+    taint_worker_and_device(store)
+    code, data = run_json(app, "untaint", "--node", "gpu0@host-b", "--device", "cuda:1")
+    assert (code, data) == (1, {"cleared": 0})
+    result = run(app, "untaint", "--node", "gpu1@host-b")
+    assert result.exit_code == 1
+    assert "no device taint on node 'gpu1@host-b'; did you mean: gpu0@host-b?" in result.stderr
+
+
+def test_untaint_all_with_nothing_tainted_exits_1(app: Celery) -> None:
+    result = run(app, "untaint", "--all")
+    assert result.exit_code == 1
+    assert "error: no taint to lift" in result.stderr
 
 
 @pytest.mark.parametrize(
