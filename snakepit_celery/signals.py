@@ -20,7 +20,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 from celery.utils.dispatch import Signal
 
@@ -30,12 +30,15 @@ __all__ = [
     "BreakerClosed",
     "BreakerHalfOpen",
     "BreakerOpened",
+    "BreakerTransition",
     "DeviceTainted",
     "RetryAttempt",
     "RetryExhausted",
+    "RetryOutcome",
     "RetrySuccess",
     "SignalHook",
     "SignalPayload",
+    "Tainted",
     "WorkerCrash",
     "WorkerTainted",
     "breaker_closed",
@@ -82,15 +85,26 @@ ALL_SIGNALS: dict[str, Signal] = {
 _COMMON_FIELDS = frozenset({"sender", "task_id", "extra"})
 
 
+@dataclass_transform(kw_only_default=True, frozen_default=True)
 @dataclass(frozen=True, kw_only=True)
 class SignalPayload:
     """What every signal carries: its sender, the task it is about (if the sender
-    said so with ``task_id=``), and any keyword beyond the signal's own fields."""
+    said so with ``task_id=``), and any keyword beyond the signal's own fields.
+
+    Every subclass is a frozen, keyword-only dataclass; ``signal=`` in its class
+    line names the signal it is the payload of.
+    """
 
     signal_name: ClassVar[str] = ""
     sender: Any = field(default=None, repr=False, compare=False)
     task_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __init_subclass__(cls, *, signal: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if signal:
+            cls.signal_name = signal
+        dataclass(frozen=True, kw_only=True)(cls)
 
     def fields(self) -> dict[str, Any]:
         """The keywords the signal was sent with (``sender`` aside)."""
@@ -104,89 +118,77 @@ class SignalPayload:
         return {**own, **self.extra}
 
 
-@dataclass(frozen=True, kw_only=True)
-class BreakerOpened(SignalPayload):
+class BreakerTransition(SignalPayload):
+    """Breaker ``pool`` changed state, cluster-wide (sent once per transition)."""
+
+    pool: str | None = None
+
+
+class BreakerOpened(BreakerTransition, signal="breaker_opened"):
     """Breaker ``pool`` opened after ``failure_count`` failures (``reason``: why)."""
 
-    signal_name: ClassVar[str] = "breaker_opened"
-    pool: str | None = None
     failure_count: int | None = None
     reason: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class BreakerClosed(SignalPayload):
+class BreakerClosed(BreakerTransition, signal="breaker_closed"):
     """Breaker ``pool`` closed (a probe succeeded)."""
 
-    signal_name: ClassVar[str] = "breaker_closed"
-    pool: str | None = None
 
-
-@dataclass(frozen=True, kw_only=True)
-class BreakerHalfOpen(SignalPayload):
+class BreakerHalfOpen(BreakerTransition, signal="breaker_half_open"):
     """Breaker ``pool`` went half-open (its reset timeout passed)."""
 
-    signal_name: ClassVar[str] = "breaker_half_open"
-    pool: str | None = None
 
-
-@dataclass(frozen=True, kw_only=True)
-class RetryAttempt(SignalPayload):
+class RetryAttempt(SignalPayload, signal="retry_attempt"):
     """Retry number ``attempt`` is scheduled ``delay`` seconds from now."""
 
-    signal_name: ClassVar[str] = "retry_attempt"
     attempt: int | None = None
     delay: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RetrySuccess(SignalPayload):
-    """A retried call succeeded after ``attempts`` attempts and ``total_duration`` seconds."""
+class RetryOutcome(SignalPayload):
+    """A retried call ended after ``attempts`` attempts and ``total_duration`` seconds."""
 
-    signal_name: ClassVar[str] = "retry_success"
     attempts: int | None = None
     total_duration: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RetryExhausted(SignalPayload):
-    """Retries ran out after ``attempts``; ``last_error`` is the final failure."""
+class RetrySuccess(RetryOutcome, signal="retry_success"):
+    """A retried call succeeded in the end."""
 
-    signal_name: ClassVar[str] = "retry_exhausted"
-    attempts: int | None = None
-    total_duration: float | None = None
+
+class RetryExhausted(RetryOutcome, signal="retry_exhausted"):
+    """Retries ran out; ``last_error`` is the final failure."""
+
     last_error: BaseException | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class WorkerCrash(SignalPayload):
+class WorkerCrash(SignalPayload, signal="worker_crash"):
     """Worker ``worker_id`` of ``pool`` crashed; ``reason`` is its classification."""
 
-    signal_name: ClassVar[str] = "worker_crash"
     pool: str | None = None
     worker_id: str | None = None
     reason: Any = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class WorkerTainted(SignalPayload):
-    """Worker ``worker_id`` of ``pool`` is kept out of rotation (``info``: the crash)."""
+class Tainted(SignalPayload):
+    """Something of ``pool`` is out of rotation until its taint expires (``info``: the crash)."""
 
-    signal_name: ClassVar[str] = "worker_tainted"
     pool: str | None = None
-    worker_id: str | None = None
     info: Any = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class DeviceTainted(SignalPayload):
-    """Device ``device`` of ``node`` in ``pool`` is kept out of rotation (``info``: the crash)."""
+class WorkerTainted(Tainted, signal="worker_tainted"):
+    """Worker ``worker_id`` is tainted."""
 
-    signal_name: ClassVar[str] = "device_tainted"
-    pool: str | None = None
+    worker_id: str | None = None
+
+
+class DeviceTainted(Tainted, signal="device_tainted"):
+    """Device ``device`` of ``node`` is tainted."""
+
     node: str | None = None
     device: str | None = None
-    info: Any = None
 
 
 #: The payload type of every signal, by signal name.

@@ -17,12 +17,14 @@ from snakepit_celery.signals import (
     BreakerClosed,
     BreakerHalfOpen,
     BreakerOpened,
+    BreakerTransition,
     DeviceTainted,
     RetryAttempt,
     RetryExhausted,
     RetrySuccess,
     SignalHook,
     SignalPayload,
+    Tainted,
     WorkerCrash,
     WorkerTainted,
 )
@@ -59,6 +61,40 @@ HOT_PATH_BUCKETS = (
     0.1,
 )
 
+#: (attribute of ``ProcessMetrics``, metric name, help, labels) of every counter.
+_COUNTERS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    (
+        "breaker_transitions",
+        "snakepit_breaker_transitions",
+        "Breaker transitions made by this process, by the state entered.",
+        ("breaker", "state"),
+    ),
+    (
+        "retries",
+        "snakepit_retries",
+        "Retry events: attempt (a retry scheduled), success, exhausted.",
+        ("outcome",),
+    ),
+    (
+        "crashes",
+        "snakepit_crashes",
+        "Worker crashes recorded, by pool and classification.",
+        ("pool", "classification"),
+    ),
+    (
+        "taints",
+        "snakepit_taints",
+        "Taints set, by pool and kind (worker or device).",
+        ("pool", "kind"),
+    ),
+    (
+        "store_errors",
+        "snakepit_store_errors",
+        "Shared-store failures tolerated under fail-open.",
+        (),
+    ),
+)
+
 #: ``dispatch_uid`` of the hook on the signals.
 _DISPATCH_UID = "snakepit-metrics"
 
@@ -80,6 +116,10 @@ class ProcessMetrics:
     def create(cls) -> ProcessMetrics:
         """Register every process metric with prometheus-client's default registry."""
         prom = prometheus()
+        counters = {
+            attribute: prom.Counter(name, documentation, list(labels))
+            for attribute, name, documentation, labels in _COUNTERS
+        }
         return cls(
             breaker_state=prom.Gauge(
                 "snakepit_breaker_state",
@@ -87,35 +127,13 @@ class ProcessMetrics:
                 ["breaker"],
                 multiprocess_mode="mostrecent",
             ),
-            breaker_transitions=prom.Counter(
-                "snakepit_breaker_transitions",
-                "Breaker transitions made by this process, by the state entered.",
-                ["breaker", "state"],
-            ),
-            retries=prom.Counter(
-                "snakepit_retries",
-                "Retry events: attempt (a retry scheduled), success, exhausted.",
-                ["outcome"],
-            ),
-            crashes=prom.Counter(
-                "snakepit_crashes",
-                "Worker crashes recorded, by pool and classification.",
-                ["pool", "classification"],
-            ),
-            taints=prom.Counter(
-                "snakepit_taints",
-                "Taints set, by pool and kind (worker or device).",
-                ["pool", "kind"],
-            ),
-            store_errors=prom.Counter(
-                "snakepit_store_errors", "Shared-store failures tolerated under fail-open."
-            ),
             hot_path=prom.Histogram(
                 "snakepit_hot_path_seconds",
                 "snakepit's own time per task, by stage (before, after).",
                 ["stage"],
                 buckets=HOT_PATH_BUCKETS,
             ),
+            **counters,
         )
 
     def sync_store_errors(self) -> None:
@@ -144,6 +162,8 @@ _RETRY_OUTCOMES: dict[type[SignalPayload], str] = {
     RetryExhausted: "exhausted",
 }
 
+_TAINT_KINDS: dict[type[SignalPayload], str] = {WorkerTainted: "worker", DeviceTainted: "device"}
+
 
 class PrometheusHook(SignalHook):
     """Counts every signal in the process metrics."""
@@ -155,7 +175,7 @@ class PrometheusHook(SignalHook):
         """Update the metric the payload's type feeds, then the store-error counter."""
         metrics = self.metrics
         match payload:
-            case BreakerOpened() | BreakerHalfOpen() | BreakerClosed():
+            case BreakerTransition():
                 pool = payload.pool
                 name = str(pool if pool is not None else getattr(payload.sender, "name", "unknown"))
                 state = _BREAKER_STATES[type(payload)]
@@ -166,10 +186,9 @@ class PrometheusHook(SignalHook):
             case WorkerCrash():
                 pool_label = str(payload.pool or "default")
                 metrics.crashes.labels(pool_label, _classification(payload.reason)).inc()
-            case WorkerTainted():
-                metrics.taints.labels(str(payload.pool or "default"), "worker").inc()
-            case DeviceTainted():
-                metrics.taints.labels(str(payload.pool or "default"), "device").inc()
+            case Tainted():
+                kind = _TAINT_KINDS[type(payload)]
+                metrics.taints.labels(str(payload.pool or "default"), kind).inc()
         metrics.sync_store_errors()
 
 
