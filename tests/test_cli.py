@@ -196,7 +196,7 @@ def test_reset_of_an_unknown_breaker_exits_1_naming_close_names(app: Celery) -> 
 def test_reset_of_a_name_close_to_nothing_lists_the_known_breakers(app: Celery) -> None:
     result = run(app, "reset", "zzz")
     assert result.exit_code == 1
-    assert "known: cli_app.infer, payments" in result.stderr
+    assert "known breakers: cli_app.infer, payments" in result.stderr
 
 
 # -- taints and untaint ---------------------------------------------------------------

@@ -134,13 +134,15 @@ def _nothing_lifted(
     devices = [t for t in active if t.kind == "device"]
     if worker is not None:
         known = [t.target for t in active if t.kind == "worker"]
-        return f"no taint of worker {worker!r}; {suggestion(worker, known)}"
+        hint = suggestion(worker, known, "tainted workers")
+        return f"no taint of worker {worker!r}; {hint}"
     if node is not None and device is not None:
         target = f"{node}:{device}"
-        return f"no taint of device {target!r}; {suggestion(target, [t.target for t in devices])}"
+        hint = suggestion(target, [t.target for t in devices], "tainted devices")
+        return f"no taint of device {target!r}; {hint}"
     if node is not None:
-        known = [str(t.taint.node) for t in devices]
-        return f"no device taint on node {node!r}; {suggestion(node, known)}"
+        hint = suggestion(node, [str(t.taint.node) for t in devices], "nodes with tainted devices")
+        return f"no device taint on node {node!r}; {hint}"
     return "no taint to lift"
 
 
@@ -195,7 +197,7 @@ def reset(ctx: click.Context, breaker: str, as_json: bool) -> None:
     fleet = _fleet(ctx)
     known = [b.name for b in fleet.breakers()]
     if breaker not in known:
-        fail(f"unknown breaker {breaker!r}; {suggestion(breaker, known)}")
+        fail(f"unknown breaker {breaker!r}; {suggestion(breaker, known, 'known breakers')}")
     found = fleet.breaker(breaker)
     found.reset()
     stats = found.stats()

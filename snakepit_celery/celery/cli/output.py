@@ -61,15 +61,13 @@ def dump(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 
-def suggestion(name: str, known: Iterable[str]) -> str:
-    """``did you mean: a, b?`` for the names close to ``name``, else the known names."""
+def suggestion(name: str, known: Iterable[str], what: str) -> str:
+    """``did you mean: a, b?`` for the names close to ``name``, else ``<what>: <all of them>``."""
     candidates = sorted(set(known))
     close = difflib.get_close_matches(name, candidates, n=3)
     if close:
         return f"did you mean: {', '.join(close)}?"
-    if candidates:
-        return f"known: {', '.join(candidates)}"
-    return "none is known"
+    return f"{what}: {', '.join(candidates) or 'none'}"
 
 
 def fail(message: str) -> NoReturn:
