@@ -1,4 +1,4 @@
-"""Telemetry signals, as Celery ``Signal`` objects.
+"""Telemetry signals, as Celery ``Signal`` objects, and the payload each one carries.
 
 Connect receivers the Celery way::
 
@@ -7,21 +7,45 @@ Connect receivers the Celery way::
     @signals.breaker_opened.connect
     def on_open(sender, failure_count, pool, reason, **kwargs): ...
 
-Inside a worker every signal is also forwarded as a Celery event (see
-``snakepit_celery.celery.events``) so Flower and event consumers see it.
-Each signal is sent with ``sender`` set to the object that emitted it.
+Each signal is sent with ``sender`` set to the object that emitted it and its
+fields as keywords. Inside the package, backends (Celery events in
+``snakepit_celery.celery.events``, Prometheus in ``snakepit_celery.metrics``)
+are thin hooks after stamina's instrumentation: a ``SignalHook`` sees every
+signal as one frozen payload (``BreakerOpened``, ``RetryAttempt``, ...).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, dataclass_transform
 
 from celery.utils.dispatch import Signal
 
 __all__ = [
     "ALL_SIGNALS",
+    "PAYLOADS",
+    "BreakerClosed",
+    "BreakerHalfOpen",
+    "BreakerOpened",
+    "BreakerTransition",
+    "DeviceTainted",
+    "RetryAttempt",
+    "RetryExhausted",
+    "RetryOutcome",
+    "RetrySuccess",
+    "SignalHook",
+    "SignalPayload",
+    "Tainted",
+    "WorkerCrash",
+    "WorkerTainted",
     "breaker_closed",
     "breaker_half_open",
     "breaker_opened",
     "device_tainted",
+    "payload_of",
     "retry_attempt",
     "retry_exhausted",
     "retry_success",
@@ -56,3 +80,173 @@ ALL_SIGNALS: dict[str, Signal] = {
         device_tainted,
     )
 }
+
+#: Keyword names every payload knows besides its own fields.
+_COMMON_FIELDS = frozenset({"sender", "task_id", "extra"})
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True)
+@dataclass(frozen=True, kw_only=True)
+class SignalPayload:
+    """What every signal carries: its sender, the task it is about (if the sender
+    said so with ``task_id=``), and any keyword beyond the signal's own fields.
+
+    Every subclass is a frozen, keyword-only dataclass; ``signal=`` in its class
+    line names the signal it is the payload of.
+    """
+
+    signal_name: ClassVar[str] = ""
+    sender: Any = field(default=None, repr=False, compare=False)
+    task_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __init_subclass__(cls, *, signal: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if signal:
+            cls.signal_name = signal
+        dataclass(frozen=True, kw_only=True)(cls)
+
+    def fields(self) -> dict[str, Any]:
+        """The keywords the signal was sent with (``sender`` aside)."""
+        own = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in _COMMON_FIELDS
+        }
+        if self.task_id is not None:
+            own["task_id"] = self.task_id
+        return {**own, **self.extra}
+
+
+class BreakerTransition(SignalPayload):
+    """Breaker ``pool`` changed state, cluster-wide (sent once per transition)."""
+
+    pool: str | None = None
+
+
+class BreakerOpened(BreakerTransition, signal="breaker_opened"):
+    """Breaker ``pool`` opened after ``failure_count`` failures (``reason``: why)."""
+
+    failure_count: int | None = None
+    reason: str | None = None
+
+
+class BreakerClosed(BreakerTransition, signal="breaker_closed"):
+    """Breaker ``pool`` closed (a probe succeeded)."""
+
+
+class BreakerHalfOpen(BreakerTransition, signal="breaker_half_open"):
+    """Breaker ``pool`` went half-open (its reset timeout passed)."""
+
+
+class RetryAttempt(SignalPayload, signal="retry_attempt"):
+    """Retry number ``attempt`` is scheduled ``delay`` seconds from now."""
+
+    attempt: int | None = None
+    delay: float | None = None
+
+
+class RetryOutcome(SignalPayload):
+    """A retried call ended after ``attempts`` attempts and ``total_duration`` seconds."""
+
+    attempts: int | None = None
+    total_duration: float | None = None
+
+
+class RetrySuccess(RetryOutcome, signal="retry_success"):
+    """A retried call succeeded in the end."""
+
+
+class RetryExhausted(RetryOutcome, signal="retry_exhausted"):
+    """Retries ran out; ``last_error`` is the final failure."""
+
+    last_error: BaseException | None = None
+
+
+class WorkerCrash(SignalPayload, signal="worker_crash"):
+    """Worker ``worker_id`` of ``pool`` crashed; ``reason`` is its classification."""
+
+    pool: str | None = None
+    worker_id: str | None = None
+    reason: Any = None
+
+
+class Tainted(SignalPayload):
+    """Something of ``pool`` is out of rotation until its taint expires (``info``: the crash)."""
+
+    pool: str | None = None
+    info: Any = None
+
+
+class WorkerTainted(Tainted, signal="worker_tainted"):
+    """Worker ``worker_id`` is tainted."""
+
+    worker_id: str | None = None
+
+
+class DeviceTainted(Tainted, signal="device_tainted"):
+    """Device ``device`` of ``node`` is tainted."""
+
+    node: str | None = None
+    device: str | None = None
+
+
+#: The payload type of every signal, by signal name.
+PAYLOADS: dict[str, type[SignalPayload]] = {
+    cls.signal_name: cls
+    for cls in (
+        BreakerOpened,
+        BreakerClosed,
+        BreakerHalfOpen,
+        RetryAttempt,
+        RetrySuccess,
+        RetryExhausted,
+        WorkerCrash,
+        WorkerTainted,
+        DeviceTainted,
+    )
+}
+
+
+def payload_of(signal: Signal, sender: Any, kwargs: Mapping[str, Any]) -> SignalPayload:
+    """The frozen payload of one sending of ``signal`` (a signal of this module)."""
+    cls = PAYLOADS[signal.name]
+    known = {f.name for f in dataclasses.fields(cls)} - _COMMON_FIELDS
+    own = {key: value for key, value in kwargs.items() if key in known}
+    extra = {key: value for key, value in kwargs.items() if key not in known | {"task_id"}}
+    task_id = kwargs.get("task_id")
+    return cls(
+        sender=sender,
+        task_id=None if task_id is None else str(task_id),
+        extra=extra,
+        **own,
+    )
+
+
+class SignalHook(ABC):
+    """A receiver of every signal of the package that sees each one as its payload.
+
+    Subclasses implement ``handle``; ``connect``/``disconnect`` attach the hook
+    to every signal under one ``dispatch_uid`` (connecting again replaces it).
+    """
+
+    def __call__(self, sender: Any = None, signal: Any = None, **kwargs: Any) -> None:
+        """Celery signal receiver: build the payload and hand it to ``handle``."""
+        self.handle(payload_of(signal, sender, kwargs))
+
+    @abstractmethod
+    def handle(self, payload: SignalPayload) -> None:
+        """React to one signal."""
+
+    def connect(self, dispatch_uid: str) -> None:
+        """Receive every signal of the package from now on."""
+        for name, signal in ALL_SIGNALS.items():
+            uid = f"{dispatch_uid}-{name}"
+            signal.disconnect(dispatch_uid=uid)
+            signal.connect(self, weak=False, dispatch_uid=uid)
+
+    @staticmethod
+    def disconnect(dispatch_uid: str) -> None:
+        """Stop the hook connected under ``dispatch_uid``."""
+        for name, signal in ALL_SIGNALS.items():
+            signal.disconnect(dispatch_uid=f"{dispatch_uid}-{name}")

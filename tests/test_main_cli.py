@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
+from celery.bin.base import CLIContext
+from click.testing import CliRunner
 from hardware_helpers import env_without_visibility, write_json
+
+from snakepit_celery import hardware
+from snakepit_celery.celery.cli import snakepit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,3 +148,30 @@ def test_lock_validate_of_a_broken_file_exits_2(tmp_path: Path, cpu_host: Path) 
 )
 def test_usage_errors_exit_2(args: list[str], cpu_host: Path) -> None:
     assert run(args, cpu_host).returncode == 2
+
+
+def celery_snakepit(host: Path, *args: str) -> tuple[int, str]:
+    """``celery snakepit <args>`` in-process, seeing ``host`` as the subprocess does."""
+    app = Celery("same_output", set_as_current=False)
+    app.conf.snakepit_hardware = str(host)
+    obj = CLIContext(app=app, no_color=True, workdir=None)
+    hardware.configure(host)
+    try:
+        result = CliRunner().invoke(snakepit, list(args), obj=obj, catch_exceptions=False)
+    finally:
+        hardware.configure(None)
+    return result.exit_code, result.stdout
+
+
+@pytest.mark.parametrize("args", [["hardware"], ["hardware", "--json"]])
+def test_hardware_prints_the_same_as_celery_snakepit(cuda_host: Path, args: list[str]) -> None:
+    result = run(args, cuda_host)
+    assert (result.returncode, result.stdout) == celery_snakepit(cuda_host, *args)
+
+
+def test_lock_validate_prints_the_same_as_celery_snakepit(
+    tmp_path: Path, cuda_host: Path, cpu_host: Path
+) -> None:
+    lock = str(generate(tmp_path, cuda_host))
+    result = run(["lock", "validate", lock], cpu_host)
+    assert (result.returncode, result.stdout) == celery_snakepit(cpu_host, "lock", "validate", lock)

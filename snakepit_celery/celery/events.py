@@ -29,7 +29,7 @@ from typing import Any
 from celery import Celery
 
 from snakepit_celery.celery.worker import worker_node
-from snakepit_celery.signals import ALL_SIGNALS
+from snakepit_celery.signals import SignalHook, SignalPayload
 
 __all__ = [
     "EVENT_PREFIX",
@@ -117,8 +117,8 @@ def signal_event(
     return event_type(signal_name, task_level=bool(task_id)), body
 
 
-class EventBridge:
-    """Receiver connected to every snakepit signal; publishes each as a Celery event.
+class EventBridge(SignalHook):
+    """Hook on every snakepit signal; publishes each payload as a Celery event.
 
     Does nothing outside a worker running ``app`` (``worker.worker_node``),
     unless ``always`` is set (tests, or a process that wants its own events).
@@ -136,14 +136,14 @@ class EventBridge:
         self.publish = publish or self._publish
         self._last_warning = float("-inf")
 
-    def __call__(self, sender: Any = None, signal: Any = None, **kwargs: Any) -> None:
-        """Signal receiver: turn the signal into an event and publish it (never raises)."""
+    def handle(self, payload: SignalPayload) -> None:
+        """Turn the payload into an event and publish it (never raises)."""
         node = worker_node(self.app)
         if node is None and not self.always:
             return
-        name = str(getattr(signal, "name", "") or "unknown")
+        name = payload.signal_name
         try:
-            type_, fields = signal_event(self.app, name, kwargs)
+            type_, fields = signal_event(self.app, name, payload.fields())
             self.publish(node or "", type_, fields)
         except Exception as exc:
             now = time.monotonic()
@@ -167,8 +167,5 @@ def install_events(app: Celery, *, always: bool = False) -> EventBridge:
     Idempotent per app: a second call replaces the first bridge.
     """
     bridge = EventBridge(app, always=always)
-    for name, signal in ALL_SIGNALS.items():
-        uid = f"snakepit-events-{id(app)}-{name}"
-        signal.disconnect(dispatch_uid=uid)
-        signal.connect(bridge, weak=False, dispatch_uid=uid)
+    bridge.connect(f"snakepit-events-{id(app)}")
     return bridge
