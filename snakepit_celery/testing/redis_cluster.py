@@ -31,7 +31,7 @@ import redis
 
 from snakepit_celery.testing.redis_server import redis_answers
 
-__all__ = ["SLOTS", "LocalCluster", "RedisNode", "free_port"]
+__all__ = ["SLOTS", "LocalCluster", "RedisNode", "execute", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def execute(client: redis.Redis, *args: str | int) -> Any:
+    """One command on ``client``, its reply as redis-py parses it."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -111,7 +116,7 @@ class RedisNode:
         """Run one command on this node and return its reply (as redis-py parses it)."""
         client = self.client()
         try:
-            return client.execute_command(*args)  # type: ignore[no-untyped-call]
+            return execute(client, *args)
         finally:
             client.close()
 
@@ -242,16 +247,25 @@ class LocalCluster:
         if source is target:
             return 0
         source_id, target_id = self.node_id(source), self.node_id(target)
-        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        time.sleep(pause)
-        moved = 0
-        while keys := list(source.command("CLUSTER", "GETKEYSINSLOT", slot, 100)):
-            source.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-            moved += len(keys)
-        time.sleep(pause)
-        for node in [target, source, *(n for n in self.nodes if n not in (target, source))]:
-            node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        order = [target, source, *(n for n in self.nodes if n not in (target, source))]
+        clients = [node.client() for node in order]
+        into, out = clients[0], clients[1]
+        try:
+            for client in clients:
+                client.ping()  # connected before the move starts
+            execute(into, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            execute(out, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            time.sleep(pause)
+            moved = 0
+            while keys := execute(out, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+                execute(out, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+            time.sleep(pause)
+            for client in clients:
+                execute(client, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        finally:
+            for client in clients:
+                client.close()
         time.sleep(pause)
         return moved
 
