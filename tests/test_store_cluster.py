@@ -1,12 +1,13 @@
 """Redis Cluster as the store, for real: a private 3-master cluster started by the suite.
 
-The cluster (``LocalCluster``: three ``redis-server --cluster-enabled`` nodes on
+The cluster (``LocalCluster``: three cluster-enabled ``redis-server`` nodes on
 free ports, slots split between them) is shared by the module and stopped at
 its end; the tests are skipped, saying why, without a ``redis-server`` binary.
 Every store operation runs on objects whose slots lie on each master; a real
 worker uses the cluster as its store (the broker stays the plain Redis); and
 breaker calls keep working, with their state, while a slot moves to another
-master and while every node forgets its Lua scripts.
+master and while every node forgets its Lua scripts. A slot move that outlasts
+redis-py's TRYAGAIN retries is a known bug (strict xfail).
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def test_store_answers_with_the_cluster_clock(store: RedisStore) -> None:
 def test_breaker_operations_work_on_every_master(cluster: LocalCluster, store: RedisStore) -> None:
     names = one_name_per_master(cluster, store, "br")
     for name in names:
-        assert store.breaker_acquire(name, reset_timeout=0.2, half_open_max_calls=1, probe_ttl=10)
+        admitted = store.breaker_acquire(
+            name, reset_timeout=0.2, half_open_max_calls=1, probe_ttl=10
+        )
+        assert (admitted.allowed, admitted.state) == (True, "closed")
         assert store.breaker_record(name, success=True, failure_threshold=2).state == "closed"
         opened = store.breaker_record(name, success=False, failure_threshold=2, count=2)
         assert (opened.state, opened.transition) == ("open", "opened")
