@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 
 from snakepit_celery import CircuitBreaker, ConfigError, install, snakepit_task
-from snakepit_celery.celery.routing import SnakepitRouter
+from snakepit_celery.celery.router import SnakepitRouter
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.celery.worker import SnakepitWorkerStep
 from snakepit_celery.errors import CircuitOpenError

@@ -11,8 +11,6 @@ import pytest
 from celery import Celery
 
 from snakepit_celery.config import (
-    BREAKER_KEYS,
-    HEALTH_KEYS,
     SETTING_NAMES,
     SnakepitSettings,
     env_name,
@@ -22,6 +20,7 @@ from snakepit_celery.config import (
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
+from snakepit_celery.policy.settings import BREAKER_KEYS, HEALTH_KEYS
 
 
 def load(**conf: Any) -> SnakepitSettings:

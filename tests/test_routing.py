@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 
-from snakepit_celery.celery.routing import (
+from snakepit_celery.celery.router import SnakepitRouter
+from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
+from snakepit_celery.hardware import Device, HardwareInfo
+from snakepit_celery.policy.routing import (
     FleetSnapshot,
     Pref,
     RouteDecision,
-    SnakepitRouter,
     decide_route,
     device_taint_members,
     node_devices,
@@ -19,8 +21,6 @@ from snakepit_celery.celery.routing import (
     queues_for,
     worker_taint_member,
 )
-from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
-from snakepit_celery.hardware import Device, HardwareInfo
 
 CPU_ONLY: dict[str, Any] = {
     "accelerator": "cpu",

@@ -24,8 +24,7 @@ import click
 from snakepit_celery import hardware, lockfile
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
-from snakepit_celery.celery.routing import app_store, taint_pools
-from snakepit_celery.celery.settings import settings_for
+from snakepit_celery.celery.app_context import app_store, settings_for, taint_pools
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.config import SnakepitSettings, load_settings
 from snakepit_celery.errors import ConfigError, LockMismatchError, SnakepitError
