@@ -21,17 +21,22 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from snakepit_celery.errors import ConfigError
+from snakepit_celery.policy.checks import (
+    build_from_dict,
+    check_bool,
+    check_int,
+    check_name,
+    check_path,
+)
 from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
+from snakepit_celery.policy.settings import BREAKER_KEYS, HEALTH_KEYS, BreakerConfig, HealthConfig
 
 __all__ = [
-    "BREAKER_KEYS",
-    "HEALTH_KEYS",
     "SETTING_NAMES",
     "SnakepitSettings",
     "env_name",
@@ -41,26 +46,10 @@ __all__ = [
 
 PREFIX = "snakepit_"
 
-#: Keys of ``snakepit_breaker``: defaults for every ``CircuitBreaker`` the package builds.
-BREAKER_KEYS = ("failure_threshold", "reset_timeout", "half_open_max_calls", "max_staleness")
-#: Keys of ``snakepit_health``: the ``HealthMonitor`` of worker crashes.
-HEALTH_KEYS = ("pool", "max_crashes", "crash_window", "check_interval", "max_worker_crashes")
-
-_BREAKER_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"failure_threshold": 5, "reset_timeout": 30.0, "half_open_max_calls": 1, "max_staleness": 0.25}
-)
-_HEALTH_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {
-        "pool": "default",
-        "max_crashes": 10,
-        "crash_window": 60.0,
-        "check_interval": 30.0,
-        "max_worker_crashes": 3,
-    }
-)
-
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+_BOOL_WORDS = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
 _BOOL_TEXT = "True or False (env: true/false/1/0/yes/no/on/off)"
 _STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory")
 
@@ -73,10 +62,10 @@ class SnakepitSettings:
       backend, when Redis; see ``resolve_store_url``).
     - ``key_prefix``: first part of every store key.
     - ``fail_open``: run tasks without shared state when the store is down.
-    - ``breaker``: defaults for circuit breakers (``BREAKER_KEYS``).
+    - ``breaker``: defaults for circuit breakers (``BreakerConfig``).
     - ``retry_policy``: the default ``RetryPolicy`` of tasks (None: none).
     - ``crash_barrier``: the app's ``CrashBarrierConfig``.
-    - ``health``: the crash ``HealthMonitor`` settings (``HEALTH_KEYS``).
+    - ``health``: the crash ``HealthMonitor`` settings (``HealthConfig``).
     - ``hardware``: path of a JSON file overriding hardware detection.
     - ``lock_file``: path of a lock file workers must satisfy to start.
     - ``defer_on_open``: re-queue a task refused by an open breaker with
@@ -90,10 +79,10 @@ class SnakepitSettings:
     store_url: str | None = None
     key_prefix: str = "snakepit"
     fail_open: bool = True
-    breaker: Mapping[str, Any] = field(default_factory=lambda: _BREAKER_DEFAULTS)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry_policy: RetryPolicy | None = None
     crash_barrier: CrashBarrierConfig = field(default_factory=CrashBarrierConfig)
-    health: Mapping[str, Any] = field(default_factory=lambda: _HEALTH_DEFAULTS)
+    health: HealthConfig = field(default_factory=HealthConfig)
     hardware: str | None = None
     lock_file: str | None = None
     defer_on_open: bool = True
@@ -106,10 +95,10 @@ class SnakepitSettings:
             "store_url": self.store_url,
             "key_prefix": self.key_prefix,
             "fail_open": self.fail_open,
-            "breaker": dict(self.breaker),
+            "breaker": self.breaker.as_dict(),
             "retry_policy": None if self.retry_policy is None else self.retry_policy.as_dict(),
             "crash_barrier": self.crash_barrier.as_dict(),
-            "health": dict(self.health),
+            "health": self.health.as_dict(),
             "hardware": self.hardware,
             "lock_file": self.lock_file,
             "defer_on_open": self.defer_on_open,
@@ -122,28 +111,20 @@ class SnakepitSettings:
 
 
 def _bool(label: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
+    """A bool; also its env spellings (``true/false/1/0/yes/no/on/off``) and 0/1."""
     if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ConfigError(label, value, _BOOL_TEXT)
+        value = _BOOL_WORDS.get(value.strip().lower(), value)
+    elif isinstance(value, int) and value in (0, 1):
+        value = bool(value)
+    return check_bool(label, value, allowed=_BOOL_TEXT)
 
 
 def _optional_port(label: str, value: Any) -> int | None:
-    allowed = "an integer 1-65535, or None (off)"
     if value is None:
         return None
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ConfigError(label, value, allowed)
-    return value
+    return check_int(label, value, 1, maximum=65535, allowed="an integer 1-65535, or None (off)")
 
 
 def _store_url(label: str, value: Any) -> str | None:
@@ -158,22 +139,9 @@ def _store_url(label: str, value: Any) -> str | None:
 
 
 def _key_prefix(label: str, value: Any) -> str:
-    allowed = "a non-empty string without spaces or braces"
-    if not isinstance(value, str) or not value:
-        raise ConfigError(label, value, allowed)
-    if any(ch.isspace() or ch in "{}" for ch in value):
-        raise ConfigError(label, value, allowed)
-    return value
-
-
-def _optional_path(label: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(label, value, "a file path (str), or None")
-    return value
+    return check_name(
+        label, value, forbidden="{}", allowed="a non-empty string without spaces or braces"
+    )
 
 
 def _json_object(label: str, value: Any, what: str) -> Any:
@@ -189,74 +157,30 @@ def _json_object(label: str, value: Any, what: str) -> Any:
     return parsed
 
 
-def _section(
-    label: str,
-    value: Any,
-    keys: tuple[str, ...],
-    defaults: Mapping[str, Any],
-    build: Callable[..., Any],
-) -> Mapping[str, Any]:
-    """A dict setting checked key by key, values validated by the class that uses them."""
-    value = _json_object(label, value, ", ".join(keys))
-    if value is None:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(label, value, f"a dict with keys {', '.join(keys)}")
-    for key in value:
-        if key not in keys:
-            raise ConfigError.unknown_name(f"key of {label}", str(key), keys)
-    merged = {**defaults, **value}
-    try:
-        built = build(**merged)
-    except ConfigError as exc:
-        raise _nested(label, exc) from exc
-    return MappingProxyType({key: getattr(built, key) for key in keys})
+@dataclass(frozen=True)
+class _ValueSetting:
+    """A setting given as its typed value, a dict of its arguments (env: a JSON object) or None."""
+
+    kind: type
+    what: str
+    allowed: str
+    build: Callable[[str, Mapping[str, Any]], Any]
+    empty: Callable[[], Any]
+
+    def __call__(self, label: str, value: Any) -> Any:
+        if isinstance(value, self.kind):
+            return value
+        value = _json_object(label, value, self.what)
+        if value is None:
+            return self.empty()
+        if not isinstance(value, Mapping):
+            raise ConfigError(label, value, self.allowed)
+        return self.build(label, value)
 
 
-def _nested(label: str, exc: ConfigError) -> ConfigError:
-    return ConfigError(f'{label}["{exc.setting}"]', exc.value, exc.allowed)
-
-
-def _breaker(label: str, value: Any) -> Mapping[str, Any]:
-    from snakepit_celery.breaker import CircuitBreaker  # noqa: PLC0415 - breaker imports store
-
-    def build(**kwargs: Any) -> CircuitBreaker:
-        return CircuitBreaker("snakepit-settings-check", **kwargs)
-
-    return _section(label, value, BREAKER_KEYS, _BREAKER_DEFAULTS, build)
-
-
-def _health(label: str, value: Any) -> Mapping[str, Any]:
-    from snakepit_celery.health import HealthMonitor  # noqa: PLC0415 - health imports store
-
-    return _section(label, value, HEALTH_KEYS, _HEALTH_DEFAULTS, HealthMonitor)
-
-
-def _retry_policy(label: str, value: Any) -> RetryPolicy | None:
-    if value is None or isinstance(value, RetryPolicy):
-        return value
-    value = _json_object(label, value, "RetryPolicy arguments")
-    if not isinstance(value, Mapping):
-        raise ConfigError(label, value, "a RetryPolicy, a dict of its arguments, or None")
-    return RetryPolicy.from_dict(value, setting=label)
-
-
-def _crash_barrier(label: str, value: Any) -> CrashBarrierConfig:
-    if isinstance(value, CrashBarrierConfig):
-        return value
-    value = _json_object(label, value, "crash barrier settings")
-    if value is None:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(label, value, "a CrashBarrierConfig, a dict of its arguments, or None")
+def _crash_barrier(label: str, value: Mapping[str, Any]) -> CrashBarrierConfig:
     known = [f.name for f in dataclasses.fields(CrashBarrierConfig)]
-    for key in value:
-        if key not in known:
-            raise ConfigError.unknown_name(f"key of {label}", str(key), known)
-    try:
-        return CrashBarrierConfig.from_dict(value)
-    except ConfigError as exc:
-        raise _nested(label, exc) from exc
+    return build_from_dict(label, value, known, lambda **kw: CrashBarrierConfig.from_dict(kw))
 
 
 #: setting name (without prefix) -> parser(label, raw value) -> typed value
@@ -264,12 +188,36 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "store_url": _store_url,
     "key_prefix": _key_prefix,
     "fail_open": _bool,
-    "breaker": _breaker,
-    "retry_policy": _retry_policy,
-    "crash_barrier": _crash_barrier,
-    "health": _health,
-    "hardware": _optional_path,
-    "lock_file": _optional_path,
+    "breaker": _ValueSetting(
+        BreakerConfig,
+        ", ".join(BREAKER_KEYS),
+        f"a BreakerConfig, a dict with keys {', '.join(BREAKER_KEYS)}, or None",
+        lambda label, value: BreakerConfig.from_dict(value, setting=label),
+        BreakerConfig,
+    ),
+    "retry_policy": _ValueSetting(
+        RetryPolicy,
+        "RetryPolicy arguments",
+        "a RetryPolicy, a dict of its arguments, or None",
+        lambda label, value: RetryPolicy.from_dict(value, setting=label),
+        lambda: None,
+    ),
+    "crash_barrier": _ValueSetting(
+        CrashBarrierConfig,
+        "crash barrier settings",
+        "a CrashBarrierConfig, a dict of its arguments, or None",
+        _crash_barrier,
+        CrashBarrierConfig,
+    ),
+    "health": _ValueSetting(
+        HealthConfig,
+        ", ".join(HEALTH_KEYS),
+        f"a HealthConfig, a dict with keys {', '.join(HEALTH_KEYS)}, or None",
+        lambda label, value: HealthConfig.from_dict(value, setting=label),
+        HealthConfig,
+    ),
+    "hardware": check_path,
+    "lock_file": check_path,
     "defer_on_open": _bool,
     "metrics_port": _optional_port,
     "allow_waiting": _bool,

@@ -234,7 +234,7 @@ class _RetryRun:
                 last_error=exc,
             )
             raise RetryExhaustedError(self.attempt, exc) from exc
-        delay = self.policy.backoff_for_attempt(self.attempt)
+        delay = 0.0 if is_testing() else self.policy.backoff_for_attempt(self.attempt)
         if isinstance(exc, CircuitOpenError) and not is_testing():
             delay = max(delay, exc.retry_after)
         logger.info(

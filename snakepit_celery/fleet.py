@@ -1,7 +1,7 @@
 """A read-only picture of the whole fleet, taken from the shared store.
 
 ``fleet_status()`` gathers what ``celery snakepit status`` prints and what the
-fleet metrics export: live nodes (identity, devices, queues, heartbeat age),
+fleet metrics export: live nodes (``NodeRecord``: identity, devices, queues, heartbeat age),
 breakers (state and counts), crash health per pool and active taints with
 the time they have left. It only reads; every figure comes from the objects
 that own it (``CircuitBreaker.stats()``, ``HealthMonitor.stats()``, the
@@ -10,51 +10,17 @@ store's taint list), so this module holds no logic of its own about them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from snakepit_celery.barrier import CrashBarrier, Taint, TaintKind
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.health import HealthMonitor, HealthStats
+from snakepit_celery.policy.routing import NodeRecord
 from snakepit_celery.store.base import Store
 
-__all__ = ["BreakerStatus", "FleetStatus", "NodeStatus", "TaintStatus", "fleet_status"]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """One live node of the registry; ``record`` is everything the worker wrote about itself."""
-
-    node: str
-    heartbeat_age: float
-    identity: Mapping[str, Any] = field(default_factory=dict)
-    devices: tuple[Mapping[str, Any], ...] = ()
-    queues: tuple[str, ...] = ()
-    record: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> NodeStatus:
-        """Build from one ``Store.node_list()`` entry."""
-        return cls(
-            node=str(record.get("node", "")),
-            heartbeat_age=float(record.get("heartbeat_age", 0.0)),
-            identity=dict(record.get("identity") or {}),
-            devices=tuple(dict(d) for d in record.get("devices") or ()),
-            queues=tuple(str(q) for q in record.get("queues") or ()),
-            record=dict(record),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain types: the worker's record with ``node`` and ``heartbeat_age``."""
-        return {
-            **self.record,
-            "node": self.node,
-            "heartbeat_age": round(self.heartbeat_age, 3),
-            "identity": dict(self.identity),
-            "devices": [dict(d) for d in self.devices],
-            "queues": list(self.queues),
-        }
+__all__ = ["BreakerStatus", "FleetStatus", "TaintStatus", "fleet_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +82,7 @@ class FleetStatus:
     breaker is open: what ``celery snakepit status`` turns into exit code 1.
     """
 
-    nodes: tuple[NodeStatus, ...] = ()
+    nodes: tuple[NodeRecord, ...] = ()
     breakers: tuple[BreakerStatus, ...] = ()
     health: tuple[HealthStats, ...] = ()
     taints: tuple[TaintStatus, ...] = ()
@@ -147,9 +113,9 @@ class FleetStatus:
         }
 
 
-def read_nodes(store: Store) -> tuple[NodeStatus, ...]:
+def read_nodes(store: Store) -> tuple[NodeRecord, ...]:
     """Live nodes of the registry, by name."""
-    return tuple(NodeStatus.from_record(r) for r in store.node_list())
+    return tuple(NodeRecord.from_dict(r) for r in store.node_list())
 
 
 def read_breakers(breakers: Iterable[CircuitBreaker]) -> tuple[BreakerStatus, ...]:

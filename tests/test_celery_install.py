@@ -9,7 +9,8 @@ import pytest
 from celery import Celery
 
 from snakepit_celery import CircuitBreaker, ConfigError, install, snakepit_task
-from snakepit_celery.celery.routing import SnakepitRouter
+from snakepit_celery.celery.app_context import app_store, namespace, settings_for, taint_pools
+from snakepit_celery.celery.router import SnakepitRouter
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.celery.worker import SnakepitWorkerStep
 from snakepit_celery.errors import CircuitOpenError
@@ -56,6 +57,14 @@ def test_install_needs_a_redis_store_when_broker_and_backend_are_not_redis() -> 
 
 def test_install_takes_the_store_from_the_broker_url(app: Celery, redis_url: str) -> None:
     assert install(app).store_url == redis_url
+
+
+def test_app_context_reads_settings_and_store_once_per_app(app: Celery, key_prefix: str) -> None:
+    app.conf.snakepit_health = {"pool": "gpu"}
+    assert settings_for(app) is settings_for(app)
+    assert app_store(app) is app_store(app)
+    assert app_store(app).key_prefix == key_prefix == namespace(app)
+    assert taint_pools(app) == ("default", "gpu")
 
 
 def test_install_twice_changes_nothing_the_second_time(app: Celery) -> None:

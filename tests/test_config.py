@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from celery import Celery
 
 from snakepit_celery.config import (
-    BREAKER_KEYS,
-    HEALTH_KEYS,
     SETTING_NAMES,
     SnakepitSettings,
     env_name,
@@ -22,6 +21,7 @@ from snakepit_celery.config import (
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
+from snakepit_celery.policy.settings import BREAKER_KEYS, HEALTH_KEYS, BreakerConfig, HealthConfig
 
 
 def load(**conf: Any) -> SnakepitSettings:
@@ -73,6 +73,30 @@ def test_settings_are_frozen() -> None:
         settings.fail_open = False  # type: ignore[misc]
     with pytest.raises(TypeError):
         settings.breaker["failure_threshold"] = 1  # type: ignore[index]
+
+
+def test_breaker_and_health_settings_are_typed_values() -> None:
+    settings = load(snakepit_breaker={"reset_timeout": 5}, snakepit_health={"pool": "gpu"})
+    assert settings.breaker == BreakerConfig(reset_timeout=5.0)
+    assert settings.health == HealthConfig(pool="gpu")
+    assert load(snakepit_breaker=BreakerConfig(failure_threshold=2)).breaker.failure_threshold == 2
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda: BreakerConfig(failure_threshold=0), "failure_threshold"),
+        (lambda: BreakerConfig(max_staleness=-1), "max_staleness"),
+        (lambda: HealthConfig(pool=""), "pool"),
+        (lambda: HealthConfig(crash_window=0), "crash_window"),
+    ],
+)
+def test_breaker_and_health_values_are_validated_at_construction(
+    build: Callable[[], object], name: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert info.value.setting == name
 
 
 def test_as_dict_is_json_safe() -> None:

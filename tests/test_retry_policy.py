@@ -323,11 +323,13 @@ def test_invalid_attempt_number_is_rejected() -> None:
         RetryPolicy().backoff_for_attempt(0)
 
 
-def test_testing_mode_turns_every_delay_to_zero() -> None:
-    policy = RetryPolicy(backoff=[5.0], jitter=True)
+def test_policy_has_no_testing_switch_its_callers_read_it() -> None:
+    # Testing mode makes the sleeps zero in the executor and the task
+    # (test_executor.test_testing_mode_makes_retries_instant); the value is unswitched.
+    policy = RetryPolicy(backoff=[5.0])
     with disabled():
-        assert policy.backoff_for_attempt(1) == 0.0
-    assert policy.backoff_for_attempt(1) > 0.0
+        assert policy.backoff_for_attempt(1) == 5.0
+    assert policy.backoff_for_attempt(1) == 5.0
 
 
 delays = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)

@@ -6,11 +6,14 @@ from typing import Any
 
 import pytest
 
-from snakepit_celery.celery.routing import (
+from snakepit_celery.celery.router import SnakepitRouter
+from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
+from snakepit_celery.hardware import Device, HardwareInfo
+from snakepit_celery.policy.routing import (
     FleetSnapshot,
+    NodeRecord,
     Pref,
     RouteDecision,
-    SnakepitRouter,
     decide_route,
     device_taint_members,
     node_devices,
@@ -19,8 +22,6 @@ from snakepit_celery.celery.routing import (
     queues_for,
     worker_taint_member,
 )
-from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
-from snakepit_celery.hardware import Device, HardwareInfo
 
 CPU_ONLY: dict[str, Any] = {
     "accelerator": "cpu",
@@ -221,6 +222,23 @@ def test_empty_fleet_raises_even_for_cpu() -> None:
 def test_allow_waiting_queues_on_the_generic_queue_of_the_first_preference() -> None:
     decision = decide_route(parse_prefs(["cuda:1", "mps"]), fleet(CPU_NODE), allow_waiting=True)
     assert decision == RouteDecision("snakepit.cuda", "cuda:1", waiting=True)
+
+
+def test_node_record_types_the_registry_entry_and_keeps_the_rest() -> None:
+    entry = {**record("n@h", cuda_hw(0)), "heartbeat_age": 1.25, "pid": 7, "queues": ["q"]}
+    node = NodeRecord.from_dict(entry)
+    assert (node.node, node.state, node.heartbeat_age) == ("n@h", "running", 1.25)
+    assert node.queues == ("q",)
+    assert node.devices[0]["uuid"] == "GPU-0000"
+    assert node.extra == {"pid": 7}
+    assert node.as_dict() == {**entry, "identity": {}}
+    assert NodeRecord.from_dict(node.as_dict()) == node
+
+
+def test_fleet_snapshot_reads_plain_records_as_node_records() -> None:
+    snapshot = fleet(record("n@h", CPU_ONLY, state="stopping"))
+    assert isinstance(snapshot.nodes[0], NodeRecord)
+    assert snapshot.nodes[0].stopping
 
 
 def test_route_decision_as_dict_is_plain() -> None:

@@ -190,7 +190,7 @@ class Fleet:
 
     def router(self) -> Any:
         """The device router installed on the test's app."""
-        from snakepit_celery.celery.routing import SnakepitRouter
+        from snakepit_celery.celery.router import SnakepitRouter
 
         return next(r for r in self.app.conf.task_routes if isinstance(r, SnakepitRouter))
 

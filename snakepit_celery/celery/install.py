@@ -13,15 +13,14 @@ import logging
 
 from celery import Celery
 
+from snakepit_celery.celery.app_context import app_store, settings_for
 from snakepit_celery.celery.events import install_events
-from snakepit_celery.celery.routing import install_router
-from snakepit_celery.celery.settings import settings_for
+from snakepit_celery.celery.router import install_router
 from snakepit_celery.celery.worker import install_worker
 from snakepit_celery.config import SnakepitSettings
-from snakepit_celery.store import set_default_store, set_fail_open, store_from_url
-from snakepit_celery.store.base import Store
+from snakepit_celery.store import set_default_store, set_fail_open
 
-__all__ = ["install", "is_installed", "settings_for"]
+__all__ = ["install", "is_installed"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def install(app: Celery) -> SnakepitSettings:
         return settings_for(app)
     settings = settings_for(app)
     set_fail_open(settings.fail_open)
-    set_default_store(_store_url_with_prefix(settings))
+    set_default_store(app_store(app))
 
     install_worker(app)
     install_router(app)
@@ -55,10 +54,6 @@ def install(app: Celery) -> SnakepitSettings:
         extra={"snakepit_store": _redacted(settings.store_url), "snakepit_app": app.main},
     )
     return settings
-
-
-def _store_url_with_prefix(settings: SnakepitSettings) -> Store:
-    return store_from_url(str(settings.store_url), key_prefix=settings.key_prefix)
 
 
 def _redacted(url: str | None) -> str | None:

@@ -28,7 +28,8 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from snakepit_celery.celery.routing import app_store, fleet_snapshot, node_queue, taint_pools
+from snakepit_celery.celery.app_context import app_store, taint_pools
+from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.celery.task import (
     HEADER_CRASHES,
     ChildRecycled,
@@ -38,6 +39,7 @@ from snakepit_celery.celery.task import (
 )
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.crash import describe_crash
+from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.store import report_store_error
 
 __all__ = ["SnakepitRequest"]

@@ -34,8 +34,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from snakepit_celery import hardware, signals
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
-from snakepit_celery.celery.routing import Pref, parse_prefs, queue_device
-from snakepit_celery.celery.settings import settings_for
+from snakepit_celery.celery.app_context import settings_for
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.errors import (
     CircuitOpenError,
@@ -48,6 +47,7 @@ from snakepit_celery.hardware.types import Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.crash import CrashBarrierConfig, gpu_error_action
 from snakepit_celery.policy.retry import RetryPolicy
+from snakepit_celery.policy.routing import Pref, parse_prefs, queue_device
 from snakepit_celery.store import store_from_url
 from snakepit_celery.store.base import Store
 from snakepit_celery.testing import is_testing

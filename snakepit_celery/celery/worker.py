@@ -58,16 +58,9 @@ from celery.worker import state as worker_state
 
 from snakepit_celery import hardware, lockfile
 from snakepit_celery import signals as snakepit_signals
+from snakepit_celery.celery.app_context import app_store, settings_for, taint_pools
 from snakepit_celery.celery.perdevice import NODE_MARKER_ENV
-from snakepit_celery.celery.routing import (
-    FleetSnapshot,
-    app_store,
-    fleet_snapshot,
-    node_devices,
-    queues_for,
-    taint_pools,
-)
-from snakepit_celery.celery.settings import settings_for
+from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.celery.task import SnakepitTask, ack_on_record_tasks, final_state
 from snakepit_celery.errors import (
     ConfigError,
@@ -75,6 +68,7 @@ from snakepit_celery.errors import (
     StoreUnavailableError,
     WorkerCrashedError,
 )
+from snakepit_celery.policy.routing import FleetSnapshot, node_devices, queues_for
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from snakepit_celery.errors import ERROR_KINDS, ConfigError, error_kind
-from snakepit_celery.testing import is_testing
+from snakepit_celery.policy.checks import build_from_dict, check_bool, check_int
 
 __all__ = ["ALL_ERRORS", "DEFAULT_RETRIABLE_ERRORS", "RetriableErrors", "RetryPolicy"]
 
@@ -105,8 +105,8 @@ class RetryPolicy:
     value grown by ``backoff_multiplier`` per attempt; with ``backoff=None`` (or
     empty) ``base_backoff * backoff_multiplier ** (n-1)``. Jitter (uniform in
     ``d ± d*jitter_factor``) is applied before the ``max_backoff`` cap, so the
-    result is always within ``[0, max_backoff]``. Under
-    ``snakepit_celery.testing.set_testing(True)`` every delay is 0.
+    result is always within ``[0, max_backoff]``. The testing switch
+    (``snakepit_celery.testing``) is read by the callers that sleep, not here.
     """
 
     max_attempts: int
@@ -129,10 +129,8 @@ class RetryPolicy:
         jitter_factor: float = 0.25,
         retriable_errors: RetriableErrors = DEFAULT_RETRIABLE_ERRORS,
     ) -> None:
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigError("max_attempts", max_attempts, "an integer >= 1")
-        if not isinstance(jitter, bool):
-            raise ConfigError("jitter", jitter, "True or False")
+        max_attempts = check_int("max_attempts", max_attempts, 1, allowed="an integer >= 1")
+        jitter = check_bool("jitter", jitter)
         values = {
             "max_attempts": max_attempts,
             "backoff": _backoff(backoff),
@@ -157,14 +155,7 @@ class RetryPolicy:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(setting, data, "a dict of RetryPolicy arguments, or a RetryPolicy")
-        known = cls.argument_names()
-        for key in data:
-            if key not in known:
-                raise ConfigError.unknown_name(f"key of {setting}", str(key), known)
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(f'{setting}["{exc.setting}"]', exc.value, exc.allowed) from exc
+        return build_from_dict(setting, data, cls.argument_names(), cls)
 
     @staticmethod
     def argument_names() -> tuple[str, ...]:
@@ -217,8 +208,6 @@ class RetryPolicy:
         """Seconds to wait after attempt ``attempt`` (from 1) failed, in ``[0, max_backoff]``."""
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
             raise ConfigError("attempt", attempt, "an integer >= 1")
-        if is_testing():
-            return 0.0
         delay = self._raw_delay(attempt)
         if self.jitter and self.jitter_factor > 0 and math.isfinite(delay) and delay > 0:
             spread = delay * self.jitter_factor

@@ -1,61 +1,47 @@
-"""Queue names and the GPU-aware task router.
+"""Queue names, node records and the routing decision: pure, no I/O.
 
 Every worker consumes ``snakepit.cpu``, ``snakepit.<kind>`` for each kind of
 accelerator it has (``snakepit.cuda``), ``snakepit.node.<node>`` and
 ``snakepit.node.<node>.<kind>.<index>`` per device (see ``queues_for``).
 
-The router installed by ``install_router(app)`` sends a task with a ``device``
-preference to the queue of the first preference that some live, untainted
-node offers. The decision itself (``decide_route``) is a pure function of the
-preferences and a ``FleetSnapshot`` (node registry + active taints), so it is
-tested without Redis; ``SnakepitRouter`` only fetches that snapshot (cached
-for ``snapshot_ttl`` seconds per process) and turns the decision into a route.
+``decide_route`` sends a task with a ``device`` preference to the queue of the
+first preference that some live, untainted node offers; it is a function of
+the preferences and a ``FleetSnapshot`` (typed ``NodeRecord``s + active taint
+members) only, so it is tested without Redis. ``celery/router.py`` fetches the
+snapshot and turns the decision into a Celery route.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from celery import Celery
-
 from snakepit_celery.barrier import device_member, worker_member
-from snakepit_celery.celery.settings import settings_for
-from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
+from snakepit_celery.errors import ConfigError, DeviceNotAvailableError
 from snakepit_celery.hardware import Device, parse_preference
-from snakepit_celery.store import fail_open, report_store_error, store_from_url
-from snakepit_celery.store.base import Store
 
 __all__ = [
     "ACCELERATOR_KINDS",
+    "ALLOWED_PREFS",
     "QUEUE_PREFIX",
     "FleetSnapshot",
+    "NodeRecord",
     "Pref",
     "RouteDecision",
-    "SnakepitRouter",
-    "allow_waiting",
-    "app_store",
     "cpu_queue",
     "decide_route",
     "device_queue",
     "device_taint_members",
-    "fleet_snapshot",
-    "install_router",
+    "generic_queue",
     "kind_queue",
     "node_devices",
     "node_queue",
     "parse_prefs",
+    "queue_device",
     "queues_for",
-    "taint_pools",
     "worker_taint_member",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Every queue of the package starts with this.
 QUEUE_PREFIX = "snakepit"
@@ -63,10 +49,11 @@ QUEUE_PREFIX = "snakepit"
 #: Accelerator kinds, best first: the order ``"auto"`` tries them in.
 ACCELERATOR_KINDS = ("cuda", "mps", "rocm")
 
-_ALLOWED_PREFS = '"auto", "cpu", "cuda", "mps", "rocm", "cuda:N", "rocm:N", ("cuda", N), a Device'
+#: The spellings of a ``device`` preference (for ``ConfigError`` messages).
+ALLOWED_PREFS = '"auto", "cpu", "cuda", "mps", "rocm", "cuda:N", "rocm:N", ("cuda", N), a Device'
 
 
-# -- queue names (pure) --------------------------------------------------------
+# -- queue names -----------------------------------------------------------------
 
 
 def cpu_queue() -> str:
@@ -94,7 +81,7 @@ def queue_device(queue: str) -> Pref | None:
 
     ``snakepit.cpu`` and ``snakepit.<kind>`` name a kind, a per-device queue
     ``snakepit.node.<node>.<kind>.<index>`` one device; node queues and any
-    other queue name no device. Pure: used by a worker to run a task on the
+    other queue name no device. Used by a worker to run a task on the
     device it was routed to, not merely the first one of its preferences.
     """
     parts = queue.split(".")
@@ -205,11 +192,11 @@ def parse_prefs(device: Any) -> tuple[Pref, ...]:
     try:
         items = list(device)
     except TypeError:
-        raise ConfigError("device", device, _ALLOWED_PREFS) from None
+        raise ConfigError("device", device, ALLOWED_PREFS) from None
     return tuple(_parse_one(item) for item in items)
 
 
-# -- fleet snapshot and the decision (pure) --------------------------------------
+# -- node records and taints ------------------------------------------------------
 
 
 def worker_taint_member(node: str) -> str:
@@ -230,12 +217,89 @@ def device_taint_members(node: str, device: Mapping[str, Any]) -> tuple[str, ...
     return tuple(members)
 
 
+#: The keys of a node's registry record that ``NodeRecord`` types.
+_TYPED_KEYS = ("node", "state", "heartbeat_age", "identity", "devices", "queues")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord(Mapping[str, Any]):
+    """One node of the registry (a ``Store.node_list()`` entry), typed.
+
+    ``devices`` are registry device dicts (``node_devices``); ``state`` is
+    ``running`` or ``stopping`` (None when the record does not say);
+    everything else the worker wrote about itself is kept in ``extra``. It
+    also reads as the plain record (``record["node"]``, ``record.get(...)``).
+    """
+
+    node: str
+    state: str | None = None
+    heartbeat_age: float = 0.0
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    devices: tuple[Mapping[str, Any], ...] = ()
+    queues: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> NodeRecord:
+        """Build from one ``Store.node_list()`` entry (a ``NodeRecord`` is returned as is)."""
+        if isinstance(record, NodeRecord):
+            return record
+        state = record.get("state")
+        return cls(
+            node=str(record.get("node", "")),
+            state=None if state is None else str(state),
+            heartbeat_age=float(record.get("heartbeat_age", 0.0)),
+            identity=dict(record.get("identity") or {}),
+            devices=tuple(dict(d) for d in record.get("devices") or ()),
+            queues=tuple(str(q) for q in record.get("queues") or ()),
+            extra={k: v for k, v in record.items() if k not in _TYPED_KEYS},
+        )
+
+    @property
+    def stopping(self) -> bool:
+        """True while the node shuts down (it takes no new work)."""
+        return self.state == "stopping"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe plain types: the worker's record with ``node`` and ``heartbeat_age``."""
+        record: dict[str, Any] = {
+            **self.extra,
+            "node": self.node,
+            "heartbeat_age": round(self.heartbeat_age, 3),
+            "identity": dict(self.identity),
+            "devices": [dict(d) for d in self.devices],
+            "queues": list(self.queues),
+        }
+        if self.state is not None:
+            record["state"] = self.state
+        return record
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+
+# -- fleet snapshot and the decision ------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class FleetSnapshot:
-    """What the router knows: live node records (``node_list()``) and active taint members."""
+    """What the router knows: live node records and active taint members.
 
-    nodes: tuple[Mapping[str, Any], ...] = ()
+    ``nodes`` may be given as ``NodeRecord``s or plain registry dicts (they
+    are read into ``NodeRecord``s).
+    """
+
+    nodes: tuple[NodeRecord, ...] = ()
     taints: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", tuple(NodeRecord.from_dict(n) for n in self.nodes))
 
     def node_tainted(self, node: str) -> bool:
         """True when the whole node is tainted."""
@@ -253,13 +317,13 @@ class FleetSnapshot:
         """
         usable: list[tuple[str, str, int | None]] = []
         for record in self.nodes:
-            node = str(record.get("node", ""))
-            if not node or record.get("state") == "stopping":
+            node = record.node
+            if not node or record.stopping:
                 continue
             if self.node_tainted(node) and not include_tainted_nodes:
                 continue
             usable.append((node, "cpu", None))
-            for device in record.get("devices") or ():
+            for device in record.devices:
                 if not self.device_tainted(node, device):
                     usable.append((node, str(device["kind"]), int(device["index"])))
         return usable
@@ -284,7 +348,8 @@ class RouteDecision:
         return asdict(self)
 
 
-def _generic_queue(pref: Pref) -> str:
+def generic_queue(pref: Pref) -> str:
+    """The queue any node offering ``pref``'s kind consumes (``snakepit.cpu`` for auto/cpu)."""
     return cpu_queue() if pref.kind in ("cpu", "auto") else kind_queue(pref.kind)
 
 
@@ -294,11 +359,11 @@ def _match(
     if pref.kind == "auto":
         for kind in (*ACCELERATOR_KINDS, "cpu"):
             if any(offer[1] == kind for offer in offers):
-                return RouteDecision(_generic_queue(Pref(kind)), str(pref))
+                return RouteDecision(generic_queue(Pref(kind)), str(pref))
         return None
     if pref.index is None:
         if any(offer[1] == pref.kind for offer in offers):
-            return RouteDecision(_generic_queue(pref), str(pref))
+            return RouteDecision(generic_queue(pref), str(pref))
         return None
     nodes = sorted(
         {node for node, kind, index in offers if (kind, index) == (pref.kind, pref.index)}
@@ -326,7 +391,7 @@ def decide_route(
     the first preference when ``allow_waiting``, else ``DeviceNotAvailableError``.
     """
     if not prefs:
-        raise ConfigError("device", list(prefs), _ALLOWED_PREFS)
+        raise ConfigError("device", list(prefs), ALLOWED_PREFS)
     for include_tainted_nodes in (False, True):
         offers = snapshot.offers(include_tainted_nodes=include_tainted_nodes)
         for pref in prefs:
@@ -335,183 +400,9 @@ def decide_route(
                 return decision
     requested = [str(pref) for pref in prefs]
     if allow_waiting:
-        return RouteDecision(_generic_queue(prefs[0]), requested[0], waiting=True)
+        return RouteDecision(generic_queue(prefs[0]), requested[0], waiting=True)
     raise DeviceNotAvailableError(
         requested,
         f"no live, untainted node offers {' or '.join(requested)} for task {task_name!r}; "
         "start a worker with that hardware, or set snakepit_allow_waiting=True to queue anyway",
     )
-
-
-# -- the router (I/O: reads the registry through the store) ----------------------
-
-
-@dataclass
-class _Cache:
-    snapshot: FleetSnapshot | None = None
-    fetched_at: float = float("-inf")
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class SnakepitRouter:
-    """A Celery ``task_routes`` callable routing tasks by their ``device`` preference.
-
-    Tasks without a preference get ``None`` (the user's routes and the default
-    queue apply). The fleet snapshot is read from the store at most once per
-    ``snapshot_ttl`` seconds per process. When the store is unreachable and
-    fail-open is on, a task goes to the generic queue of its first preference.
-    """
-
-    def __init__(
-        self,
-        fetch_snapshot: Callable[[], FleetSnapshot],
-        *,
-        allow_waiting: bool | Callable[[], bool] = False,
-        snapshot_ttl: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.fetch_snapshot = fetch_snapshot
-        self.allow_waiting = allow_waiting
-        self.snapshot_ttl = snapshot_ttl
-        self._clock = clock
-        self._cache = _Cache()
-        self._picks = itertools.count()
-        self._prefs: dict[str, tuple[Any, tuple[Pref, ...]]] = {}
-
-    def snapshot(self) -> FleetSnapshot:
-        """The fleet as last read from the store (re-read when older than ``snapshot_ttl``)."""
-        cache = self._cache
-        now = self._clock()
-        if cache.snapshot is not None and now - cache.fetched_at < self.snapshot_ttl:
-            return cache.snapshot
-        with cache.lock:
-            if cache.snapshot is None or self._clock() - cache.fetched_at >= self.snapshot_ttl:
-                cache.snapshot = self.fetch_snapshot()
-                cache.fetched_at = self._clock()
-            return cache.snapshot
-
-    def invalidate(self) -> None:
-        """Forget the cached snapshot (the next route reads the store)."""
-        self._cache.fetched_at = float("-inf")
-
-    def prefs_of(self, task: Any, options: Mapping[str, Any] | None) -> tuple[Pref, ...]:
-        """The parsed preferences of a send: ``options["device"]`` else ``task.device``."""
-        device = (options or {}).get("device")
-        if device is not None:
-            return parse_prefs(device)
-        device = getattr(task, "device", None)
-        if device is None:
-            return ()
-        name = str(getattr(task, "name", ""))
-        cached = self._prefs.get(name)
-        if cached is not None and cached[0] is device:
-            return cached[1]
-        prefs = parse_prefs(device)
-        self._prefs[name] = (device, prefs)
-        return prefs
-
-    def _waiting_allowed(self) -> bool:
-        value = self.allow_waiting
-        return bool(value() if callable(value) else value)
-
-    def route(self, name: str, prefs: Sequence[Pref]) -> RouteDecision:
-        """Decide the queue for task ``name`` with ``prefs`` (reads the cached snapshot)."""
-        try:
-            snapshot = self.snapshot()
-        except StoreUnavailableError as exc:
-            if not fail_open():
-                raise
-            report_store_error(exc, task=name)
-            return RouteDecision(_generic_queue(prefs[0]), str(prefs[0]), waiting=True)
-        decision = decide_route(
-            prefs,
-            snapshot,
-            task_name=name,
-            allow_waiting=self._waiting_allowed(),
-            pick=next(self._picks),
-        )
-        if decision.waiting:
-            logger.warning(
-                "no live node offers %s for task %s; queued on %s to wait for capacity",
-                decision.pref,
-                name,
-                decision.queue,
-                extra={"task_name": name, "queue": decision.queue},
-            )
-        return decision
-
-    def __call__(
-        self,
-        name: str,
-        args: Any = None,
-        kwargs: Any = None,
-        options: Mapping[str, Any] | None = None,
-        task: Any = None,
-        **kw: Any,
-    ) -> dict[str, Any] | None:
-        """Celery router protocol: ``{"queue": ...}`` for device tasks, else None.
-
-        A send that names its queue (``apply_async(queue=...)``) is left alone.
-        """
-        if options and options.get("queue"):
-            return None
-        prefs = self.prefs_of(task, options)
-        if not prefs:
-            return None
-        return {"queue": self.route(name, prefs).queue}
-
-
-def _is_ours(route: Any) -> bool:
-    return isinstance(route, SnakepitRouter)
-
-
-# -- the app's store and fleet view -------------------------------------------------------
-
-
-def app_store(app: Celery) -> Store:
-    """The store the app's settings name (``snakepit_store_url``, ``snakepit_key_prefix``)."""
-    settings = settings_for(app)
-    return store_from_url(str(settings.store_url), key_prefix=str(settings.key_prefix))
-
-
-def taint_pools(app: Celery) -> tuple[str, ...]:
-    """The taint pools the router and the worker watch: ``default`` and the health pool."""
-    pools = ["default"]
-    pool = settings_for(app).health.get("pool")
-    if pool and pool not in pools:
-        pools.append(str(pool))
-    return tuple(pools)
-
-
-def allow_waiting(app: Celery) -> bool:
-    """The setting ``snakepit_allow_waiting``: queue device tasks no live node can take."""
-    return settings_for(app).allow_waiting
-
-
-def fleet_snapshot(store: Store, pools: Sequence[str] = ("default",)) -> FleetSnapshot:
-    """Read live node records and active taints of ``pools`` (1 + len(pools) store calls)."""
-    nodes = tuple(store.node_list())
-    taints = frozenset(record.member for pool in pools for record in store.taint_list(pool))
-    return FleetSnapshot(nodes, taints)
-
-
-def install_router(app: Celery, router: SnakepitRouter | None = None) -> SnakepitRouter:
-    """Put the device router first in ``app.conf.task_routes``, keeping the user's routes.
-
-    Idempotent: a second call replaces the router installed by the first.
-    Returns the router (tests may call ``invalidate()`` on it).
-    """
-    if router is None:
-        router = SnakepitRouter(
-            lambda: fleet_snapshot(app_store(app), taint_pools(app)),
-            allow_waiting=lambda: allow_waiting(app),
-        )
-    existing = app.conf.task_routes
-    if existing is None:
-        user_routes: list[Any] = []
-    elif isinstance(existing, list | tuple):
-        user_routes = [route for route in existing if not _is_ours(route)]
-    else:
-        user_routes = [existing]
-    app.conf.task_routes = [router, *user_routes]
-    return router

@@ -1,0 +1,89 @@
+"""What snakepit knows about one Celery app: its settings, store, namespace and taint pools.
+
+One place for ``install``, the router, the worker bootstep, the task and the
+CLI to ask, so that none of them imports another to find the store. Like
+celery-redbeat's ``ensure_conf``/``get_redis``, each is worked out once and
+cached on the app object: the settings are read and validated on first use,
+and the store is the one ``store_from_url`` shares for that URL and prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from celery import Celery
+
+from snakepit_celery.config import SnakepitSettings, load_settings, resolve_store_url
+from snakepit_celery.store import store_from_url
+from snakepit_celery.store.base import Store
+
+__all__ = ["allow_waiting", "app_store", "namespace", "settings_for", "taint_pools"]
+
+#: Where the resolved settings live on the app.
+_SETTINGS_ATTR = "_snakepit_settings"
+#: Where the app's store lives on the app.
+_STORE_ATTR = "_snakepit_store"
+
+
+def settings_for(app: Celery) -> SnakepitSettings:
+    """The app's validated settings with the store URL resolved; read once per app.
+
+    Raises ``ConfigError`` for unknown ``snakepit_*`` names, invalid values,
+    or when no store URL can be found.
+    """
+    cached = app.__dict__.get(_SETTINGS_ATTR)
+    if isinstance(cached, SnakepitSettings) and cached.store_url:
+        return cached
+    settings = load_settings(app.conf)
+    transport_options = app.conf.broker_transport_options or {}
+    store_url = resolve_store_url(
+        settings,
+        _first_url(app.conf.broker_url),
+        _first_url(app.conf.result_backend),
+        master_name=transport_options.get("master_name"),
+    )
+    settings = dataclasses.replace(settings, store_url=store_url)
+    app.__dict__[_SETTINGS_ATTR] = settings
+    return settings
+
+
+def _first_url(value: Any) -> str | None:
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+def app_store(app: Celery) -> Store:
+    """The store the app's settings name (``snakepit_store_url``, ``snakepit_key_prefix``).
+
+    Cached on the app next to the settings it was made from, so a re-read of
+    the settings (``settings_for`` after they changed) picks a new store.
+    """
+    settings = settings_for(app)
+    cached = app.__dict__.get(_STORE_ATTR)
+    if cached is not None and cached[0] is settings:
+        store: Store = cached[1]
+        return store
+    store = store_from_url(str(settings.store_url), key_prefix=namespace(app))
+    app.__dict__[_STORE_ATTR] = (settings, store)
+    return store
+
+
+def namespace(app: Celery) -> str:
+    """The app's namespace: the first part of every store key (``snakepit_key_prefix``)."""
+    return settings_for(app).key_prefix
+
+
+def taint_pools(app: Celery) -> tuple[str, ...]:
+    """The taint pools the router and the worker watch: ``default`` and the health pool."""
+    pools = ["default"]
+    pool = settings_for(app).health.pool
+    if pool and pool not in pools:
+        pools.append(str(pool))
+    return tuple(pools)
+
+
+def allow_waiting(app: Celery) -> bool:
+    """The setting ``snakepit_allow_waiting``: queue device tasks no live node can take."""
+    return settings_for(app).allow_waiting
