@@ -28,6 +28,8 @@ from urllib.parse import parse_qs, urlsplit
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
+from snakepit_celery.store.registry import ALLOWED_SCHEMES, REDIS_SCHEMES
+from snakepit_celery.store.urls import checked_scheme, redact, schemes_text
 
 __all__ = [
     "BREAKER_KEYS",
@@ -62,7 +64,6 @@ _HEALTH_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _BOOL_TEXT = "True or False (env: true/false/1/0/yes/no/on/off)"
-_STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory")
 
 
 @dataclass(frozen=True)
@@ -147,14 +148,11 @@ def _optional_port(label: str, value: Any) -> int | None:
 
 
 def _store_url(label: str, value: Any) -> str | None:
-    allowed = ", ".join(f"{scheme}://..." for scheme in _STORE_SCHEMES) + ", or None"
     if value is None:
         return None
-    if not isinstance(value, str) or "://" not in value:
-        raise ConfigError(label, _redact(value), allowed)
-    if urlsplit(value).scheme.lower() not in _STORE_SCHEMES:
-        raise ConfigError(label, _redact(value), allowed)
-    return value
+    allowed = ", ".join(f"{scheme}://..." for scheme in ALLOWED_SCHEMES) + ", or None"
+    checked_scheme(value, ALLOWED_SCHEMES, setting=label, allowed=allowed)
+    return str(value)
 
 
 def _key_prefix(label: str, value: Any) -> str:
@@ -334,7 +332,7 @@ def resolve_store_url(
         converted = _redis_store_url(url, master_name)
         if converted is not None:
             return converted
-    allowed = ", ".join(f"{scheme}://" for scheme in _STORE_SCHEMES)
+    allowed = schemes_text(ALLOWED_SCHEMES)
     message = (
         "snakepit_store_url is not set and neither the broker "
         f"({_redact(broker_url)}) nor the result backend ({_redact(result_backend)}) "
@@ -350,7 +348,7 @@ def _redis_store_url(url: Any, master_name: str | None) -> str | None:
         return None
     first = url.split(";")[0].strip()
     scheme = urlsplit(first).scheme.lower()
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+    if scheme in REDIS_SCHEMES:
         return first
     if scheme in ("redis+socket", "socket"):
         return _socket_url(first)
@@ -384,9 +382,4 @@ def _sentinel_url(url: str, master_name: str) -> str:
 
 def _redact(url: Any) -> Any:
     """``url`` with any password replaced by ``***`` (for error messages)."""
-    if not isinstance(url, str) or "@" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@")
+    return redact(url) if isinstance(url, str) else url

@@ -20,6 +20,7 @@ from snakepit_celery.celery.worker import install_worker
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.store import set_default_store, set_fail_open, store_from_url
 from snakepit_celery.store.base import Store
+from snakepit_celery.store.urls import redact
 
 __all__ = ["install", "is_installed", "settings_for"]
 
@@ -62,7 +63,4 @@ def _store_url_with_prefix(settings: SnakepitSettings) -> Store:
 
 
 def _redacted(url: str | None) -> str | None:
-    if url is None or "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
+    return None if url is None else redact(url)

@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from snakepit_celery.store.base import (
     NODE_RETENTION,
@@ -70,6 +70,9 @@ class _Ledger:
 
 class MemoryStore:
     """In-process ``Store`` (``memory://``): atomic by a lock, clock ``time.time()``."""
+
+    #: URL schemes this backend serves (see ``store.registry``).
+    URL_SCHEMES: ClassVar[tuple[str, ...]] = ("memory",)
 
     def __init__(self, url: str = "memory://", *, key_prefix: str = "snakepit") -> None:
         self.url = url

@@ -22,10 +22,8 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
-from urllib.parse import parse_qs, unquote
+from typing import Any, ClassVar
 
 import redis
 import redis.exceptions
@@ -46,17 +44,14 @@ from snakepit_celery.store.base import (
     WorkerCrashes,
     node_incarnation,
 )
+from snakepit_celery.store.urls import (
+    checked_scheme,
+    parse_cluster_url,
+    parse_sentinel_url,
+    redact,
+)
 
-__all__ = [
-    "KEY_SCHEMA",
-    "SCRIPTS",
-    "URL_SCHEMES",
-    "ClusterURL",
-    "RedisStore",
-    "SentinelURL",
-    "parse_cluster_url",
-    "parse_sentinel_url",
-]
+__all__ = ["KEY_SCHEMA", "SCRIPTS", "RedisStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +90,7 @@ SCRIPTS: Mapping[str, str] = {
     "breaker_acquire": "admit a call; open->half_open flip; take a probe lease",
     "breaker_record": "count a success/failure; closed->open, half_open->closed/open",
     "breaker_peek": "read a breaker (open past its timeout reads half_open); no writes",
+    "breaker_reset": "forget a breaker: drop its hash and probe leases",
     "health_record": "add a crash, trim window + cap, refresh TTLs, count the worker's",
     "health_stats": "lifetime total and crashes inside the window; no writes",
     "health_worker": "one worker's crashes inside the window; no writes",
@@ -113,9 +109,6 @@ SCRIPTS: Mapping[str, str] = {
     "node_remove": "drop a node record and its current incarnation's",
     "node_reap": "claim (return and drop) incarnations expired more than grace ago",
 }
-
-#: URL schemes a RedisStore accepts.
-URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 
 #: A breaker's keys vanish this long after its last write (seconds).
 BREAKER_TTL = 7 * 24 * 3600.0
@@ -139,107 +132,6 @@ def _load_sources() -> dict[str, str]:
 
 _SOURCES = _load_sources()
 _SHAS = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SOURCES.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class SentinelURL:
-    """Parts of ``redis+sentinel://[user:pass@]h1:26379,h2:26379/<service>/<db>``."""
-
-    hosts: tuple[tuple[str, int], ...]
-    service: str
-    db: int
-    username: str | None = None
-    password: str | None = None
-    sentinel_password: str | None = None
-    ssl: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterURL:
-    """Parts of ``redis+cluster://[user:pass@]h1:7000,h2:7001[/0]``."""
-
-    hosts: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = None
-    ssl: bool = False
-
-
-def _bad_url(url: str, allowed: str) -> ConfigError:
-    return ConfigError("snakepit_store_url", url, allowed)
-
-
-def _split_hosts(
-    url: str, default_port: int, allowed: str
-) -> tuple[tuple[tuple[str, int], ...], str | None, str | None, str, dict[str, list[str]]]:
-    rest = url.split("://", 1)[1]
-    netloc, _, path = rest.partition("/")
-    path, _, query = path.partition("?")
-    if "?" in netloc:
-        netloc, _, query = netloc.partition("?")
-    username = password = None
-    if "@" in netloc:
-        auth, _, netloc = netloc.rpartition("@")
-        user, colon, secret = auth.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    hosts: list[tuple[str, int]] = []
-    for item in netloc.split(","):
-        if not item:
-            continue
-        if item.startswith("["):
-            host, _, port_text = item[1:].partition("]")
-            port_text = port_text.lstrip(":")
-        else:
-            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
-        try:
-            port = int(port_text) if port_text else default_port
-        except ValueError:
-            raise _bad_url(url, allowed) from None
-        if not host or not 0 < port < 65536:
-            raise _bad_url(url, allowed)
-        hosts.append((host, port))
-    if not hosts:
-        raise _bad_url(url, allowed)
-    return tuple(hosts), username, password, path, parse_qs(query)
-
-
-def _flag(query: dict[str, list[str]], name: str) -> bool:
-    return query.get(name, ["false"])[-1].lower() in ("1", "true", "yes", "on")
-
-
-def parse_sentinel_url(url: str) -> SentinelURL:
-    """Parse a ``redis+sentinel://`` URL: sentinel hosts, master service name and db.
-
-    ``?sentinel_password=...`` authenticates to the sentinels (the userinfo
-    password is the master's); ``?ssl=true`` uses TLS to the master.
-    """
-    allowed = "redis+sentinel://[user:password@]host:26379[,host:port...]/<service>[/<db>]"
-    hosts, username, password, path, query = _split_hosts(url, 26379, allowed)
-    parts = [p for p in path.split("/") if p]
-    if not parts or len(parts) > 2:
-        raise _bad_url(url, allowed)
-    try:
-        db = int(parts[1]) if len(parts) == 2 else int(query.get("db", ["0"])[-1])
-    except ValueError:
-        raise _bad_url(url, allowed) from None
-    return SentinelURL(
-        hosts=hosts,
-        service=unquote(parts[0]),
-        db=db,
-        username=username,
-        password=password,
-        sentinel_password=query.get("sentinel_password", [None])[-1],
-        ssl=_flag(query, "ssl"),
-    )
-
-
-def parse_cluster_url(url: str) -> ClusterURL:
-    """Parse a ``redis+cluster://`` URL: startup nodes (Cluster has database 0 only)."""
-    allowed = "redis+cluster://[user:password@]host:port[,host:port...][/0]"
-    hosts, username, password, path, query = _split_hosts(url, 6379, allowed)
-    if path.strip("/") not in ("", "0"):
-        raise _bad_url(url, allowed)
-    return ClusterURL(hosts=hosts, username=username, password=password, ssl=_flag(query, "ssl"))
 
 
 def _client_from_url(url: str, socket_timeout: float, connect_timeout: float) -> Any:
@@ -280,18 +172,6 @@ def _client_from_url(url: str, socket_timeout: float, connect_timeout: float) ->
     return redis.Redis.from_url(url, **timeouts)
 
 
-def _redacted(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs and errors)."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    if "@" not in netloc:
-        return url
-    auth, _, hosts = netloc.rpartition("@")
-    user, colon, _ = auth.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return f"{scheme}{sep}{shown}@{hosts}{slash}{tail}"
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -316,6 +196,15 @@ class RedisStore:
     (which this store then does not close). ``client`` is the redis-py client.
     """
 
+    #: URL schemes this backend serves (see ``store.registry``).
+    URL_SCHEMES: ClassVar[tuple[str, ...]] = (
+        "redis",
+        "rediss",
+        "unix",
+        "redis+sentinel",
+        "redis+cluster",
+    )
+
     def __init__(
         self,
         url_or_client: Any,
@@ -334,11 +223,11 @@ class RedisStore:
         self._client_lock = threading.Lock()
         self._client: Any = None
         if isinstance(url_or_client, str):
-            if url_or_client.split("://", 1)[0].lower() not in URL_SCHEMES:
-                raise ConfigError("snakepit_store_url", url_or_client, ", ".join(URL_SCHEMES))
-            if url_or_client.startswith("redis+sentinel://"):
+            allowed = ", ".join(self.URL_SCHEMES)
+            scheme = checked_scheme(url_or_client, self.URL_SCHEMES, allowed=allowed)
+            if scheme == "redis+sentinel":
                 parse_sentinel_url(url_or_client)
-            elif url_or_client.startswith("redis+cluster://"):
+            elif scheme == "redis+cluster":
                 parse_cluster_url(url_or_client)
             self.url = url_or_client
             self._owns_client = True
@@ -363,7 +252,7 @@ class RedisStore:
         return self._client
 
     def __repr__(self) -> str:
-        return f"RedisStore({_redacted(self.url)!r}, key_prefix={self.key_prefix!r})"
+        return f"RedisStore({redact(self.url)!r}, key_prefix={self.key_prefix!r})"
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -374,7 +263,7 @@ class RedisStore:
             raise
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(
-                f"Redis store {_redacted(self.url)} unavailable: {type(exc).__name__}: {exc}"
+                f"Redis store {redact(self.url)} unavailable: {type(exc).__name__}: {exc}"
             ) from exc
 
     # -- keys and scripts -----------------------------------------------------
@@ -495,8 +384,7 @@ class RedisStore:
 
     def breaker_reset(self, name: str) -> None:
         """Forget everything about the breaker (closed, zero counts)."""
-        with self._guard():
-            self.client.delete(*self._breaker_keys(name))
+        self._run("breaker_reset", self._breaker_keys(name), [])
 
     # -- health monitor -------------------------------------------------------
     def health_record(
