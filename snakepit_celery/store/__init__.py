@@ -2,9 +2,9 @@
 
 - ``base``: the ``Store`` protocol and its result types;
 - ``memory`` / ``redis``: the backends; ``lua/``: one Redis script per operation;
-- ``registry``: URL scheme -> backend, ``store_from_url()`` and its cache;
+- ``registry``: URL scheme -> backend, ``store_from_url()``, its cache, the default store;
 - ``urls``: the one URL parser and the one password redaction;
-- ``switches``: the default store, fail-open and the error counters.
+- ``switches``: fail-open and the error counters.
 """
 
 from __future__ import annotations
@@ -22,16 +22,20 @@ from snakepit_celery.store.base import (
 )
 from snakepit_celery.store.memory import MemoryStore
 from snakepit_celery.store.redis import RedisStore
-from snakepit_celery.store.registry import ALLOWED_SCHEMES, clear_store_cache, store_from_url
+from snakepit_celery.store.registry import (
+    ALLOWED_SCHEMES,
+    StoreBinding,
+    clear_store_cache,
+    resolve_store,
+    set_default_store,
+    store_from_url,
+)
 from snakepit_celery.store.switches import (
     ERROR_LOG_INTERVAL,
-    StoreBinding,
     fail_open,
     report_script_error,
     report_store_error,
-    resolve_store,
     script_error_count,
-    set_default_store,
     set_fail_open,
     store_error_count,
 )

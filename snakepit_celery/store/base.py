@@ -108,11 +108,16 @@ class WorkerCrashes:
 
 @dataclass(frozen=True, slots=True)
 class HealthSnapshot:
-    """Crash counts of one pool (``health_stats``)."""
+    """Crash counts of one pool (``health_stats``, ``health_record``).
+
+    ``workers_with_crashes``: workers with a crash inside the window;
+    ``workers``: per-worker counts, only of the recording worker (``health_record``).
+    """
 
     total_crashes: int
     crashes_in_window: int
     workers: Mapping[str, WorkerCrashes] = field(default_factory=dict)
+    workers_with_crashes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +217,7 @@ class Store(Protocol):
         ...
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
-        """Crash counts of ``pool`` inside the window (no write)."""
+        """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
         ...
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:

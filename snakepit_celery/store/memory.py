@@ -29,6 +29,7 @@ from snakepit_celery.store.base import (
     WorkerCrashes,
     node_incarnation,
 )
+from snakepit_celery.store.memory_health import CrashLog
 
 __all__ = ["MemoryStore"]
 
@@ -45,13 +46,6 @@ class _Breaker:
     successes: int = 0
     opened_at: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class _Pool:
-    crashes: list[tuple[float, str]] = field(default_factory=list)
-    total: int = 0
-    expires_at: float = 0.0
 
 
 @dataclass
@@ -80,7 +74,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._tokens = itertools.count(1)
         self._breakers: dict[str, _Breaker] = {}
-        self._pools: dict[str, _Pool] = {}
+        self._pools: dict[str, CrashLog] = {}
         self._taints: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._ledgers: dict[str, _Ledger] = {}
         # node -> (heartbeat, expiry, record, incarnation)
@@ -224,41 +218,37 @@ class MemoryStore:
         """Record one crash; the result's ``workers`` holds only ``worker_id``."""
         with self._lock:
             now = self.now()
-            hp = self._pools.get(pool)
-            if hp is None or hp.expires_at <= now:
-                hp = self._pools[pool] = _Pool()
-            hp.crashes.append((now, worker_id))
-            hp.total += 1
-            hp.expires_at = now + max(2 * window, TOTAL_TTL)
-            cutoff = now - window
-            hp.crashes = [c for c in hp.crashes if c[0] > cutoff][-max(max_entries, 1) :]
-            mine = [t for t, w in hp.crashes if w == worker_id]
-            workers = {worker_id: WorkerCrashes(len(mine), mine[-1] if mine else None)}
-            return HealthSnapshot(hp.total, len(hp.crashes), workers)
+            log = self._pools.get(pool)
+            if log is None or log.expires_at <= now:
+                log = self._pools[pool] = CrashLog()
+            log.add(now, worker_id)
+            log.expires_at = now + max(2 * window, TOTAL_TTL)
+            log.prune(now - window, max(max_entries, 1))
+            workers = {worker_id: log.worker(worker_id, now - window)}
+            return HealthSnapshot(log.total, log.kept, workers, log.workers)
+
+    def _crash_log(self, pool: str, now: float) -> CrashLog | None:
+        log = self._pools.get(pool)
+        return None if log is None or log.expires_at <= now else log
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
-        """Crash counts of ``pool`` inside the window (no write)."""
+        """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
         with self._lock:
             now = self.now()
-            hp = self._pools.get(pool)
-            if hp is None or hp.expires_at <= now:
-                return HealthSnapshot(0, 0, {})
-            recent = [c for c in hp.crashes if c[0] > now - window]
-            workers: dict[str, WorkerCrashes] = {}
-            for t, w in recent:
-                seen = workers.get(w)
-                workers[w] = WorkerCrashes((seen.count if seen else 0) + 1, t)
-            return HealthSnapshot(hp.total, len(recent), workers)
+            log = self._crash_log(pool, now)
+            if log is None:
+                return HealthSnapshot(0, 0)
+            cutoff = now - window
+            return HealthSnapshot(
+                log.total, log.in_window(cutoff), workers_with_crashes=log.workers_in_window(cutoff)
+            )
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
-        """Crashes of one worker inside the window (no write)."""
+        """Crashes of one worker inside the window (no write; O(log n))."""
         with self._lock:
             now = self.now()
-            hp = self._pools.get(pool)
-            if hp is None or hp.expires_at <= now:
-                return WorkerCrashes(0, None)
-            mine = [t for t, w in hp.crashes if w == worker_id and t > now - window]
-            return WorkerCrashes(len(mine), mine[-1] if mine else None)
+            log = self._crash_log(pool, now)
+            return WorkerCrashes(0, None) if log is None else log.worker(worker_id, now - window)
 
     # -- taints ---------------------------------------------------------------
     def taint_set(

@@ -27,10 +27,6 @@ from typing import Any, ClassVar
 
 import redis
 import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
 from snakepit_celery.store.base import (
@@ -44,12 +40,8 @@ from snakepit_celery.store.base import (
     WorkerCrashes,
     node_incarnation,
 )
-from snakepit_celery.store.urls import (
-    checked_scheme,
-    parse_cluster_url,
-    parse_sentinel_url,
-    redact,
-)
+from snakepit_celery.store.redis_connect import UNAVAILABLE, check_url, client_from_url, store_error
+from snakepit_celery.store.urls import redact
 
 __all__ = ["KEY_SCHEMA", "SCRIPTS", "RedisStore"]
 
@@ -64,10 +56,13 @@ KEY_SCHEMA: Mapping[str, str] = {
     "breaker_probes": "{br:<name>}:probes",
     # hash: total (lifetime crash count), seq (crash id counter)
     "health": "{hm:<pool>}",
-    # zset: '<seq>|<worker_id>' -> crash time; trimmed to the window and max_entries
+    # zset: '<seq>|<len(worker_id)>|<worker_id>|' -> crash time; trimmed to window and max_entries
     "health_crashes": "{hm:<pool>}:crashes",
-    # zset, all scores 0: '<worker_id>|<seq>' mirroring health_crashes, for per-worker lookups
+    # zset, all scores 0: '<len>|<worker_id>|<time, fixed width>|<seq>' mirroring health_crashes:
+    # a worker's crashes in the window are one lex range
     "health_by_worker": "{hm:<pool>}:by_worker",
+    # zset: worker_id -> time of its latest crash still in health_crashes (workers with crashes)
+    "health_workers": "{hm:<pool>}:workers",
     # zset: 'worker:<id>' / 'device:<node>:<device>' -> taint expiry
     "taints": "{taint:<pool>}",
     # hash: taint member -> JSON details
@@ -92,7 +87,7 @@ SCRIPTS: Mapping[str, str] = {
     "breaker_peek": "read a breaker (open past its timeout reads half_open); no writes",
     "breaker_reset": "forget a breaker: drop its hash and probe leases",
     "health_record": "add a crash, trim window + cap, refresh TTLs, count the worker's",
-    "health_stats": "lifetime total and crashes inside the window; no writes",
+    "health_stats": "lifetime total, crashes and workers with crashes in the window; no writes",
     "health_worker": "one worker's crashes inside the window; no writes",
     "taint_set": "taint a member until now+duration (never shortens); prune expired",
     "taint_list": "prune expired taints, list the live ones with details",
@@ -115,11 +110,6 @@ BREAKER_TTL = 7 * 24 * 3600.0
 #: A pool's lifetime crash total survives this long without crashes (seconds).
 HEALTH_TOTAL_TTL = 7 * 24 * 3600.0
 
-#: Errors that mean "the store cannot serve us now": connection loss, timeouts,
-#: failover (READONLY, MASTERDOWN, CLUSTERDOWN), OOM and other server refusals.
-#: Client-side argument errors (``DataError``) are bugs and propagate unchanged.
-_UNAVAILABLE = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
-
 
 def _load_sources() -> dict[str, str]:
     folder = resources.files("snakepit_celery.store").joinpath("lua")
@@ -132,44 +122,6 @@ def _load_sources() -> dict[str, str]:
 
 _SOURCES = _load_sources()
 _SHAS = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SOURCES.items()}
-
-
-def _client_from_url(url: str, socket_timeout: float, connect_timeout: float) -> Any:
-    timeouts: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": connect_timeout,
-        "retry": Retry(NoBackoff(), 1),
-    }
-    scheme = url.split("://", 1)[0].lower()
-    if scheme == "redis+sentinel":
-        conf = parse_sentinel_url(url)
-        sentinel_kwargs = dict(timeouts)
-        if conf.sentinel_password:
-            sentinel_kwargs["password"] = conf.sentinel_password
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(conf.hosts), sentinel_kwargs=sentinel_kwargs, **timeouts
-        )
-        return sentinel.master_for(  # type: ignore[no-untyped-call]
-            conf.service,
-            db=conf.db,
-            username=conf.username,
-            password=conf.password,
-            ssl=conf.ssl,
-            **timeouts,
-        )
-    if scheme == "redis+cluster":
-        cconf = parse_cluster_url(url)
-        return RedisCluster(
-            startup_nodes=[
-                ClusterNode(host, port)  # type: ignore[no-untyped-call]
-                for host, port in cconf.hosts
-            ],
-            username=cconf.username,
-            password=cconf.password,
-            ssl=cconf.ssl,
-            **timeouts,
-        )
-    return redis.Redis.from_url(url, **timeouts)
 
 
 def _text(value: Any) -> str:
@@ -223,12 +175,7 @@ class RedisStore:
         self._client_lock = threading.Lock()
         self._client: Any = None
         if isinstance(url_or_client, str):
-            allowed = ", ".join(self.URL_SCHEMES)
-            scheme = checked_scheme(url_or_client, self.URL_SCHEMES, allowed=allowed)
-            if scheme == "redis+sentinel":
-                parse_sentinel_url(url_or_client)
-            elif scheme == "redis+cluster":
-                parse_cluster_url(url_or_client)
+            check_url(url_or_client, self.URL_SCHEMES)
             self.url = url_or_client
             self._owns_client = True
         else:
@@ -247,24 +194,23 @@ class RedisStore:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    with self._guard():
-                        self._client = _client_from_url(self.url, *self._timeouts)
+                    with self._guard("connect"):
+                        self._client = client_from_url(self.url, *self._timeouts)
         return self._client
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r}, key_prefix={self.key_prefix!r})"
 
     @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Turn Redis errors into ``StoreUnavailableError`` (``DataError`` is a bug: kept)."""
+    def _guard(self, operation: str) -> Iterator[None]:
+        """Turn Redis errors into ``StoreUnavailableError`` or ``StoreScriptError`` (``DataError``
+        is a bug: kept); see ``store_error``."""
         try:
             yield
         except redis.exceptions.DataError:
             raise
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(
-                f"Redis store {redact(self.url)} unavailable: {type(exc).__name__}: {exc}"
-            ) from exc
+        except UNAVAILABLE as exc:
+            raise store_error(self.url, operation, exc) from exc
 
     # -- keys and scripts -----------------------------------------------------
     def key(self, kind: str, name: str | None = None, part: str | None = None) -> str:
@@ -279,7 +225,7 @@ class RedisStore:
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA ``script``; on NOSCRIPT, SCRIPT LOAD it and try once more."""
-        with self._guard():
+        with self._guard(script):
             try:
                 return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
@@ -294,14 +240,14 @@ class RedisStore:
     # -- basics ---------------------------------------------------------------
     def now(self) -> float:
         """The Redis server's clock (``TIME``), epoch seconds."""
-        with self._guard():
+        with self._guard("now"):
             seconds, micros = self.client.time()
         return int(seconds) + int(micros) / 1_000_000
 
     def ping(self) -> bool:
         """True when Redis answers a PING."""
         try:
-            with self._guard():
+            with self._guard("ping"):
                 return bool(self.client.ping())
         except StoreUnavailableError:
             return False
@@ -316,7 +262,7 @@ class RedisStore:
     def _names(self, kind: str) -> set[str]:
         start = self.key(kind, "")[:-1]
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", start) + "*}"
-        with self._guard():
+        with self._guard(f"{kind} names"):
             found = self.client.scan_iter(match=pattern, count=1000)
             return {_text(k)[len(start) : -1] for k in found if _text(k).endswith("}")}
 
@@ -387,6 +333,15 @@ class RedisStore:
         self._run("breaker_reset", self._breaker_keys(name), [])
 
     # -- health monitor -------------------------------------------------------
+    def _health_keys(self, pool: str) -> list[str]:
+        """Meta hash, crashes, by-worker and workers keys of ``pool``."""
+        return [
+            self.key("hm", pool),
+            self.key("hm", pool, "crashes"),
+            self.key("hm", pool, "by_worker"),
+            self.key("hm", pool, "workers"),
+        ]
+
     def health_record(
         self,
         pool: str,
@@ -401,39 +356,26 @@ class RedisStore:
 
         ``reason`` and ``info`` are not stored (they travel in signals and logs).
         """
-        total, in_window, mine, now = self._run(
+        total, in_window, mine, now, workers = self._run(
             "health_record",
-            [
-                self.key("hm", pool),
-                self.key("hm", pool, "crashes"),
-                self.key("hm", pool, "by_worker"),
-            ],
+            self._health_keys(pool),
             [worker_id, window, max_entries, int(HEALTH_TOTAL_TTL * 1000)],
         )
-        workers = {worker_id: WorkerCrashes(int(mine), float(now))}
-        return HealthSnapshot(int(total), int(in_window), workers)
+        mine_crashes = {worker_id: WorkerCrashes(int(mine), float(now))}
+        return HealthSnapshot(int(total), int(in_window), mine_crashes, int(workers))
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
-        """Crash counts of ``pool`` inside the window (no write)."""
-        reply = self._run(
-            "health_stats", [self.key("hm", pool), self.key("hm", pool, "crashes")], [window]
+        """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
+        meta, crashes, _, workers_key = self._health_keys(pool)
+        total, in_window, workers = self._run(
+            "health_stats", [meta, crashes, workers_key], [window]
         )
-        counts: dict[str, int] = {}
-        last: dict[str, float] = {}
-        for i in range(2, len(reply), 2):
-            worker = _text(reply[i]).partition("|")[2]
-            when = float(reply[i + 1])
-            counts[worker] = counts.get(worker, 0) + 1
-            last[worker] = max(last.get(worker, when), when)
-        workers = {w: WorkerCrashes(n, last[w]) for w, n in counts.items()}
-        return HealthSnapshot(int(reply[0]), int(reply[1]), workers)
+        return HealthSnapshot(int(total), int(in_window), workers_with_crashes=int(workers))
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
-        """Crashes of one worker inside the window (no write; O(log n + its crashes))."""
+        """Crashes of one worker inside the window (no write; O(log n))."""
         count, last = self._run(
-            "health_worker",
-            [self.key("hm", pool, "crashes"), self.key("hm", pool, "by_worker")],
-            [worker_id, window],
+            "health_worker", [self.key("hm", pool, "by_worker")], [worker_id, window]
         )
         return WorkerCrashes(int(count), None if last is None else float(last))
 

@@ -1,8 +1,6 @@
-"""Process-wide store switches: the default store, fail-open, and the error counters.
+"""Process-wide store switches: fail-open and the error counters.
 
-``resolve_store()`` is what every stateful object calls on its ``store=``
-argument (``StoreBinding`` keeps that argument). ``fail_open()`` /
-``report_store_error()`` implement the policy for an unreachable store:
+``fail_open()`` / ``report_store_error()`` implement the policy for an unreachable store:
 proceed without shared state (logging at most once a minute) unless
 fail-open was turned off. ``report_script_error()`` counts and logs a store
 operation Redis refused or failed (a bug or a misconfiguration, never an
@@ -16,19 +14,14 @@ import threading
 import time
 from typing import Any
 
-from snakepit_celery.store.base import Store
-from snakepit_celery.store.registry import store_from_url
 from snakepit_celery.store.urls import redact
 
 __all__ = [
     "ERROR_LOG_INTERVAL",
-    "StoreBinding",
     "fail_open",
     "report_script_error",
     "report_store_error",
-    "resolve_store",
     "script_error_count",
-    "set_default_store",
     "set_fail_open",
     "store_error_count",
 ]
@@ -39,49 +32,10 @@ logger = logging.getLogger(__package__)
 ERROR_LOG_INTERVAL = 60.0
 
 _lock = threading.Lock()
-_default: Store | None = None
 _fail_open = True
 _last_error_log = float("-inf")
 _error_count = 0
 _script_error_count = 0
-
-
-def set_default_store(store: Store | str | None) -> None:
-    """Make ``store`` (a Store or URL) what ``resolve_store(None)`` returns; None restores memory://."""
-    global _default
-    _default = store_from_url(store) if isinstance(store, str) else store
-
-
-def resolve_store(store: Store | str | None) -> Store:
-    """Turn a ``store=`` argument into a Store: itself, the one for a URL, or the default."""
-    if store is None:
-        return _default if _default is not None else store_from_url("memory://")
-    if isinstance(store, str):
-        return store_from_url(store)
-    return store
-
-
-class StoreBinding:
-    """The ``store=`` argument of a stateful object (breaker, health monitor, barrier).
-
-    A Store or URL is resolved once, at construction; ``None`` means the
-    process default at each use, so ``install(app)`` can set it later.
-    """
-
-    __slots__ = ("_store", "arg")
-
-    def __init__(self, store: Store | str | None) -> None:
-        self.arg = store
-        self._store = None if store is None else resolve_store(store)
-
-    def get(self) -> Store:
-        """The store to use now."""
-        return self._store if self._store is not None else resolve_store(None)
-
-    def describe(self) -> str | None:
-        """The argument for a ``repr``: its URL (password hidden), or None for the default."""
-        url = self.arg if isinstance(self.arg, str | None) else self.arg.url
-        return None if url is None else redact(url)
 
 
 def fail_open() -> bool:
