@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -109,6 +110,32 @@ SCRIPTS: Mapping[str, str] = {
 BREAKER_TTL = 7 * 24 * 3600.0
 #: A pool's lifetime crash total survives this long without crashes (seconds).
 HEALTH_TOTAL_TTL = 7 * 24 * 3600.0
+
+
+#: Longest duration (s) a script is given: ten years, far inside what PEXPIRE accepts.
+MAX_SECONDS = 10 * 365 * 24 * 3600.0
+#: Largest count a script is given: the integers Lua's numbers hold exactly.
+MAX_COUNT = 2**53
+
+
+def _seconds(name: str, value: float) -> float:
+    """``value`` capped at ``MAX_SECONDS``; ConfigError naming ``name`` when negative or NaN."""
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ConfigError(name, value, f"a number of seconds from 0 to {MAX_SECONDS:.0f}")
+    return min(seconds, MAX_SECONDS)
+
+
+def _milliseconds(ttl: float) -> int:
+    """A key TTL for PEXPIRE: at least 1 ms, at most ``MAX_SECONDS``."""
+    return max(1, int(_seconds("ttl", ttl) * 1000))
+
+
+def _count(name: str, value: int) -> int:
+    """``value`` capped at ``MAX_COUNT``; ConfigError naming ``name`` when not a count >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(name, value, f"an integer from 0 to {MAX_COUNT}")
+    return min(value, MAX_COUNT)
 
 
 def _load_sources() -> dict[str, str]:
@@ -285,7 +312,12 @@ class RedisStore:
         allowed, state, retry_after, probe, transition, failures = self._run(
             "breaker_acquire",
             self._breaker_keys(name),
-            [reset_timeout, half_open_max_calls, probe_ttl, int(BREAKER_TTL * 1000)],
+            [
+                _seconds("reset_timeout", reset_timeout),
+                _count("half_open_max_calls", half_open_max_calls),
+                _seconds("probe_ttl", probe_ttl),
+                int(BREAKER_TTL * 1000),
+            ],
         )
         return BreakerDecision(
             allowed=bool(allowed),
@@ -311,9 +343,9 @@ class RedisStore:
             self._breaker_keys(name),
             [
                 1 if success else 0,
-                failure_threshold,
+                _count("failure_threshold", failure_threshold),
                 probe or "",
-                count,
+                _count("count", count),
                 int(BREAKER_TTL * 1000),
             ],
         )
@@ -322,7 +354,7 @@ class RedisStore:
     def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
         """Current state without side effects (open past its timeout reads half_open)."""
         state, failures, successes, live, retry_after = self._run(
-            "breaker_peek", self._breaker_keys(name), [reset_timeout]
+            "breaker_peek", self._breaker_keys(name), [_seconds("reset_timeout", reset_timeout)]
         )
         return BreakerSnapshot(
             _text(state), int(failures), int(successes), int(live), float(retry_after)
@@ -359,7 +391,12 @@ class RedisStore:
         total, in_window, mine, now, workers = self._run(
             "health_record",
             self._health_keys(pool),
-            [worker_id, window, max_entries, int(HEALTH_TOTAL_TTL * 1000)],
+            [
+                worker_id,
+                _seconds("window", window),
+                _count("max_entries", max_entries),
+                int(HEALTH_TOTAL_TTL * 1000),
+            ],
         )
         mine_crashes = {worker_id: WorkerCrashes(int(mine), float(now))}
         return HealthSnapshot(int(total), int(in_window), mine_crashes, int(workers))
@@ -368,14 +405,16 @@ class RedisStore:
         """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
         meta, crashes, _, workers_key = self._health_keys(pool)
         total, in_window, workers = self._run(
-            "health_stats", [meta, crashes, workers_key], [window]
+            "health_stats", [meta, crashes, workers_key], [_seconds("window", window)]
         )
         return HealthSnapshot(int(total), int(in_window), workers_with_crashes=int(workers))
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
         """Crashes of one worker inside the window (no write; O(log n))."""
         count, last = self._run(
-            "health_worker", [self.key("hm", pool, "by_worker")], [worker_id, window]
+            "health_worker",
+            [self.key("hm", pool, "by_worker")],
+            [worker_id, _seconds("window", window)],
         )
         return WorkerCrashes(int(count), None if last is None else float(last))
 
@@ -388,7 +427,13 @@ class RedisStore:
     ) -> bool:
         """Taint ``member`` for ``duration`` (never shortening a live taint); True when new."""
         payload = json.dumps(dict(details), default=str, sort_keys=True)
-        return bool(self._run("taint_set", self._taint_keys(pool), [member, duration, payload]))
+        return bool(
+            self._run(
+                "taint_set",
+                self._taint_keys(pool),
+                [member, _seconds("duration", duration), payload],
+            )
+        )
 
     def taint_list(self, pool: str) -> list[TaintRecord]:
         """Active (unexpired) taints of ``pool``, soonest expiry first."""
@@ -424,7 +469,7 @@ class RedisStore:
         starts, finishes, crashes, running, released = self._run(
             "ledger_start",
             [self.key("task", task_id)],
-            [worker_id, lease, max(1, int(ttl * 1000))],
+            [worker_id, _seconds("lease", lease), _milliseconds(ttl)],
         )
         return LedgerEntry(
             int(starts), int(finishes), int(crashes), _opt_text(running), bool(released)
@@ -432,7 +477,11 @@ class RedisStore:
 
     def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
         """Extend ``worker_id``'s lease on a running task; False when it does not hold it."""
-        return bool(self._run("ledger_renew", [self.key("task", task_id)], [worker_id, lease]))
+        return bool(
+            self._run(
+                "ledger_renew", [self.key("task", task_id)], [worker_id, _seconds("lease", lease)]
+            )
+        )
 
     def ledger_finish(self, task_id: str) -> None:
         """Record that the running execution ended (any outcome)."""
@@ -441,13 +490,13 @@ class RedisStore:
     def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
         """Record that the running execution died; returns the entry after it."""
         starts, finishes, crashes, released = self._run(
-            "ledger_crash", [self.key("task", task_id)], [max(1, int(ttl * 1000))]
+            "ledger_crash", [self.key("task", task_id)], [_milliseconds(ttl)]
         )
         return LedgerEntry(int(starts), int(finishes), int(crashes), None, bool(released))
 
     def ledger_release(self, task_id: str, *, ttl: float) -> None:
         """Mark ``task_id``'s message as given back unstarted (its next delivery is no crash)."""
-        self._run("ledger_release", [self.key("task", task_id)], [max(1, int(ttl * 1000))])
+        self._run("ledger_release", [self.key("task", task_id)], [_milliseconds(ttl)])
 
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The entry for ``task_id``, or None."""
@@ -477,7 +526,7 @@ class RedisStore:
         self._run(
             "node_register",
             self._node_keys(),
-            [node, ttl, payload, node_incarnation(data), NODE_RETENTION],
+            [node, _seconds("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
         )
 
     def node_list(self) -> list[dict[str, Any]]:
@@ -496,7 +545,9 @@ class RedisStore:
 
         Atomic (one script): each dead incarnation goes to exactly one caller.
         """
-        reply = self._run("node_reap", self._node_keys()[2:], [max(0.0, grace), NODE_RETENTION])
+        reply = self._run(
+            "node_reap", self._node_keys()[2:], [_seconds("grace", max(0.0, grace)), NODE_RETENTION]
+        )
         now = float(reply[0])
         records = []
         for i in range(1, len(reply), 2):

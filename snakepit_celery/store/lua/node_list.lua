@@ -1,5 +1,6 @@
 -- KEYS: node expiry zset, node record hash   ARGV: -   (prunes dead nodes)
 -- -> {now, node, 'heartbeat|JSON', node, 'heartbeat|JSON', ...}
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE'})
 local now = store_now()
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #dead > 0 then

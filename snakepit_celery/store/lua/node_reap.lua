@@ -2,6 +2,7 @@
 -- Claims (returns and removes) the last records of incarnations whose heartbeat
 -- expired more than `grace` seconds ago: one caller gets each, atomically.
 -- -> {now, 'node|incarnation', 'heartbeat|incarnation|JSON', ...}
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE'})
 local now = store_now()
 local retention = tonumber(ARGV[2])
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - retention)

@@ -2,6 +2,7 @@
 -- ARGV: node, ttl, record JSON, incarnation, retention
 -- Live records leave at once when they expire; each incarnation's last record
 -- stays (hidden) `retention` seconds longer, for node_reap.
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE', 'ZADD', 'HSET', 'PEXPIREAT'})
 local now = store_now()
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #dead > 0 then

@@ -1,5 +1,6 @@
 -- KEYS: taint zset, details hash   ARGV: -   (prunes expired members)
 -- -> {now, member, expiry, details JSON, member, expiry, details JSON, ...}
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE'})
 local now = store_now()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #expired > 0 then

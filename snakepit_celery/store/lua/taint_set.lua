@@ -1,5 +1,6 @@
 -- KEYS: taint zset (member -> expiry), details hash (member -> JSON)
 -- ARGV: member, duration, details JSON   -> 1 when newly tainted, else 0
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE', 'ZADD', 'HSET', 'PEXPIREAT'})
 local now = store_now()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #expired > 0 then
