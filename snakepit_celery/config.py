@@ -28,8 +28,8 @@ from urllib.parse import parse_qs, urlsplit
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
-from snakepit_celery.store.registry import ALLOWED_SCHEMES, REDIS_SCHEMES
-from snakepit_celery.store.urls import checked_scheme, redact, schemes_text
+from snakepit_celery.store.registry import ALLOWED_SCHEMES, REDIS_SCHEMES, check_store_url
+from snakepit_celery.store.urls import redact, schemes_text
 
 __all__ = [
     "BREAKER_KEYS",
@@ -151,8 +151,7 @@ def _store_url(label: str, value: Any) -> str | None:
     if value is None:
         return None
     allowed = ", ".join(f"{scheme}://..." for scheme in ALLOWED_SCHEMES) + ", or None"
-    checked_scheme(value, ALLOWED_SCHEMES, setting=label, allowed=allowed)
-    return str(value)
+    return check_store_url(value, setting=label, allowed=allowed)
 
 
 def _key_prefix(label: str, value: Any) -> str:

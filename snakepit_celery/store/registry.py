@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from snakepit_celery.store.base import Store
 from snakepit_celery.store.memory import MemoryStore
 from snakepit_celery.store.redis import RedisStore
+from snakepit_celery.store.redis_connect import check_url
 from snakepit_celery.store.urls import checked_scheme, redact
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "BACKENDS",
     "REDIS_SCHEMES",
     "StoreBinding",
+    "check_store_url",
     "clear_store_cache",
     "resolve_store",
     "set_default_store",
@@ -42,6 +44,19 @@ REDIS_SCHEMES: tuple[str, ...] = RedisStore.URL_SCHEMES
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], Store] = {}
 _default: Store | None = None
+
+
+def check_store_url(
+    url: object, *, setting: str = "snakepit_store_url", allowed: str | None = None
+) -> str:
+    """Validate a store URL without connecting (scheme, hosts, TLS options); returns the URL.
+
+    Raises ``ConfigError`` naming ``setting``, with the password hidden.
+    """
+    scheme = checked_scheme(url, ALLOWED_SCHEMES, setting=setting, allowed=allowed)
+    if scheme in REDIS_SCHEMES:
+        check_url(str(url), REDIS_SCHEMES)
+    return str(url)
 
 
 def store_from_url(url: str, *, key_prefix: str = "snakepit") -> Store:
