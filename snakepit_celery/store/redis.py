@@ -289,7 +289,7 @@ class RedisStore:
     def _names(self, kind: str) -> set[str]:
         start = self.key(kind, "")[:-1]
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", start) + "*}"
-        with self._guard(f"{kind} names"):
+        with self._guard(f"scan {kind} names"):
             found = self.client.scan_iter(match=pattern, count=1000)
             return {_text(k)[len(start) : -1] for k in found if _text(k).endswith("}")}
 
