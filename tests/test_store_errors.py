@@ -66,9 +66,11 @@ def test_script_error_raises_counts_and_logs_the_script(
 ) -> None:
     redis_client.set(store.key("taint", "p"), "not a zset")
     before = script_error_count()
-    with caplog.at_level(logging.ERROR, logger="snakepit_celery.store"):
-        with pytest.raises(StoreScriptError, match="taint_active"):
-            store.taint_active("p", "worker:1")
+    with (
+        caplog.at_level(logging.ERROR, logger="snakepit_celery.store"),
+        pytest.raises(StoreScriptError, match="taint_active"),
+    ):
+        store.taint_active("p", "worker:1")
     assert script_error_count() == before + 1
     assert any(getattr(r, "snakepit_script", None) == "taint_active" for r in caplog.records)
 
