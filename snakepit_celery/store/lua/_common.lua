@@ -38,3 +38,22 @@ end
 local function stamp(t)
   return string.format('%017.6f', t)
 end
+-- Drop the members of zset `index` scored up to `upto`, and their fields in hash `records`.
+local function prune(index, records, upto)
+  local gone = redis.call('ZRANGEBYSCORE', index, '-inf', upto)
+  if #gone > 0 then
+    redis.call('HDEL', records, unpack(gone))
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', upto)
+  end
+end
+-- Append member, record pairs to `out` for the `members` that have a field in hash `records`.
+local function add_records(out, records, members)
+  for _, member in ipairs(members) do
+    local record = redis.call('HGET', records, member)
+    if record then
+      out[#out + 1] = member
+      out[#out + 1] = record
+    end
+  end
+  return out
+end
