@@ -19,7 +19,7 @@ import redis
 
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import MemoryStore, RedisStore, store_from_url
-from snakepit_celery.store.redis import HEALTH_TOTAL_TTL
+from snakepit_celery.store.redis_schema import HEALTH_TOTAL_TTL
 from snakepit_celery.testing.redis_server import redis_url as find_redis_url
 
 MAX_CRASHES = 10_000

@@ -22,7 +22,7 @@ from snakepit_celery.store import (
     script_error_count,
     set_fail_open,
 )
-from snakepit_celery.store.redis import MAX_SECONDS
+from snakepit_celery.store.redis_schema import MAX_SECONDS
 
 
 @pytest.fixture

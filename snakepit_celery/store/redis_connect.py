@@ -30,7 +30,14 @@ from snakepit_celery.store.urls import (
     redact,
 )
 
-__all__ = ["OUTAGE_REPLIES", "UNAVAILABLE", "check_url", "client_from_url", "store_error"]
+__all__ = [
+    "OUTAGE_REPLIES",
+    "UNAVAILABLE",
+    "check_url",
+    "client_from_url",
+    "client_url",
+    "store_error",
+]
 
 #: Errors that mean "the store cannot serve us now": connection loss, timeouts,
 #: failover (READONLY, MASTERDOWN, CLUSTERDOWN), OOM. Client-side argument errors
@@ -97,6 +104,15 @@ def client_from_url(url: str, socket_timeout: float, connect_timeout: float) -> 
         if scheme == "rediss":
             timeouts["ssl_cert_reqs"] = cert_reqs
     return redis.Redis.from_url(url, **timeouts)
+
+
+def client_url(client: Any) -> str:
+    """A password-free URL describing a ready redis-py client (for ``RedisStore.url``)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    host, port = kwargs.get("host", "?"), kwargs.get("port", "?")
+    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
 def _sentinel_client(url: str, timeouts: dict[str, Any]) -> Any:
