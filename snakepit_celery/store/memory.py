@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from snakepit_celery.store.base import (
@@ -29,7 +28,7 @@ from snakepit_celery.store.base import (
     WorkerCrashes,
     node_incarnation,
 )
-from snakepit_celery.store.memory_health import CrashLog
+from snakepit_celery.store.memory_state import BreakerState, CrashLog, LedgerState
 
 __all__ = ["MemoryStore"]
 
@@ -37,29 +36,6 @@ __all__ = ["MemoryStore"]
 TOTAL_TTL = 7 * 24 * 3600.0
 
 _all_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
-
-
-@dataclass
-class _Breaker:
-    state: str = "closed"
-    failures: int = 0
-    successes: int = 0
-    opened_at: float = 0.0
-    leases: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class _Ledger:
-    starts: int = 0
-    finishes: int = 0
-    crashes: int = 0
-    running_on: str | None = None
-    lease_until: float = 0.0
-    expires_at: float = 0.0
-    #: A node gave the message back unstarted; the next delivery is no crash.
-    released: bool = False
-    #: The running delivery followed such a give-back.
-    released_run: bool = False
 
 
 class MemoryStore:
@@ -73,10 +49,10 @@ class MemoryStore:
         self.key_prefix = key_prefix
         self._lock = threading.RLock()
         self._tokens = itertools.count(1)
-        self._breakers: dict[str, _Breaker] = {}
+        self._breakers: dict[str, BreakerState] = {}
         self._pools: dict[str, CrashLog] = {}
         self._taints: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
-        self._ledgers: dict[str, _Ledger] = {}
+        self._ledgers: dict[str, LedgerState] = {}
         # node -> (heartbeat, expiry, record, incarnation)
         self._nodes: dict[str, tuple[float, float, dict[str, Any], str]] = {}
         # (node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
@@ -131,7 +107,7 @@ class MemoryStore:
                 br.state = "half_open"
                 br.leases.clear()
                 transition = "half_open"
-            _purge_leases(br, now)
+            br.purge_leases(now)
             if len(br.leases) < half_open_max_calls:
                 token = f"{now:.6f}:{next(self._tokens)}"
                 br.leases[token] = now + probe_ttl
@@ -159,7 +135,7 @@ class MemoryStore:
         """Record ``count`` successes or failures (releasing ``probe`` if given)."""
         with self._lock:
             now = self.now()
-            br = self._breakers.setdefault(name, _Breaker())
+            br = self._breakers.setdefault(name, BreakerState())
             if probe is not None:
                 br.leases.pop(probe, None)
             transition = None
@@ -295,7 +271,7 @@ class MemoryStore:
             return 1 if entry is not None and entry[0] > now else 0
 
     # -- crash ledger ---------------------------------------------------------
-    def _ledger(self, task_id: str, now: float) -> _Ledger | None:
+    def _ledger(self, task_id: str, now: float) -> LedgerState | None:
         led = self._ledgers.get(task_id)
         if led is not None and led.expires_at <= now:
             del self._ledgers[task_id]
@@ -314,7 +290,7 @@ class MemoryStore:
         """
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now) or _Ledger()
+            led = self._ledger(task_id, now) or LedgerState()
             self._ledgers[task_id] = led
             if led.running_on is not None:
                 if led.lease_until > now and led.running_on != worker_id:
@@ -353,7 +329,7 @@ class MemoryStore:
         """Record that the running execution died; returns the entry after it."""
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now) or _Ledger()
+            led = self._ledger(task_id, now) or LedgerState()
             self._ledgers[task_id] = led
             led.crashes += 1
             led.running_on = None
@@ -367,7 +343,7 @@ class MemoryStore:
         """Mark ``task_id``'s message as given back unstarted (its next delivery is no crash)."""
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now) or _Ledger()
+            led = self._ledger(task_id, now) or LedgerState()
             self._ledgers[task_id] = led
             led.released = True
             led.expires_at = max(led.expires_at, now + ttl)
@@ -444,11 +420,6 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def _purge_leases(br: _Breaker, now: float) -> None:
-    for token in [t for t, exp in br.leases.items() if exp <= now]:
-        del br.leases[token]
 
 
 def _reinit_after_fork() -> None:

@@ -1,22 +1,55 @@
-"""``CrashLog``: one pool's crashes for ``MemoryStore``, O(log n) per operation.
+"""What ``MemoryStore`` keeps per object: breaker and ledger state, and each pool's ``CrashLog``.
 
-The same model as the Redis keys of a pool: crashes kept oldest first
-(pruned to the window and capped), each worker's crashes, and each worker's
-latest kept crash, so that counts inside the window are binary searches and
-a crash costs O(log n) plus O(1) per crash it prunes.
+A ``CrashLog`` follows the model of a pool's Redis keys: crashes kept oldest
+first (pruned to the window and capped), each worker's crashes, and each
+worker's latest kept crash, so that counts inside the window are binary
+searches and a crash costs O(log n) plus O(1) per crash it prunes.
 """
 
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass, field
 from typing import Any
 
 from snakepit_celery.store.base import WorkerCrashes
 
-__all__ = ["CrashLog"]
+__all__ = ["BreakerState", "CrashLog", "LedgerState"]
 
 #: One crash: (time, sequence number, worker id); sequence numbers break time ties.
 Crash = tuple[float, int, str]
+
+
+@dataclass
+class BreakerState:
+    """One breaker: state, counts, when it opened, and half-open probe leases (token -> expiry)."""
+
+    state: str = "closed"
+    failures: int = 0
+    successes: int = 0
+    opened_at: float = 0.0
+    leases: dict[str, float] = field(default_factory=dict)
+
+    def purge_leases(self, now: float) -> None:
+        """Drop probe leases that expired by ``now``."""
+        for token in [t for t, expiry in self.leases.items() if expiry <= now]:
+            del self.leases[token]
+
+
+@dataclass
+class LedgerState:
+    """The crash ledger of one task (see ``LedgerEntry``), with its lease and expiry."""
+
+    starts: int = 0
+    finishes: int = 0
+    crashes: int = 0
+    running_on: str | None = None
+    lease_until: float = 0.0
+    expires_at: float = 0.0
+    #: A node gave the message back unstarted; the next delivery is no crash.
+    released: bool = False
+    #: The running delivery followed such a give-back.
+    released_run: bool = False
 
 
 def _time(item: tuple[Any, ...]) -> float:
