@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,3 +259,10 @@ def test_every_store_operation_runs_under_the_minimal_acl(acl_user: Any, key_pre
     store.node_remove("n2")
     assert script_error_count() == before
     store.close()
+
+
+def test_readme_documents_exactly_the_tested_acl() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("ACL SETUSER snakepit", 1)[1].split("```", 1)[0]
+    assert set(re.findall(r"\+[a-z|]+", block)) == {r for r in MINIMAL_ACL if r[0] == "+"}
+    assert "~<prefix>:*" in block
