@@ -1,4 +1,4 @@
-"""Cost of ``CircuitBreaker.call`` on Redis against pybreaker, and of ``HealthMonitor``.
+"""Cost of ``CircuitBreaker.call`` on Redis against pybreaker.
 
 Measured in one run on the same Redis:
 - per-call cost (min/median of several repeats) of snakepit's breaker (default
@@ -6,9 +6,9 @@ Measured in one run on the same Redis:
   ``CircuitRedisStorage`` and pybreaker in memory, as ratios;
 - client round trips per call, counted with Redis ``MONITOR`` (commands run
   inside Lua scripts are left out: MONITOR tags them ``[<db> lua]``);
-- per-call cost with 1, 4 and 16 processes calling one breaker at once;
-- ``HealthMonitor.record_crash`` cost after 10k and 100k recorded crashes
-  (pruning keeps it flat), and the size of the pool's keys.
+- per-call cost with 1, 4 and 16 processes calling one breaker at once.
+
+``HealthMonitor`` costs are in ``bench_health.py``.
 """
 
 from __future__ import annotations
@@ -24,18 +24,14 @@ import pybreaker
 import redis
 
 from snakepit_celery.breaker import CircuitBreaker
-from snakepit_celery.health import HealthMonitor
-from snakepit_celery.store import RedisStore, store_from_url
-from snakepit_celery.store.redis import HEALTH_TOTAL_TTL
+from snakepit_celery.store import store_from_url
 from snakepit_celery.testing.monitor import CommandLog
 from snakepit_celery.testing.redis_server import redis_url as find_redis_url
 
 REPEATS = 5
-TOTAL_TTL_MS = int(HEALTH_TOTAL_TTL * 1000)
 CALLS = 2000
 SCALING_SECONDS = 0.5
 PROCESS_COUNTS = (1, 4, 16)
-HEALTH_FILLS = (10_000, 100_000)
 CTX = multiprocessing.get_context("fork")
 
 
@@ -152,52 +148,6 @@ def scaling(url: str, kind: str, processes: int) -> tuple[float, float]:
     return per_call, rate
 
 
-def _prefill(store: RedisStore, monitor: HealthMonitor, count: int) -> None:
-    """Record ``count`` crashes with the store's own script, pipelined (fast set-up only)."""
-    piped = RedisStore(store.client.pipeline(transaction=False), key_prefix=store.key_prefix)
-    keys = [store.key("hm", monitor.pool, part) for part in (None, "crashes", "by_worker")]
-    for done in range(0, count, 1000):
-        for i in range(done, min(done + 1000, count)):
-            piped._run(
-                "health_record",
-                keys,
-                [
-                    f"w{i % 64}",
-                    monitor.crash_window,
-                    monitor.max_entries,
-                    TOTAL_TTL_MS,
-                ],
-            )
-        piped.client.execute()
-
-
-def health_costs(url: str) -> list[tuple[int, float, float, int]]:
-    """(crashes recorded, min and median seconds per record_crash, bytes of the pool's keys).
-
-    One pool per fill level, measured in interleaved rounds so that load from
-    elsewhere on the machine hits every level alike.
-    """
-    tag = _tag("hm")
-    store = store_from_url(url, key_prefix=tag)
-    assert isinstance(store, RedisStore)
-    monitors = {fill: HealthMonitor(f"fill-{fill}", store=store) for fill in (0, *HEALTH_FILLS)}
-    for fill, monitor in monitors.items():
-        _prefill(store, monitor, fill)
-    samples: dict[int, list[float]] = {fill: [] for fill in monitors}
-    for _ in range(2 * REPEATS):
-        for fill, monitor in monitors.items():
-            samples[fill].append(_per_call(lambda m=monitor: m.record_crash("w-bench"), 100))
-    rows = []
-    for fill, monitor in monitors.items():
-        size = sum(
-            int(store.client.memory_usage(key) or 0)
-            for key in store.client.scan_iter(match=f"{tag}:{{hm:{monitor.pool}}}*")
-        )
-        recorded = fill + 100 * len(samples[fill])
-        rows.append((recorded, min(samples[fill]), statistics.median(samples[fill]), size))
-    return rows
-
-
 def _cleanup(url: str) -> None:
     client = redis.Redis.from_url(url)
     for pattern in [p for tag in _TAGS for p in (f"{tag}:*", f"pybreaker:{tag}:*")]:
@@ -255,21 +205,6 @@ def _report(url: str) -> str:
         lines.append(
             f"| {processes} | {snake_cost * 1e6:.1f} | {snake_rate:,.0f} | "
             f"{py_cost * 1e6:.1f} | {py_rate:,.0f} |"
-        )
-    health = health_costs(url)
-    first = health[0][1]
-    lines += [
-        "",
-        "`HealthMonitor.record_crash` (one Lua call; pruned to the window and capped at "
-        "`max(10*max_crashes, 1000)` entries), 10 x 100 records per row, rows interleaved:",
-        "",
-        "| crashes recorded | min µs/record | median µs/record | min vs first row "
-        "| pool keys (bytes) |",
-        "|---|---|---|---|---|",
-    ]
-    for recorded, low, mid, size in health:
-        lines.append(
-            f"| {recorded:,} | {low * 1e6:.1f} | {mid * 1e6:.1f} | {low / first:.2f}x | {size:,} |"
         )
     return "\n".join(lines)
 

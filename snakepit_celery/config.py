@@ -35,6 +35,8 @@ from snakepit_celery.policy.checks import (
 from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.settings import BREAKER_KEYS, HEALTH_KEYS, BreakerConfig, HealthConfig
+from snakepit_celery.store.registry import ALLOWED_SCHEMES, REDIS_SCHEMES, check_store_url
+from snakepit_celery.store.urls import redact, schemes_text
 
 __all__ = [
     "SETTING_NAMES",
@@ -51,7 +53,6 @@ _BOOL_WORDS = {
     **dict.fromkeys(("false", "0", "no", "off"), False),
 }
 _BOOL_TEXT = "True or False (env: true/false/1/0/yes/no/on/off)"
-_STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory")
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,10 @@ def _optional_port(label: str, value: Any) -> int | None:
 
 
 def _store_url(label: str, value: Any) -> str | None:
-    allowed = ", ".join(f"{scheme}://..." for scheme in _STORE_SCHEMES) + ", or None"
     if value is None:
         return None
-    if not isinstance(value, str) or "://" not in value:
-        raise ConfigError(label, _redact(value), allowed)
-    if urlsplit(value).scheme.lower() not in _STORE_SCHEMES:
-        raise ConfigError(label, _redact(value), allowed)
-    return value
+    allowed = ", ".join(f"{scheme}://..." for scheme in ALLOWED_SCHEMES) + ", or None"
+    return check_store_url(value, setting=label, allowed=allowed)
 
 
 def _key_prefix(label: str, value: Any) -> str:
@@ -282,7 +279,7 @@ def resolve_store_url(
         converted = _redis_store_url(url, master_name)
         if converted is not None:
             return converted
-    allowed = ", ".join(f"{scheme}://" for scheme in _STORE_SCHEMES)
+    allowed = schemes_text(ALLOWED_SCHEMES)
     message = (
         "snakepit_store_url is not set and neither the broker "
         f"({_redact(broker_url)}) nor the result backend ({_redact(result_backend)}) "
@@ -298,7 +295,7 @@ def _redis_store_url(url: Any, master_name: str | None) -> str | None:
         return None
     first = url.split(";")[0].strip()
     scheme = urlsplit(first).scheme.lower()
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+    if scheme in REDIS_SCHEMES:
         return first
     if scheme in ("redis+socket", "socket"):
         return _socket_url(first)
@@ -332,9 +329,4 @@ def _sentinel_url(url: str, master_name: str) -> str:
 
 def _redact(url: Any) -> Any:
     """``url`` with any password replaced by ``***`` (for error messages)."""
-    if not isinstance(url, str) or "@" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@")
+    return redact(url) if isinstance(url, str) else url

@@ -3,11 +3,13 @@
 Each crash is one atomic store operation that also prunes entries older than
 the rolling window (on the store's clock) and caps how many are kept, so
 memory stays bounded under a crash storm. ``total_crashes`` is a lifetime
-counter that pruning never lowers.
+counter that pruning never lowers. Recording a crash and reading the stats
+cost O(log n) in the crashes kept (counters, not scans).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +38,7 @@ class WorkerHealth:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain types; keys equal the field names."""
-        return {
-            "healthy": self.healthy,
-            "crash_count": self.crash_count,
-            "last_crash_time": self.last_crash_time,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +55,7 @@ class HealthStats:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain types; keys equal the field names."""
-        return {
-            "pool": self.pool,
-            "total_crashes": self.total_crashes,
-            "crashes_in_window": self.crashes_in_window,
-            "workers_with_crashes": self.workers_with_crashes,
-            "max_crashes": self.max_crashes,
-            "crash_window": self.crash_window,
-            "is_healthy": self.is_healthy,
-        }
+        return dataclasses.asdict(self)
 
 
 _EMPTY = HealthSnapshot(total_crashes=0, crashes_in_window=0)
@@ -104,12 +94,9 @@ class HealthMonitor:
         return self._store.get()
 
     def __repr__(self) -> str:
-        store = self._store.describe()
-        return (
-            f"HealthMonitor(pool={self.pool!r}, max_crashes={self.max_crashes}, "
-            f"crash_window={self.crash_window}, check_interval={self.check_interval}, "
-            f"max_worker_crashes={self.max_worker_crashes}, store={store!r})"
-        )
+        names = ("pool", "max_crashes", "crash_window", "check_interval", "max_worker_crashes")
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"HealthMonitor({fields}, store={self._store.describe()!r})"
 
     def record_crash(self, worker_id: str, reason: Any = None, **info: Any) -> None:
         """Record one crash of ``worker_id`` and send ``worker_crash(pool, worker_id, reason)``."""
@@ -151,7 +138,7 @@ class HealthMonitor:
             pool=self.pool,
             total_crashes=snap.total_crashes,
             crashes_in_window=snap.crashes_in_window,
-            workers_with_crashes=sum(1 for w in snap.workers.values() if w.count > 0),
+            workers_with_crashes=snap.workers_with_crashes,
             max_crashes=self.max_crashes,
             crash_window=self.crash_window,
             is_healthy=snap.crashes_in_window < self.max_crashes,

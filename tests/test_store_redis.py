@@ -15,7 +15,7 @@ from redis.crc import key_slot
 
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import RedisStore
-from snakepit_celery.store.redis import KEY_SCHEMA, SCRIPTS
+from snakepit_celery.store.redis_schema import KEY_SCHEMA, SCRIPTS
 
 WINDOW = 60.0
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import snakepit_celery.store as store_module
+import snakepit_celery.store.switches as switches_module
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.store import (
     MemoryStore,
@@ -20,7 +20,7 @@ from snakepit_celery.store import (
     store_error_count,
     store_from_url,
 )
-from snakepit_celery.store.redis import (
+from snakepit_celery.store.urls import (
     ClusterURL,
     SentinelURL,
     parse_cluster_url,
@@ -199,7 +199,7 @@ def test_set_fail_open_turns_it_off() -> None:
 def test_store_errors_are_logged_at_most_once_a_minute(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "_last_error_log", float("-inf"))
+    monkeypatch.setattr(switches_module, "_last_error_log", float("-inf"))
     before = store_error_count()
     with caplog.at_level(logging.WARNING, logger="snakepit_celery.store"):
         for _ in range(3):
@@ -213,9 +213,9 @@ def test_store_errors_are_logged_at_most_once_a_minute(
 def test_store_errors_are_logged_again_after_a_minute(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "_last_error_log", float("-inf"))
+    monkeypatch.setattr(switches_module, "_last_error_log", float("-inf"))
     with caplog.at_level(logging.WARNING, logger="snakepit_celery.store"):
         report_store_error(ConnectionError("first"))
-        monkeypatch.setattr(store_module, "_last_error_log", float("-inf"))
+        monkeypatch.setattr(switches_module, "_last_error_log", float("-inf"))
         report_store_error(ConnectionError("second"))
     assert len([r for r in caplog.records if r.name == "snakepit_celery.store"]) == 2

@@ -19,6 +19,7 @@ from snakepit_celery.celery.router import install_router
 from snakepit_celery.celery.worker import install_worker
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.store import set_default_store, set_fail_open
+from snakepit_celery.store.urls import redact
 
 __all__ = ["install", "is_installed"]
 
@@ -57,7 +58,4 @@ def install(app: Celery) -> SnakepitSettings:
 
 
 def _redacted(url: str | None) -> str | None:
-    if url is None or "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
+    return None if url is None else redact(url)

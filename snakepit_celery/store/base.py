@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from snakepit_celery.errors import SnakepitError
+
 __all__ = [
     "NODE_RETENTION",
     "BreakerDecision",
@@ -24,6 +26,7 @@ __all__ = [
     "HealthSnapshot",
     "LedgerEntry",
     "Store",
+    "StoreScriptError",
     "TaintRecord",
     "WorkerCrashes",
 ]
@@ -43,6 +46,14 @@ def node_incarnation(data: Mapping[str, Any]) -> str:
     ``|`` separates fields in the store, so it is replaced.
     """
     return str(data.get("incarnation") or "").replace("|", "/")
+
+
+class StoreScriptError(SnakepitError, RuntimeError):
+    """Redis refused or failed a store operation: a script error, an ACL denial.
+
+    A bug or a misconfiguration, never an outage: it is not covered by
+    fail-open. The message names the operation (``health_record``...).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +108,16 @@ class WorkerCrashes:
 
 @dataclass(frozen=True, slots=True)
 class HealthSnapshot:
-    """Crash counts of one pool (``health_stats``)."""
+    """Crash counts of one pool (``health_stats``, ``health_record``).
+
+    ``workers_with_crashes``: workers with a crash inside the window;
+    ``workers``: per-worker counts, only of the recording worker (``health_record``).
+    """
 
     total_crashes: int
     crashes_in_window: int
     workers: Mapping[str, WorkerCrashes] = field(default_factory=dict)
+    workers_with_crashes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +189,14 @@ class Store(Protocol):
         """Forget everything about the breaker (closed, zero counts)."""
         ...
 
+    def breaker_names(self) -> list[str]:
+        """Names of the breakers with state in the store, sorted (a scan: not for hot paths)."""
+        ...
+
+    def pool_names(self) -> list[str]:
+        """Pools with crash records or taints in the store, sorted (a scan: not for hot paths)."""
+        ...
+
     # -- health monitor -------------------------------------------------------
     def health_record(
         self,
@@ -193,7 +217,7 @@ class Store(Protocol):
         ...
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
-        """Crash counts of ``pool`` inside the window (no write)."""
+        """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
         ...
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:

@@ -15,8 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from snakepit_celery.store.base import (
     NODE_RETENTION,
@@ -29,6 +28,7 @@ from snakepit_celery.store.base import (
     WorkerCrashes,
     node_incarnation,
 )
+from snakepit_celery.store.memory_state import BreakerState, CrashLog, LedgerState
 
 __all__ = ["MemoryStore"]
 
@@ -38,48 +38,21 @@ TOTAL_TTL = 7 * 24 * 3600.0
 _all_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 
 
-@dataclass
-class _Breaker:
-    state: str = "closed"
-    failures: int = 0
-    successes: int = 0
-    opened_at: float = 0.0
-    leases: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class _Pool:
-    crashes: list[tuple[float, str]] = field(default_factory=list)
-    total: int = 0
-    expires_at: float = 0.0
-
-
-@dataclass
-class _Ledger:
-    starts: int = 0
-    finishes: int = 0
-    crashes: int = 0
-    running_on: str | None = None
-    lease_until: float = 0.0
-    expires_at: float = 0.0
-    #: A node gave the message back unstarted; the next delivery is no crash.
-    released: bool = False
-    #: The running delivery followed such a give-back.
-    released_run: bool = False
-
-
 class MemoryStore:
     """In-process ``Store`` (``memory://``): atomic by a lock, clock ``time.time()``."""
+
+    #: URL schemes this backend serves (see ``store.registry``).
+    URL_SCHEMES: ClassVar[tuple[str, ...]] = ("memory",)
 
     def __init__(self, url: str = "memory://", *, key_prefix: str = "snakepit") -> None:
         self.url = url
         self.key_prefix = key_prefix
         self._lock = threading.RLock()
         self._tokens = itertools.count(1)
-        self._breakers: dict[str, _Breaker] = {}
-        self._pools: dict[str, _Pool] = {}
+        self._breakers: dict[str, BreakerState] = {}
+        self._pools: dict[str, CrashLog] = {}
         self._taints: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
-        self._ledgers: dict[str, _Ledger] = {}
+        self._ledgers: dict[str, LedgerState] = {}
         # node -> (heartbeat, expiry, record, incarnation)
         self._nodes: dict[str, tuple[float, float, dict[str, Any], str]] = {}
         # (node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
@@ -134,7 +107,7 @@ class MemoryStore:
                 br.state = "half_open"
                 br.leases.clear()
                 transition = "half_open"
-            _purge_leases(br, now)
+            br.purge_leases(now)
             if len(br.leases) < half_open_max_calls:
                 token = f"{now:.6f}:{next(self._tokens)}"
                 br.leases[token] = now + probe_ttl
@@ -162,7 +135,7 @@ class MemoryStore:
         """Record ``count`` successes or failures (releasing ``probe`` if given)."""
         with self._lock:
             now = self.now()
-            br = self._breakers.setdefault(name, _Breaker())
+            br = self._breakers.setdefault(name, BreakerState())
             if probe is not None:
                 br.leases.pop(probe, None)
             transition = None
@@ -221,41 +194,37 @@ class MemoryStore:
         """Record one crash; the result's ``workers`` holds only ``worker_id``."""
         with self._lock:
             now = self.now()
-            hp = self._pools.get(pool)
-            if hp is None or hp.expires_at <= now:
-                hp = self._pools[pool] = _Pool()
-            hp.crashes.append((now, worker_id))
-            hp.total += 1
-            hp.expires_at = now + max(2 * window, TOTAL_TTL)
-            cutoff = now - window
-            hp.crashes = [c for c in hp.crashes if c[0] > cutoff][-max(max_entries, 1) :]
-            mine = [t for t, w in hp.crashes if w == worker_id]
-            workers = {worker_id: WorkerCrashes(len(mine), mine[-1] if mine else None)}
-            return HealthSnapshot(hp.total, len(hp.crashes), workers)
+            log = self._pools.get(pool)
+            if log is None or log.expires_at <= now:
+                log = self._pools[pool] = CrashLog()
+            log.add(now, worker_id)
+            log.expires_at = now + max(2 * window, TOTAL_TTL)
+            log.prune(now - window, max(max_entries, 1))
+            workers = {worker_id: log.worker(worker_id, now - window)}
+            return HealthSnapshot(log.total, log.kept, workers, log.workers)
+
+    def _crash_log(self, pool: str, now: float) -> CrashLog | None:
+        log = self._pools.get(pool)
+        return None if log is None or log.expires_at <= now else log
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
-        """Crash counts of ``pool`` inside the window (no write)."""
+        """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
         with self._lock:
             now = self.now()
-            hp = self._pools.get(pool)
-            if hp is None or hp.expires_at <= now:
-                return HealthSnapshot(0, 0, {})
-            recent = [c for c in hp.crashes if c[0] > now - window]
-            workers: dict[str, WorkerCrashes] = {}
-            for t, w in recent:
-                seen = workers.get(w)
-                workers[w] = WorkerCrashes((seen.count if seen else 0) + 1, t)
-            return HealthSnapshot(hp.total, len(recent), workers)
+            log = self._crash_log(pool, now)
+            if log is None:
+                return HealthSnapshot(0, 0)
+            cutoff = now - window
+            return HealthSnapshot(
+                log.total, log.in_window(cutoff), workers_with_crashes=log.workers_in_window(cutoff)
+            )
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
-        """Crashes of one worker inside the window (no write)."""
+        """Crashes of one worker inside the window (no write; O(log n))."""
         with self._lock:
             now = self.now()
-            hp = self._pools.get(pool)
-            if hp is None or hp.expires_at <= now:
-                return WorkerCrashes(0, None)
-            mine = [t for t, w in hp.crashes if w == worker_id and t > now - window]
-            return WorkerCrashes(len(mine), mine[-1] if mine else None)
+            log = self._crash_log(pool, now)
+            return WorkerCrashes(0, None) if log is None else log.worker(worker_id, now - window)
 
     # -- taints ---------------------------------------------------------------
     def taint_set(
@@ -302,7 +271,7 @@ class MemoryStore:
             return 1 if entry is not None and entry[0] > now else 0
 
     # -- crash ledger ---------------------------------------------------------
-    def _ledger(self, task_id: str, now: float) -> _Ledger | None:
+    def _ledger(self, task_id: str, now: float) -> LedgerState | None:
         led = self._ledgers.get(task_id)
         if led is not None and led.expires_at <= now:
             del self._ledgers[task_id]
@@ -321,7 +290,7 @@ class MemoryStore:
         """
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now) or _Ledger()
+            led = self._ledger(task_id, now) or LedgerState()
             self._ledgers[task_id] = led
             if led.running_on is not None:
                 if led.lease_until > now and led.running_on != worker_id:
@@ -360,7 +329,7 @@ class MemoryStore:
         """Record that the running execution died; returns the entry after it."""
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now) or _Ledger()
+            led = self._ledger(task_id, now) or LedgerState()
             self._ledgers[task_id] = led
             led.crashes += 1
             led.running_on = None
@@ -374,7 +343,7 @@ class MemoryStore:
         """Mark ``task_id``'s message as given back unstarted (its next delivery is no crash)."""
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now) or _Ledger()
+            led = self._ledger(task_id, now) or LedgerState()
             self._ledgers[task_id] = led
             led.released = True
             led.expires_at = max(led.expires_at, now + ttl)
@@ -451,11 +420,6 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def _purge_leases(br: _Breaker, now: float) -> None:
-    for token in [t for t, exp in br.leases.items() if exp <= now]:
-        del br.leases[token]
 
 
 def _reinit_after_fork() -> None:

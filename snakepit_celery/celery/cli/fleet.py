@@ -9,8 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
-from snakepit_celery.celery.routing import app_store, taint_pools
-from snakepit_celery.celery.settings import settings_for
+from snakepit_celery.celery.app_context import app_store, settings_for, taint_pools
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.fleet import FleetStatus, fleet_status

@@ -1,10 +1,8 @@
--- KEYS: pool meta hash, crashes zset   ARGV: window   (no writes)
--- -> {total, crashes_in_window, member, time, member, time, ...} (members seq|worker)
-local now = store_now()
-local total = tonumber(redis.call('HGET', KEYS[1], 'total')) or 0
-local recent = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. fmt(now - tonumber(ARGV[1])), '+inf', 'WITHSCORES')
-local out = {total, #recent / 2}
-for _, v in ipairs(recent) do
-  out[#out + 1] = v
-end
-return out
+-- KEYS: pool meta hash, crashes zset, workers zset   ARGV: window   (no writes; O(log n))
+-- -> {total, crashes_in_window, workers with a crash in the window}
+local cutoff = '(' .. fmt(store_now() - tonumber(ARGV[1]))
+return {
+  tonumber(redis.call('HGET', KEYS[1], 'total')) or 0,
+  redis.call('ZCOUNT', KEYS[2], cutoff, '+inf'),
+  redis.call('ZCOUNT', KEYS[3], cutoff, '+inf'),
+}

@@ -1,6 +1,7 @@
 -- KEYS: task ledger hash   ARGV: ttl_ms
 -- -> {starts, finishes, crashes, released} after it; released = 1 when the delivery that
 --    crashed was one a node gave back unstarted (its mark, consumed or not, is dropped)
+check_writes(KEYS, {'HINCRBY', 'HDEL', 'PEXPIRE'})
 local r = redis.call('HMGET', KEYS[1], 'released', 'released_run')
 redis.call('HINCRBY', KEYS[1], 'crashes', 1)
 redis.call('HDEL', KEYS[1], 'running_on', 'lease_until', 'released', 'released_run')

@@ -3,6 +3,7 @@
 --    running_on set means another worker holds a live lease and nothing was written;
 --    released = 1 when this delivery is one a node gave back unstarted (ledger_release):
 --    the mark is consumed here and kept as released_run until this run ends.
+check_writes(KEYS, {'HINCRBY', 'HDEL', 'HSET', 'PEXPIRE'})
 local now = store_now()
 local h = redis.call('HMGET', KEYS[1], 'starts', 'finishes', 'crashes', 'running_on', 'lease_until',
   'released')

@@ -2,18 +2,11 @@
 -- ARGV: node, ttl, record JSON, incarnation, retention
 -- Live records leave at once when they expire; each incarnation's last record
 -- stays (hidden) `retention` seconds longer, for node_reap.
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE', 'ZADD', 'HSET', 'PEXPIREAT'})
 local now = store_now()
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #dead > 0 then
-  redis.call('HDEL', KEYS[2], unpack(dead))
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-end
 local retention = tonumber(ARGV[5])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - retention)
-if #gone > 0 then
-  redis.call('HDEL', KEYS[4], unpack(gone))
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention)
-end
+prune(KEYS[1], KEYS[2], now)
+prune(KEYS[3], KEYS[4], now - retention)
 local expiry = now + tonumber(ARGV[2])
 local value = fmt(now) .. '|' .. ARGV[4] .. '|' .. ARGV[3]
 local member = ARGV[1] .. '|' .. ARGV[4]

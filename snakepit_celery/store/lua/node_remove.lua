@@ -1,5 +1,6 @@
 -- KEYS: node expiry zset, node record hash, incarnation expiry zset, incarnation record hash
 -- ARGV: node   (a clean shutdown: the current incarnation leaves nothing to reap)
+check_writes(KEYS, {'ZREM', 'HDEL'})
 local record = redis.call('HGET', KEYS[2], ARGV[1])
 if record then
   local first = string.find(record, '|', 1, true)

@@ -1,4 +1,5 @@
 -- KEYS: taint zset, details hash   ARGV: member, or '' for all   -> live taints lifted
+check_writes(KEYS, {'DEL', 'ZREM', 'HDEL'})
 local now = store_now()
 if ARGV[1] == '' then
   local live = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')

@@ -1,11 +1,8 @@
 -- KEYS: taint zset, details hash   ARGV: -   (prunes expired members)
 -- -> {now, member, expiry, details JSON, member, expiry, details JSON, ...}
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE'})
 local now = store_now()
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #expired > 0 then
-  redis.call('HDEL', KEYS[2], unpack(expired))
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-end
+prune(KEYS[1], KEYS[2], now)
 local out = {fmt(now)}
 local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 for i = 1, #live, 2 do

@@ -1,11 +1,8 @@
 -- KEYS: taint zset (member -> expiry), details hash (member -> JSON)
 -- ARGV: member, duration, details JSON   -> 1 when newly tainted, else 0
+check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE', 'ZADD', 'HSET', 'PEXPIREAT'})
 local now = store_now()
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #expired > 0 then
-  redis.call('HDEL', KEYS[2], unpack(expired))
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-end
+prune(KEYS[1], KEYS[2], now)
 local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
 local expires = now + tonumber(ARGV[2])
 if old and old > expires then
