@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from snakepit_celery.barrier import CrashBarrier, Taint, TaintKind
+from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.health import HealthMonitor, HealthStats
+from snakepit_celery.policy.taints import Taint, TaintKind
 from snakepit_celery.store.base import Store
 
 __all__ = ["BreakerStatus", "FleetStatus", "NodeStatus", "TaintStatus", "fleet_status"]

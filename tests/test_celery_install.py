@@ -9,9 +9,9 @@ import pytest
 from celery import Celery
 
 from snakepit_celery import CircuitBreaker, ConfigError, install, snakepit_task
+from snakepit_celery.celery.bootsteps.steps import SnakepitWorkerStep
 from snakepit_celery.celery.routing import SnakepitRouter
 from snakepit_celery.celery.task import SnakepitTask
-from snakepit_celery.celery.worker import SnakepitWorkerStep
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.store import set_default_store
 

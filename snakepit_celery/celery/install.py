@@ -13,10 +13,10 @@ import logging
 
 from celery import Celery
 
+from snakepit_celery.celery.bootsteps.steps import install_worker
 from snakepit_celery.celery.events import install_events
 from snakepit_celery.celery.routing import install_router
 from snakepit_celery.celery.settings import settings_for
-from snakepit_celery.celery.worker import install_worker
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.store import set_default_store, set_fail_open, store_from_url
 from snakepit_celery.store.base import Store

@@ -24,10 +24,10 @@ from typing import Any
 
 from celery import Celery
 
-from snakepit_celery.barrier import device_member, worker_member
 from snakepit_celery.celery.settings import settings_for
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
 from snakepit_celery.hardware import Device, parse_preference
+from snakepit_celery.policy.taints import device_member, worker_member
 from snakepit_celery.store import fail_open, report_store_error, store_from_url
 from snakepit_celery.store.base import Store
 
