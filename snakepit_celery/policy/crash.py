@@ -115,13 +115,7 @@ class CrashInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain dict; keys are the field names."""
-        return {
-            "reason": self.reason,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "classification": str(self.classification),
-            "device": self.device,
-        }
+        return {**dataclasses.asdict(self), "classification": str(self.classification)}
 
 
 def describe_crash(

@@ -71,15 +71,7 @@ class GpuErrorAction:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain dict (``kind`` as its string value)."""
-        return {
-            "kind": str(self.kind),
-            "sticky": self.sticky,
-            "recycle": self.recycle,
-            "taint_device": self.taint_device,
-            "retry_same_input": self.retry_same_input,
-            "code": self.code,
-            "xid": self.xid,
-        }
+        return {**dataclasses.asdict(self), "kind": str(self.kind)}
 
 
 def _action(

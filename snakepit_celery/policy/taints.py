@@ -8,7 +8,7 @@ string form ``cuda:0``. ``Taint`` is one active taint as read back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -50,17 +50,8 @@ class Taint:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain dict; keys are the field names."""
-        return {
-            "kind": str(self.kind),
-            "worker_id": self.worker_id,
-            "node": self.node,
-            "device": self.device,
-            "expires_at": self.expires_at,
-            "remaining": self.remaining,
-            "classification": None if self.classification is None else str(self.classification),
-            "reason": self.reason,
-            "uuid": self.uuid,
-        }
+        classification = None if self.classification is None else str(self.classification)
+        return {**asdict(self), "kind": str(self.kind), "classification": classification}
 
     @classmethod
     def from_record(cls, record: TaintRecord) -> Taint:

@@ -44,7 +44,7 @@ class OrphanReaper:
     reaped tasks as ``task-failed`` from the event loop.
     """
 
-    def __init__(self, app: Celery, node: str, store: Store, *, grace: float = REAP_GRACE):
+    def __init__(self, app: Celery, node: str, store: Store, *, grace: float = REAP_GRACE) -> None:
         self.app = app
         self.node = node
         self.store = store

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from snakepit_celery import hardware
@@ -143,25 +144,26 @@ class NodeRegistry:
         logger.info("node %s left the fleet", self.node, extra={"node": self.node})
 
 
+@dataclass(eq=False)
 class Heartbeat:
     """The thread that beats every ``interval`` seconds: queues, record, and the reaper."""
 
-    def __init__(
-        self,
-        registry: NodeRegistry,
-        reaper: OrphanReaper,
-        *,
-        in_flight_poll: float = IN_FLIGHT_POLL,
-        reap_every: int = REAP_EVERY,
-    ) -> None:
-        self.registry = registry
-        self.reaper = reaper
-        self.node = registry.node
-        self.interval = registry.interval
-        self.in_flight_poll = in_flight_poll
-        self.reap_every = reap_every
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    registry: NodeRegistry
+    reaper: OrphanReaper
+    in_flight_poll: float = IN_FLIGHT_POLL
+    reap_every: int = REAP_EVERY
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    @property
+    def node(self) -> str:
+        """The node's name."""
+        return self.registry.node
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two beats (the registry's)."""
+        return self.registry.interval
 
     def beat(self, *, register: bool = True) -> None:
         """One heartbeat, never raising: decide the queues, refresh the record.
