@@ -8,7 +8,7 @@ Only re-exports live here; see the modules for the details.
 from __future__ import annotations
 
 from snakepit_celery import executor, hardware, lockfile, signals
-from snakepit_celery.barrier import CrashBarrier, Taint
+from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import SnakepitTask, snakepit_task
@@ -27,6 +27,7 @@ from snakepit_celery.hardware import Device
 from snakepit_celery.health import HealthMonitor, HealthStats, WorkerHealth
 from snakepit_celery.policy.crash import Classification, CrashBarrierConfig, CrashInfo, classify
 from snakepit_celery.policy.retry import RetryPolicy
+from snakepit_celery.policy.taints import Taint
 from snakepit_celery.store import MemoryStore, RedisStore, Store, store_from_url
 
 __version__ = "0.1.0"

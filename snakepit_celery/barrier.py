@@ -6,7 +6,8 @@
 worker — and the GPU, for GPU-fatal errors — in the shared store so the fleet
 keeps work away from it until the taint expires (``taint_duration``) or an
 operator lifts it (``clear_taint``). The pure decisions live in
-``policy/crash.py``; this module adds the store.
+``policy/crash.py`` and the taint keys in ``policy/taints.py``; this module
+adds the store.
 
 It also wraps the store's per-task crash ledger, which stops a message that
 keeps killing whole nodes (nobody is left to see ``WorkerLostError``) after
@@ -22,20 +23,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from snakepit_celery import signals
-from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError, error_kind
-from snakepit_celery.policy.crash import (
-    Classification,
-    CrashBarrierConfig,
-    CrashInfo,
-    classify,
-    describe_crash,
-    gpu_error_action,
-)
+from snakepit_celery.errors import StoreUnavailableError
+from snakepit_celery.policy.crash import CrashBarrierConfig, CrashInfo
+from snakepit_celery.policy.taints import Taint, TaintKind, device_member, worker_member
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
 from snakepit_celery.store.base import LedgerEntry, Store, TaintRecord
 from snakepit_celery.testing import is_testing
@@ -43,7 +36,7 @@ from snakepit_celery.testing import is_testing
 if TYPE_CHECKING:
     from snakepit_celery.hardware.types import Device
 
-__all__ = ["CrashBarrier", "Taint", "TaintKind"]
+__all__ = ["CrashBarrier"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,132 +49,12 @@ LEDGER_MIN_TTL = 86400.0
 LEDGER_TTL_PER_RESTART = 3600.0
 #: Longest ``reason`` kept in a taint's details.
 MAX_REASON_CHARS = 2000
-#: How deep ``__cause__``/``__context__`` chains are read for GPU error text.
-MAX_CHAIN_DEPTH = 8
 
 _EMPTY_LEDGER = LedgerEntry(starts=0, finishes=0, crashes=0, running_on=None)
 
 
-class TaintKind(StrEnum):
-    """What a taint keeps work away from."""
-
-    WORKER = "worker"
-    DEVICE = "device"
-
-
-@dataclass(frozen=True, slots=True)
-class Taint:
-    """One active taint of the barrier's pool.
-
-    A worker taint has ``worker_id``; a device taint has ``node`` and
-    ``device`` (its string form, e.g. ``"cuda:0"``) and ``uuid`` when the GPU's
-    UUID was known. ``expires_at`` is epoch seconds on the store's clock,
-    ``remaining`` seconds from the moment the taints were read.
-    """
-
-    kind: TaintKind
-    worker_id: str | None
-    node: str | None
-    device: str | None
-    expires_at: float
-    remaining: float
-    classification: Classification | None
-    reason: str | None
-    uuid: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict; keys are the field names."""
-        return {
-            "kind": str(self.kind),
-            "worker_id": self.worker_id,
-            "node": self.node,
-            "device": self.device,
-            "expires_at": self.expires_at,
-            "remaining": self.remaining,
-            "classification": None if self.classification is None else str(self.classification),
-            "reason": self.reason,
-            "uuid": self.uuid,
-        }
-
-    @classmethod
-    def from_record(cls, record: TaintRecord) -> Taint:
-        """Read a store record (``worker:<id>`` / ``device:<node>:<key>`` plus its details)."""
-        details = record.details
-        kind_text, _, rest = record.member.partition(":")
-        classification = _classification_or_none(details.get("classification"))
-        reason = details.get("reason")
-        expires_at = record.expires_at
-        remaining = max(0.0, record.remaining)
-        text = None if reason is None else str(reason)
-        if kind_text == TaintKind.WORKER:
-            worker_device = _opt_str(details.get("device"))
-            return cls(
-                TaintKind.WORKER,
-                rest,
-                None,
-                worker_device,
-                expires_at,
-                remaining,
-                classification,
-                text,
-            )
-        node, _, key = rest.partition(":")
-        return cls(
-            TaintKind.DEVICE,
-            None,
-            _opt_str(details.get("node")) or node,
-            _opt_str(details.get("device")) or key,
-            expires_at,
-            remaining,
-            classification,
-            text,
-            uuid=_opt_str(details.get("uuid")),
-        )
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _classification_or_none(value: Any) -> Classification | None:
-    try:
-        return None if value is None else Classification(value)
-    except ValueError:
-        return None
-
-
-def device_key(device: Device | str) -> str:
-    """The store key of a device: its GPU UUID where known, else its string form ("cuda:0").
-
-    NVML lists GPUs in PCI order and ignores ``CUDA_VISIBLE_DEVICES``, so an
-    index means different GPUs in different processes; a UUID does not.
-    """
-    uuid = getattr(device, "uuid", None)
-    if isinstance(uuid, str) and uuid:
-        return uuid
-    return str(device)
-
-
-def worker_member(worker_id: str) -> str:
-    """Taint member of a worker: ``worker:<id>``."""
-    return f"worker:{worker_id}"
-
-
-def device_member(node: str, device: Device | str) -> str:
-    """Taint member of a device: ``device:<node>:<uuid or cuda:N>``."""
-    return f"device:{node}:{device_key(device)}"
-
-
-def _exception_text(exc: BaseException) -> str:
-    """The messages of ``exc`` and the exceptions it was raised from, one per line."""
-    parts: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen and len(parts) < MAX_CHAIN_DEPTH:
-        seen.add(id(current))
-        parts.append(str(current) or type(current).__name__)
-        current = current.__cause__ or current.__context__
-    return "\n".join(parts)
+def _device_text(device: Device | str | None) -> str | None:
+    return None if device is None else str(device)
 
 
 class CrashBarrier:
@@ -224,12 +97,9 @@ class CrashBarrier:
     ) -> CrashInfo | None:
         """The :class:`CrashInfo` of any crash, taintable or not; None when it is no crash.
 
-        A crash is a non-zero exit code, a ``WorkerLostError``-like exception
-        (error kind ``worker_crash``), a ``WorkerCrashedError``, an exception
-        carrying a fatal GPU error (its CUDA context is dead), or an exception
-        whose type is listed in ``taint_on_error_types``.
+        See ``CrashBarrierConfig.describe`` for what counts as a crash.
         """
-        return self._describe(crash, device)[0]
+        return self.config.describe(crash, device=_device_text(device))[0]
 
     def crash_info(
         self, crash: BaseException | int | None, *, device: Device | str | None = None
@@ -239,37 +109,10 @@ class CrashBarrier:
         Taints: classification in ``mark_on``, exit code in
         ``taint_on_exit_codes``, or exception type in ``taint_on_error_types``.
         """
-        info, type_matched = self._describe(crash, device)
+        info, type_matched = self.config.describe(crash, device=_device_text(device))
         if info is None or not self.config.taintable(info, error_type_matched=type_matched):
             return None
         return info
-
-    def _describe(
-        self, crash: BaseException | int | None, device: Device | str | None
-    ) -> tuple[CrashInfo | None, bool]:
-        device_text = None if device is None else str(device)
-        if crash is None or isinstance(crash, bool):
-            return None, False
-        if isinstance(crash, int):
-            return (None if crash == 0 else describe_crash(crash, device=device_text)), False
-        type_matched = self.config.matches_error_type(crash)
-        text = _exception_text(crash)
-        if isinstance(crash, WorkerCrashedError):
-            classification = _classification_or_none(crash.classification) or classify(
-                crash.exit_code, text, signal=crash.signal
-            )
-            info = CrashInfo(
-                text, crash.exit_code, crash.signal, classification, crash.device or device_text
-            )
-            return info, type_matched
-        if error_kind(crash) == "worker_crash":
-            exit_code = getattr(crash, "exitcode", None)
-            exit_code = exit_code if isinstance(exit_code, int) else None
-            return describe_crash(exit_code, text, device=device_text), type_matched
-        action = gpu_error_action(text)
-        if (action is not None and action.fatal) or type_matched:
-            return describe_crash(None, text, device=device_text), type_matched
-        return None, False
 
     def retry_allowed(self, idempotent: bool, attempt: int) -> bool:
         """May the crashed task run again? ``attempt`` = restarts already made (from 0).
@@ -283,19 +126,8 @@ class CrashBarrier:
         return 0.0 if is_testing() else self.config.backoff_for(attempt)
 
     def should_taint_device(self, info: CrashInfo) -> bool:
-        """Should this crash taint the GPU it ran on?
-
-        Only GPU-fatal crashes with ``taint_device_on_cuda_fatal``, and not
-        errors that blame the input or code rather than the GPU (a device-side
-        assert, a misaligned address...); a GPU crash whose text names no
-        known error is blamed on the GPU.
-        """
-        if not self.config.taint_device_on_cuda_fatal:
-            return False
-        if info.classification != Classification.GPU:
-            return False
-        action = gpu_error_action(info.reason)
-        return action is None or action.taint_device
+        """Should this crash taint the GPU it ran on? See ``CrashBarrierConfig.taints_device``."""
+        return self.config.taints_device(info)
 
     # -- taints -------------------------------------------------------------------
     def taint_worker(self, worker_id: str, info: CrashInfo | None = None) -> bool:

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from snakepit_celery.barrier import CrashBarrier, Taint, TaintKind
+from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.health import HealthMonitor, HealthStats
 from snakepit_celery.policy.routing import NodeRecord
+from snakepit_celery.policy.taints import Taint, TaintKind
 from snakepit_celery.store.base import Store
 
 __all__ = ["BreakerStatus", "FleetStatus", "TaintStatus", "fleet_status"]

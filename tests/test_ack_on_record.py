@@ -25,8 +25,10 @@ import pytest
 from celery import Celery
 from chaos_helpers import VISIBILITY_TIMEOUT, ChaosFleet
 
-from snakepit_celery.celery.task import SnakepitTask, ack_on_record_tasks, snakepit_task
-from snakepit_celery.celery.worker import HEARTBEAT_TTL, REAP_EVERY, REAP_GRACE
+from snakepit_celery.celery.bootsteps.ack import ack_on_record_tasks
+from snakepit_celery.celery.bootsteps.reaper import REAP_GRACE
+from snakepit_celery.celery.bootsteps.registry import HEARTBEAT_TTL, REAP_EVERY
+from snakepit_celery.celery.task import SnakepitTask, snakepit_task
 from snakepit_celery.testing import wait_until
 
 pytestmark = pytest.mark.timeout(150)

@@ -12,7 +12,7 @@ import redis
 from billiard.exceptions import WorkerLostError
 
 from snakepit_celery import signals, testing
-from snakepit_celery.barrier import CrashBarrier, Taint, TaintKind, device_key
+from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.errors import (
     ConfigError,
     RetryExhaustedError,
@@ -21,6 +21,7 @@ from snakepit_celery.errors import (
 )
 from snakepit_celery.hardware.types import Accelerator, Device
 from snakepit_celery.policy.crash import Classification, CrashBarrierConfig, CrashInfo
+from snakepit_celery.policy.taints import Taint, TaintKind, device_key
 from snakepit_celery.store import RedisStore, set_fail_open, store_from_url
 from snakepit_celery.store.base import Store
 

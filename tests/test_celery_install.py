@@ -10,9 +10,9 @@ from celery import Celery
 
 from snakepit_celery import CircuitBreaker, ConfigError, install, snakepit_task
 from snakepit_celery.celery.app_context import app_store, namespace, settings_for, taint_pools
+from snakepit_celery.celery.bootsteps.steps import SnakepitWorkerStep
 from snakepit_celery.celery.router import SnakepitRouter
 from snakepit_celery.celery.task import SnakepitTask
-from snakepit_celery.celery.worker import SnakepitWorkerStep
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.store import set_default_store
 

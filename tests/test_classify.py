@@ -14,13 +14,12 @@ from snakepit_celery.policy.crash import (
     Classification,
     CrashBarrierConfig,
     CrashInfo,
-    GpuErrorKind,
     RetryMode,
     classify,
     describe_crash,
-    gpu_error_action,
     parse_crash,
 )
+from snakepit_celery.policy.gpu_errors import GpuErrorKind, gpu_error_action
 
 # -- exit codes and signals -------------------------------------------------------
 

@@ -9,7 +9,7 @@ node's reaper claims it and ends the task FAILURE with ``WorkerCrashedError``
 naming the dead node. Idempotent tasks are left to their message, which comes
 back by itself; a task that already has a final state is never overwritten.
 
-The first tests drive ``NodeAgent.reap()`` in this process against real Redis
+The first tests drive ``OrphanReaper.reap()`` in this process against real Redis
 (result backend and store); the last ones kill real worker nodes.
 """
 
@@ -25,8 +25,10 @@ from celery import Celery, chord
 from chaos_helpers import ChaosFleet, chaos_conf
 
 from snakepit_celery import hardware
+from snakepit_celery.celery.bootsteps.queues import QueueReconciler
+from snakepit_celery.celery.bootsteps.reaper import REAP_GRACE, OrphanReaper
+from snakepit_celery.celery.bootsteps.registry import HEARTBEAT_TTL, REAP_EVERY, NodeRegistry
 from snakepit_celery.celery.task import snakepit_task
-from snakepit_celery.celery.worker import HEARTBEAT_TTL, REAP_EVERY, REAP_GRACE, NodeAgent
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore
@@ -46,7 +48,7 @@ def entry(name: str, *, early_ack: bool = True, crash_barrier: bool = True) -> d
     return {"name": name, "early_ack": early_ack, "crash_barrier": crash_barrier}
 
 
-# -- in process: NodeAgent.reap() ------------------------------------------------------------
+# -- in process: OrphanReaper.reap() ---------------------------------------------------------
 
 
 def noop() -> None:
@@ -76,9 +78,9 @@ def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
 
 
 @pytest.fixture
-def agent(app: Celery, store: RedisStore) -> NodeAgent:
+def agent(app: Celery, store: RedisStore) -> OrphanReaper:
     """The live node that reaps (no grace, so a test only waits out the dead record's TTL)."""
-    return NodeAgent(app, "reaper@test", hardware.detect(), store, reap_grace=0.0)
+    return OrphanReaper(app, "reaper@test", store, grace=0.0)
 
 
 def dead_node(store: RedisStore, name: str, tasks: dict[str, dict[str, Any]]) -> None:
@@ -89,7 +91,7 @@ def dead_node(store: RedisStore, name: str, tasks: dict[str, dict[str, Any]]) ->
 
 
 def test_orphan_of_a_dead_node_ends_failure_naming_it(
-    app: Celery, store: RedisStore, agent: NodeAgent
+    app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
     assert agent.reap() == ["t-orphan"]
@@ -103,7 +105,7 @@ def test_orphan_of_a_dead_node_ends_failure_naming_it(
 
 
 def test_orphan_is_counted_as_a_crash_in_the_ledger_and_health_monitor(
-    store: RedisStore, agent: NodeAgent
+    store: RedisStore, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
     agent.reap()
@@ -114,7 +116,7 @@ def test_orphan_is_counted_as_a_crash_in_the_ledger_and_health_monitor(
 
 
 def test_task_with_a_final_state_is_not_overwritten(
-    app: Celery, store: RedisStore, agent: NodeAgent
+    app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     app.backend.mark_as_done("t-done", 42)
     dead_node(store, "dead@test", {"t-done": entry("reap.once")})
@@ -123,7 +125,7 @@ def test_task_with_a_final_state_is_not_overwritten(
 
 
 def test_late_acknowledged_task_is_left_to_its_message(
-    app: Celery, store: RedisStore, agent: NodeAgent
+    app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-idem": entry("reap.idem", early_ack=False)})
     assert agent.reap() == []
@@ -131,7 +133,7 @@ def test_late_acknowledged_task_is_left_to_its_message(
 
 
 def test_task_without_crash_barrier_keeps_celerys_behaviour(
-    app: Celery, store: RedisStore, agent: NodeAgent
+    app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-plain": entry("celery.plain", crash_barrier=False)})
     assert agent.reap() == []
@@ -150,7 +152,7 @@ class Dispatcher:
 
 
 def test_reaped_orphan_is_announced_as_task_failed_on_the_event_loop(
-    store: RedisStore, agent: NodeAgent
+    store: RedisStore, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
     agent.reap()
@@ -163,15 +165,16 @@ def test_reaped_orphan_is_announced_as_task_failed_on_the_event_loop(
 
 
 def test_a_dead_node_is_reaped_by_one_live_node_only(
-    app: Celery, store: RedisStore, agent: NodeAgent
+    app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
-    other = NodeAgent(app, "other@test", hardware.detect(), store, reap_grace=0.0)
+    other = OrphanReaper(app, "other@test", store, grace=0.0)
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
     assert agent.reap() + other.reap() == ["t-orphan"]
 
 
-def test_live_node_is_not_reaped(app: Celery, store: RedisStore, agent: NodeAgent) -> None:
-    live = NodeAgent(app, "live@test", hardware.detect(), store)
+def test_live_node_is_not_reaped(app: Celery, store: RedisStore, agent: OrphanReaper) -> None:
+    info = hardware.detect()
+    live = NodeRegistry("live@test", info, store, QueueReconciler("live@test", info, store))
     live.register()
     assert store.node_reap(grace=0.0) == []
     assert agent.reap() == []

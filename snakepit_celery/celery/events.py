@@ -28,7 +28,7 @@ from typing import Any
 
 from celery import Celery
 
-from snakepit_celery.celery.worker import worker_node
+from snakepit_celery.celery.bootsteps.current import worker_node
 from snakepit_celery.signals import SignalHook, SignalPayload
 
 __all__ = [

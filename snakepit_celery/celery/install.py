@@ -14,9 +14,9 @@ import logging
 from celery import Celery
 
 from snakepit_celery.celery.app_context import app_store, settings_for
+from snakepit_celery.celery.bootsteps.steps import install_worker
 from snakepit_celery.celery.events import install_events
 from snakepit_celery.celery.router import install_router
-from snakepit_celery.celery.worker import install_worker
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.store import set_default_store, set_fail_open
 from snakepit_celery.store.urls import redact

@@ -3,9 +3,10 @@
 When a prefork child dies mid-task, billiard fails the request with
 ``WorkerLostError("Worker exited prematurely: signal 11 (SIGSEGV) ...")`` in
 the pool parent. With the task's crash barrier enabled this request class
+hands the crash to the one crash path (``celery.crash.handle_crash``: it
 classifies the crash, records it in the health monitor, taints the worker
-node (and the device for GPU-fatal crashes), counts it in the store's crash
-ledger, and then either re-publishes the task (same id and arguments, after
+node and the device for GPU-fatal crashes, counts it in the store's crash
+ledger), and then either re-publishes the task (same id and arguments, after
 the barrier's backoff, with the crash count in a header, routed by the router
 rather than back to this node's own queue) or ends it FAILURE with
 ``WorkerCrashedError``. The original message is acknowledged either way, so
@@ -15,6 +16,7 @@ default) Celery's own handling applies unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from typing import Any
@@ -29,16 +31,22 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 
 from snakepit_celery.celery.app_context import app_store, taint_pools
+from snakepit_celery.celery.crash import (
+    ChildRecycled,
+    CrashOutcome,
+    Observer,
+    SeenCrash,
+    handle_crash,
+)
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.celery.task import (
     HEADER_CRASHES,
-    ChildRecycled,
     SnakepitTask,
     _forwarded,
     unrecorded_crashes,
 )
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
-from snakepit_celery.policy.crash import describe_crash
+from snakepit_celery.policy.queues import live_untainted_others
 from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.store import report_store_error
 
@@ -78,51 +86,43 @@ class SnakepitRequest(Request):  # type: ignore[misc]
 
     # -- a child died --------------------------------------------------------------------
     def _on_crash(self, task: SnakepitTask, exc: BaseException, exc_info: Any) -> None:
+        """The one crash path; its ending re-publishes the task or ends it FAILURE."""
         runtime = task.snakepit_runtime
-        barrier = runtime.barrier
-        node = str(self.hostname)
-        device = task._device_or_none((self.delivery_info or {}).get("routing_key"))
-        info = barrier.describe(exc, device=device) or describe_crash(None, str(exc))
-        runtime.health.record_crash(
-            node,
-            reason=str(info.classification),
-            task_id=self.id,
-            exit_code=info.exit_code,
-            signal=info.signal,
+        seen = SeenCrash(
+            str(self.id),
+            str(self.hostname),
+            exc,
+            Observer.POOL_PARENT,
+            device=task._device_or_none((self.delivery_info or {}).get("routing_key")),
+            idempotent=bool(task.idempotent),
+            unrecorded=functools.partial(
+                unrecorded_crashes, self.delivery_info, self._request_dict
+            ),
         )
-        taint = barrier.crash_info(exc, device=device)
-        if taint is not None:
-            barrier.taint_worker(node, taint)
-        if device is not None and barrier.should_taint_device(info):
-            barrier.taint_device(node, device, info)
 
-        entry = barrier.ledger_crash(self.id)
-        unrecorded = unrecorded_crashes(self.delivery_info, self._request_dict, entry.released)
-        crashes = unrecorded + entry.crashes
-        error = WorkerCrashedError(
-            str(info.classification),
-            info.exit_code,
-            info.signal,
-            node,
-            None if device is None else str(device),
-        )
+        def end(outcome: CrashOutcome) -> None:
+            self._log_crash(outcome)
+            if outcome.retry and self._republish(
+                task, outcome.error, exc_info, outcome.countdown, outcome.unrecorded
+            ):
+                return
+            self._fail(outcome.error, exc)
+
+        handle_crash(seen, runtime.barrier, runtime.health, end)
+
+    def _log_crash(self, outcome: CrashOutcome) -> None:
         logger.error(
             "task %s[%s] lost its worker process: %s (crash %d)",
             self.task_name,
             self.id,
-            info.reason,
-            crashes,
+            outcome.info.reason,
+            outcome.crashes,
             extra={
                 "task_id": self.id,
-                "classification": str(info.classification),
-                "crashes": crashes,
+                "classification": str(outcome.info.classification),
+                "crashes": outcome.crashes,
             },
         )
-        if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
-            countdown = barrier.backoff_for(crashes - 1)
-            if self._republish(task, error, exc_info, countdown, unrecorded):
-                return
-        self._fail(error, exc)
 
     def _republish(
         self,
@@ -183,14 +183,10 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         except StoreUnavailableError as exc:
             report_store_error(exc, task_id=self.id)
             return None
-        me = str(self.hostname)
         nodes = sorted(
             str(record["node"])
-            for record in snapshot.nodes
-            if record.get("node") not in (None, me)
-            and record.get("state") != "stopping"
-            and not snapshot.node_tainted(str(record["node"]))
-            and queue in (record.get("queues") or ())
+            for record in live_untainted_others(snapshot, str(self.hostname))
+            if queue in (record.get("queues") or ())
         )
         if not nodes:
             return None

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, overload
 
 from celery import Celery, Task, shared_task, states
-from celery import signals as celery_signals
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, Reject, Retry
 
@@ -35,6 +34,7 @@ from snakepit_celery import hardware, signals
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.app_context import settings_for
+from snakepit_celery.celery.crash import note_gpu_fatal
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.errors import (
     CircuitOpenError,
@@ -45,7 +45,7 @@ from snakepit_celery.errors import (
 )
 from snakepit_celery.hardware.types import Device
 from snakepit_celery.health import HealthMonitor
-from snakepit_celery.policy.crash import CrashBarrierConfig, gpu_error_action
+from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.routing import Pref, parse_prefs, queue_device
 from snakepit_celery.store import store_from_url
@@ -57,10 +57,8 @@ __all__ = [
     "HEADER_DEFERRALS",
     "HEADER_FIRST_TRY",
     "TASK_FACTS_EVENT",
-    "ChildRecycled",
     "SnakepitTask",
     "TaskRuntime",
-    "ack_on_record_tasks",
     "final_state",
     "snakepit_task",
     "unrecorded_crashes",
@@ -107,24 +105,6 @@ class TaskRuntime:
     lease: float
     #: The worker sends task events (``-E``): each run also sends ``task-snakepit-run``.
     task_events: bool
-
-
-class ChildRecycled(SystemExit):
-    """Raised in a pool child after a GPU-fatal error: the result is stored, the child exits.
-
-    Its CUDA context is dead, so the process must go; billiard reports this
-    exception to the pool parent, where ``SnakepitRequest`` finishes the
-    request (events, ack) instead of treating it as a lost worker.
-    """
-
-    def __init__(self, task_id: str, state: str, error: str) -> None:
-        super().__init__(0)
-        self.task_id = task_id
-        self.state = state
-        self.error = error
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.task_id, self.state, self.error))
 
 
 class SnakepitTask(Task):  # type: ignore[misc]
@@ -297,7 +277,9 @@ class SnakepitTask(Task):  # type: ignore[misc]
             self._defer(exc, breaker, request, headers)
         except Exception as exc:
             if runtime.barrier.enabled:
-                self._note_gpu_fatal(runtime, request, exc)
+                note_gpu_fatal(
+                    runtime.barrier, runtime.health, request, exc, self._device_or_none()
+                )
             policy = runtime.policy
             if policy is None or not policy.retry_for_error(exc):
                 raise
@@ -470,23 +452,6 @@ class SnakepitTask(Task):  # type: ignore[misc]
         )
         raise Ignore()
 
-    def _note_gpu_fatal(self, runtime: TaskRuntime, request: Any, exc: BaseException) -> None:
-        """A GPU-fatal error in the body: record it, taint the device, recycle the child."""
-        barrier = runtime.barrier
-        device = self._device_or_none()
-        info = barrier.describe(exc, device=device)
-        action = gpu_error_action(info.reason) if info is not None else None
-        if info is None or action is None or not action.recycle:
-            return
-        node = str(request.hostname)
-        runtime.health.record_crash(
-            node, reason=str(info.classification), task_id=request.id, device=str(device)
-        )
-        if device is not None and barrier.should_taint_device(info):
-            barrier.taint_device(node, device, info)
-        if _IN_POOL_CHILD and not request.is_eager:
-            _recycle_after[request.id] = type(exc).__name__ + ": " + str(exc)
-
 
 @overload
 def snakepit_task(fn: Callable[..., Any], /) -> SnakepitTask: ...
@@ -510,39 +475,6 @@ def snakepit_task(*args: Any, **options: Any) -> Any:
     if app is not None:
         return app.task(*args, **options)
     return shared_task(*args, **options)
-
-
-def ack_on_record_tasks(app: Celery) -> list[str]:
-    """Make the app's crash-barrier tasks that are not idempotent ``ack_on_record``; their names.
-
-    Called by the worker before its pool starts. Celery acknowledges such a
-    task when it starts; if its whole node then dies before the node's record
-    lists it in flight, no message comes back and no one can give it a final
-    state. Acknowledged on record instead (``acks_late`` plus an early
-    acknowledgement by the node, see ``celery.worker``), its message comes
-    back in that window and the crash-ledger gate ends it ``WorkerCrashedError``
-    without running it again. Tasks with their own ``acks_late``, and apps with
-    ``task_acks_late``, keep theirs.
-    """
-    if app.conf.task_acks_late:
-        return []
-    barrier = settings_for(app).crash_barrier
-    names = []
-    for name, task in sorted(app.tasks.items()):
-        if not isinstance(task, SnakepitTask) or task.idempotent or task.ack_on_record:
-            continue
-        if type(task)._acks_late_option is not None:
-            continue
-        try:
-            enabled = barrier.merged(task.crash_barrier).enabled
-        except SnakepitError as exc:
-            logger.warning("task %s: %s", name, exc)
-            continue
-        if enabled:
-            task.acks_late = True
-            task.ack_on_record = True
-            names.append(name)
-    return names
 
 
 # -- runtime -----------------------------------------------------------------------------
@@ -726,34 +658,3 @@ def final_state(app: Celery, task_id: str) -> str | None:
 def _redelivered(request: Any) -> bool:
     delivery_info = request.delivery_info
     return bool(delivery_info and delivery_info.get("redelivered"))
-
-
-# -- recycling a pool child after a GPU-fatal error ------------------------------------------
-
-_IN_POOL_CHILD = False
-#: task id -> error text, for tasks whose child must exit once their result is stored.
-_recycle_after: dict[str, str] = {}
-
-
-def _mark_pool_child(**_: Any) -> None:
-    global _IN_POOL_CHILD
-    _IN_POOL_CHILD = True
-
-
-def _recycle_child(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
-    """After the result is stored: leave the pool child whose CUDA context is dead."""
-    if not _recycle_after or task_id not in _recycle_after:
-        return
-    error = _recycle_after.pop(task_id)
-    logger.error(
-        "recycling worker process %d after a GPU-fatal error in task %s: %s",
-        os.getpid(),
-        task_id,
-        error,
-        extra={"task_id": task_id, "pid": os.getpid()},
-    )
-    raise ChildRecycled(task_id, str(state or states.FAILURE), error)
-
-
-celery_signals.worker_process_init.connect(_mark_pool_child, weak=False)
-celery_signals.task_postrun.connect(_recycle_child, weak=False)

@@ -2,12 +2,9 @@
 
 ``classify()`` turns what is left of a dead task — an exit code, a signal, a
 Celery/billiard ``WorkerLostError`` message, a CUDA/HIP error text — into a
-:class:`Classification`. ``gpu_error_action()`` says what one GPU error means
-for the fleet (recycle the process? taint the GPU? retry the same input?),
-driven by the tables below (after ``GPU_ERRORS.md``): CUDA errors are sticky
-(the CUDA context is dead until the process exits) or not, and some point at
-the hardware. "CUDA out of memory" is *not* a crash: it is the retriable
-``gpu_oom`` kind, so ``classify()`` never calls it ``gpu``.
+:class:`Classification`; GPU error texts are looked up in the catalogue of
+``policy/gpu_errors.py``. "CUDA out of memory" is *not* a crash: it is the
+retriable ``gpu_oom`` kind, so ``classify()`` never calls it ``gpu``.
 
 :class:`CrashBarrierConfig` holds the barrier's settings, validated at
 construction, with the two pure decisions: ``retry_allowed()`` and
@@ -24,22 +21,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from snakepit_celery.errors import ConfigError
+from snakepit_celery.errors import ConfigError, WorkerCrashedError, error_kind
 from snakepit_celery.policy.checks import check_bool, check_int, check_seconds
+from snakepit_celery.policy.exit_status import parse_crash, signal_name
+from snakepit_celery.policy.gpu_errors import gpu_error_action
 
 __all__ = [
-    "GPU_ERROR_RULES",
-    "XID_ACTIONS",
     "Classification",
     "CrashBarrierConfig",
     "CrashInfo",
-    "GpuErrorAction",
-    "GpuErrorKind",
     "RetryMode",
+    "classification_or_none",
     "classify",
     "describe_crash",
-    "gpu_error_action",
-    "parse_crash",
+    "exception_text",
 ]
 
 
@@ -59,176 +54,6 @@ class RetryMode(StrEnum):
     ALWAYS = "always"
     IDEMPOTENT = "idempotent"
     NEVER = "never"
-
-
-class GpuErrorKind(StrEnum):
-    """Families of GPU errors that call for the same action."""
-
-    GPU_OOM = "gpu_oom"  # cudaErrorMemoryAllocation (2): recoverable, retry
-    ILLEGAL_ADDRESS = "illegal_address"  # 700
-    LAUNCH_FAILURE = "launch_failure"  # 719
-    DEVICE_ASSERT = "device_assert"  # 710: a bug in the input or the code
-    KERNEL_FAULT = "kernel_fault"  # 714-718
-    LAUNCH_TIMEOUT = "launch_timeout"  # 702
-    ECC = "ecc"  # 214 and ECC Xids
-    DEVICE_LOST = "device_lost"  # no device, fallen off the bus
-    LIBRARY = "library"  # cuBLAS/cuDNN/NCCL, usually secondary
-    MEMORY_FAULT = "memory_fault"  # ROCm "Memory access fault by GPU node-N"
-    XID_APPLICATION = "xid_application"  # Xid blamed on the application
-    XID_HARDWARE = "xid_hardware"  # Xid that needs a GPU reset
-    CUDA_ERROR = "cuda_error"  # any other CUDA/HIP runtime error
-
-
-@dataclass(frozen=True, slots=True)
-class GpuErrorAction:
-    """What one GPU error means for the worker, the GPU and the task.
-
-    ``sticky``: the CUDA context is poisoned, every later call fails;
-    ``recycle``: the worker process must exit to recover; ``taint_device``:
-    the GPU itself is suspect and should get no work for a while;
-    ``retry_same_input``: running the same task again (elsewhere) may succeed.
-    ``fatal`` is False only for ``gpu_oom``, which is an ordinary retriable error.
-    """
-
-    kind: GpuErrorKind
-    sticky: bool
-    recycle: bool
-    taint_device: bool
-    retry_same_input: bool = True
-    code: int | None = None
-    xid: int | None = None
-
-    @property
-    def fatal(self) -> bool:
-        """True when the error kills the worker's GPU work (everything but ``gpu_oom``)."""
-        return self.kind is not GpuErrorKind.GPU_OOM
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict (``kind`` as its string value)."""
-        return {
-            "kind": str(self.kind),
-            "sticky": self.sticky,
-            "recycle": self.recycle,
-            "taint_device": self.taint_device,
-            "retry_same_input": self.retry_same_input,
-            "code": self.code,
-            "xid": self.xid,
-        }
-
-
-def _action(
-    kind: GpuErrorKind,
-    *,
-    sticky: bool = True,
-    recycle: bool = True,
-    taint: bool = False,
-    retry: bool = True,
-    code: int | None = None,
-) -> GpuErrorAction:
-    return GpuErrorAction(kind, sticky, recycle, taint, retry, code)
-
-
-_OOM = _action(GpuErrorKind.GPU_OOM, sticky=False, recycle=False, code=2)
-_XID_APP = _action(GpuErrorKind.XID_APPLICATION)
-_XID_HW = _action(GpuErrorKind.XID_HARDWARE, taint=True)
-_XID_ECC = _action(GpuErrorKind.ECC, taint=True)
-
-#: Xid code -> action (NVIDIA's Xid catalog): application errors recycle the
-#: process only; 46/48/63/64/79/95 need the GPU drained and reset; 94 is a
-#: contained ECC error (recycle).
-XID_ACTIONS: Mapping[int, GpuErrorAction] = {
-    13: _XID_APP,  # graphics engine exception
-    31: _XID_APP,  # GPU memory page fault
-    43: _XID_APP,  # GPU stopped processing (application fault)
-    45: _XID_APP,  # preemptive cleanup after an earlier error
-    68: _XID_APP,  # video processor exception
-    94: dataclasses.replace(_XID_ECC, taint_device=False),  # contained ECC error
-    46: _XID_HW,  # GPU stopped processing
-    48: _XID_ECC,  # double-bit ECC error
-    63: _XID_ECC,  # row remapping pending
-    64: _XID_ECC,  # row remapping failure
-    79: _action(GpuErrorKind.DEVICE_LOST, taint=True),  # fallen off the bus
-    95: _XID_ECC,  # uncontained ECC error
-}
-
-#: An Xid the catalog above does not list: recycle, do not blame the GPU.
-_XID_OTHER = _XID_APP
-
-_XID_RE = re.compile(r"\bxid\b\s*(?:\([^)]*\))?\s*[:#=]?\s*(\d{1,4})\b", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class GpuErrorRule:
-    """One row of :data:`GPU_ERROR_RULES`: a text pattern and its action."""
-
-    pattern: re.Pattern[str]
-    action: GpuErrorAction
-
-
-def _rule(pattern: str, action: GpuErrorAction) -> GpuErrorRule:
-    return GpuErrorRule(re.compile(pattern, re.IGNORECASE), action)
-
-
-#: Message pattern -> action, first match wins, so the rows are in priority
-#: order: hardware faults, then specific sticky errors, then library errors
-#: (usually secondary to a sticky one), then out-of-memory, then any other
-#: CUDA/HIP error. Xids are looked up in :data:`XID_ACTIONS` (tainting Xids
-#: rank first, other Xids just before the generic rows).
-_K = GpuErrorKind  # short alias for the table below
-GPU_ERROR_RULES: tuple[GpuErrorRule, ...] = (
-    _rule(r"uncorrectable ECC error", _action(_K.ECC, taint=True, code=214)),
-    _rule(r"no CUDA-capable device is detected", _action(_K.DEVICE_LOST, taint=True, code=100)),
-    _rule(r"fallen off the bus", _action(_K.DEVICE_LOST, taint=True, code=None)),
-    _rule(r"device-side assert(ion)? triggered", _action(_K.DEVICE_ASSERT, retry=False, code=710)),
-    _rule(r"HIP error:?\s*an illegal memory access", _action(_K.ILLEGAL_ADDRESS)),
-    _rule(
-        r"illegal memory access was encountered|cudaErrorIllegalAddress",
-        _action(_K.ILLEGAL_ADDRESS, taint=True, code=700),
-    ),
-    _rule(
-        r"unspecified launch failure|cudaErrorLaunchFailure",
-        _action(_K.LAUNCH_FAILURE, taint=True, code=719),
-    ),
-    _rule(r"Memory access fault by GPU node-\d+", _action(_K.MEMORY_FAULT, taint=True)),
-    _rule(r"hardware stack error", _action(_K.KERNEL_FAULT, code=714)),
-    _rule(r"illegal instruction was encountered", _action(_K.KERNEL_FAULT, code=715)),
-    _rule(r"misaligned address", _action(_K.KERNEL_FAULT, code=716)),
-    _rule(r"invalid program counter", _action(_K.KERNEL_FAULT, code=718)),
-    _rule(r"launch timed out and was terminated", _action(_K.LAUNCH_TIMEOUT, code=702)),
-    _rule(r"(CUBLAS|CUDNN)_STATUS_EXECUTION_FAILED", _action(_K.LIBRARY)),
-    _rule(r"NCCL.{0,200}?unhandled cuda error", _action(_K.LIBRARY)),
-    _rule(
-        r"\b(CUDA|HIP|GPU|MPS)\b.{0,40}?out of memory|(cuda|torch)\.OutOfMemoryError"
-        r"|cudaErrorMemoryAllocation|hipErrorOutOfMemory|CUBLAS_STATUS_ALLOC_FAILED",
-        _OOM,
-    ),
-    _rule(r"\b(CUDA|HIP) error\b|\b(cuda|hip)Error\w+|CUDA driver error", _action(_K.CUDA_ERROR)),
-)
-
-_GENERIC_RULES_START = len(GPU_ERROR_RULES) - 1
-
-
-def gpu_error_action(message: str | None) -> GpuErrorAction | None:
-    """What the GPU error named in ``message`` calls for, or None when it names none.
-
-    Driven by :data:`GPU_ERROR_RULES` and :data:`XID_ACTIONS`; "CUDA out of
-    memory" gives a non-fatal ``gpu_oom`` action (``fatal`` is False).
-    """
-    if not message:
-        return None
-    xid_action: GpuErrorAction | None = None
-    xid_match = _XID_RE.search(message)
-    if xid_match is not None:
-        xid = int(xid_match.group(1))
-        xid_action = dataclasses.replace(XID_ACTIONS.get(xid, _XID_OTHER), xid=xid)
-        if xid_action.taint_device:
-            return xid_action
-    for index, rule in enumerate(GPU_ERROR_RULES):
-        if index == _GENERIC_RULES_START and xid_action is not None:
-            return xid_action
-        if rule.pattern.search(message):
-            return rule.action
-    return xid_action
 
 
 # -- crash signals and exit codes ---------------------------------------------
@@ -253,56 +78,6 @@ _CRASH_TEXT_RULES: tuple[tuple[re.Pattern[str], Classification], ...] = tuple(
         (r"\bSIGKILL\b|out of memory: kill(ed)? process|\boom[-_ ]?kill", Classification.OOM),
     )
 )
-
-_SIGNAL_NUMBER_RE = re.compile(r"\b(?:signal|sig)\s*[:=]?\s*(\d{1,2})\b", re.IGNORECASE)
-_SIGNAL_NAME_RE = re.compile(r"\bSIG([A-Z]{2,6}\d?)\b")
-_EXIT_CODE_RE = re.compile(
-    r"\b(?:exit[ _]?code|exit[ _]?status|exited with (?:code|status)|return[ _]?code)"
-    r"\s*[:=]?\s*(-?\d{1,3})\b",
-    re.IGNORECASE,
-)
-_SHELL_SIGNAL_BASE = 128
-_MAX_SIGNAL = 64
-
-
-def _signal_from_exit_code(exit_code: int) -> int | None:
-    """The signal an exit code reports: -N (multiprocessing) or 128+N (shells, containers)."""
-    if exit_code < 0 and -exit_code <= _MAX_SIGNAL:
-        return -exit_code
-    if _SHELL_SIGNAL_BASE < exit_code <= _SHELL_SIGNAL_BASE + _MAX_SIGNAL:
-        return exit_code - _SHELL_SIGNAL_BASE
-    return None
-
-
-def _signal_from_message(message: str) -> int | None:
-    match = _SIGNAL_NUMBER_RE.search(message)
-    if match is not None:
-        return int(match.group(1))
-    for name_match in _SIGNAL_NAME_RE.finditer(message):
-        number = getattr(_signal, f"SIG{name_match.group(1)}", None)
-        if isinstance(number, int):
-            return int(number)
-    return None
-
-
-def parse_crash(
-    exit_code: int | None = None, message: str | None = None, *, signal: int | None = None
-) -> tuple[int | None, int | None]:
-    """``(exit_code, signal)`` as far as they can be told from the arguments.
-
-    A missing exit code is read from texts like billiard's "exitcode 137";
-    a missing signal from the exit code (-11, 139) or texts like
-    "signal 11 (SIGSEGV)".
-    """
-    if exit_code is None and message:
-        match = _EXIT_CODE_RE.search(message)
-        if match is not None:
-            exit_code = int(match.group(1))
-    if signal is None and exit_code is not None:
-        signal = _signal_from_exit_code(exit_code)
-    if signal is None and message:
-        signal = _signal_from_message(message)
-    return exit_code, signal
 
 
 def classify(
@@ -340,20 +115,7 @@ class CrashInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain dict; keys are the field names."""
-        return {
-            "reason": self.reason,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "classification": str(self.classification),
-            "device": self.device,
-        }
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return _signal.Signals(number).name
-    except ValueError:
-        return f"SIG{number}"
+        return {**dataclasses.asdict(self), "classification": str(self.classification)}
 
 
 def describe_crash(
@@ -369,12 +131,36 @@ def describe_crash(
     if message:
         reason = message.strip()
     elif signal is not None:
-        reason = f"signal {signal} ({_signal_name(signal)})"
+        reason = f"signal {signal} ({signal_name(signal)})"
     elif exit_code is not None:
         reason = f"exit code {exit_code}"
     else:
         reason = "unknown crash"
     return CrashInfo(reason, exit_code, signal, classification, device)
+
+
+#: How deep ``__cause__``/``__context__`` chains are read for GPU error text.
+MAX_CHAIN_DEPTH = 8
+
+
+def exception_text(exc: BaseException) -> str:
+    """The messages of ``exc`` and the exceptions it was raised from, one per line."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(parts) < MAX_CHAIN_DEPTH:
+        seen.add(id(current))
+        parts.append(str(current) or type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def classification_or_none(value: Any) -> Classification | None:
+    """``value`` as a :class:`Classification`, or None when it is none or unknown."""
+    try:
+        return None if value is None else Classification(value)
+    except ValueError:
+        return None
 
 
 # -- configuration ---------------------------------------------------------------
@@ -499,6 +285,52 @@ class CrashBarrierConfig:
         if not self.backoff:
             return 0.0
         return self.backoff[min(max(attempt, 0), len(self.backoff) - 1)]
+
+    def describe(
+        self, crash: BaseException | int | None, *, device: str | None = None
+    ) -> tuple[CrashInfo | None, bool]:
+        """The crash's :class:`CrashInfo` (None when it is no crash), and whether its type matched.
+
+        A crash is a non-zero exit code, a ``WorkerLostError``-like exception
+        (error kind ``worker_crash``), a ``WorkerCrashedError``, an exception
+        carrying a fatal GPU error (its CUDA context is dead), or an exception
+        whose type is listed in ``taint_on_error_types`` (the second value).
+        """
+        if crash is None or isinstance(crash, bool):
+            return None, False
+        if isinstance(crash, int):
+            return (None if crash == 0 else describe_crash(crash, device=device)), False
+        type_matched = self.matches_error_type(crash)
+        text = exception_text(crash)
+        if isinstance(crash, WorkerCrashedError):
+            classification = classification_or_none(crash.classification) or classify(
+                crash.exit_code, text, signal=crash.signal
+            )
+            info = CrashInfo(
+                text, crash.exit_code, crash.signal, classification, crash.device or device
+            )
+            return info, type_matched
+        if error_kind(crash) == "worker_crash":
+            exit_code = getattr(crash, "exitcode", None)
+            exit_code = exit_code if isinstance(exit_code, int) else None
+            return describe_crash(exit_code, text, device=device), type_matched
+        action = gpu_error_action(text)
+        if (action is not None and action.fatal) or type_matched:
+            return describe_crash(None, text, device=device), type_matched
+        return None, False
+
+    def taints_device(self, info: CrashInfo) -> bool:
+        """Should this crash taint the GPU it ran on?
+
+        Only GPU-fatal crashes with ``taint_device_on_cuda_fatal``, and not
+        errors that blame the input or code rather than the GPU (a device-side
+        assert, a misaligned address...); a GPU crash whose text names no
+        known error is blamed on the GPU.
+        """
+        if not self.taint_device_on_cuda_fatal or info.classification != Classification.GPU:
+            return False
+        action = gpu_error_action(info.reason)
+        return action is None or action.taint_device
 
     def taintable(self, info: CrashInfo, *, error_type_matched: bool = False) -> bool:
         """Does this crash taint the worker?

@@ -17,9 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from snakepit_celery.barrier import device_member, worker_member
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError
 from snakepit_celery.hardware import Device, parse_preference
+from snakepit_celery.policy.taints import device_member, worker_member
 
 __all__ = [
     "ACCELERATOR_KINDS",

@@ -1,0 +1,122 @@
+"""What this worker node is running, as its registry record lists it.
+
+Each record lists the tasks in flight (``in_flight_tasks``: name,
+``early_ack``, crash barrier on, and for tasks that have any, the errbacks,
+chain and chord membership the orphan reaper needs to fail them as their pool
+parent would). These helpers read Celery's worker state; the heartbeat thread
+calls them, so they never assume the event loop's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery.worker import state as worker_state
+
+from snakepit_celery.celery.task import SnakepitTask
+
+__all__ = [
+    "CONTEXT_FIELDS",
+    "acked_early",
+    "active_requests",
+    "barrier_enabled",
+    "in_flight_tasks",
+    "orphanable",
+    "orphanable_in_flight",
+]
+
+#: Request fields the reaper needs to fail a task as its pool parent would.
+CONTEXT_FIELDS = ("errbacks", "chain", "chord", "group", "group_index", "root_id", "parent_id")
+
+
+def active_requests() -> tuple[Any, ...]:
+    """The requests this worker is running.
+
+    Read from another thread than the event loop's, so a race (the set changed
+    size while copied) is retried.
+    """
+    for _ in range(5):
+        try:
+            return tuple(worker_state.active_requests)
+        except RuntimeError:  # set changed size during iteration
+            continue
+    return ()
+
+
+def in_flight_tasks() -> dict[str, dict[str, Any]]:
+    """Tasks this worker is running: id -> name, ``early_ack``, crash barrier (and context)."""
+    return {str(request.id): _in_flight_entry(request) for request in active_requests()}
+
+
+def orphanable_in_flight() -> frozenset[str]:
+    """Ids of the running tasks a death of this node would orphan (cheap: no entries built)."""
+    return frozenset(
+        str(request.id)
+        for request in active_requests()
+        if acked_early(getattr(request, "task", None))
+        and barrier_enabled(getattr(request, "task", None))
+    )
+
+
+def orphanable(tasks: Mapping[str, Any]) -> frozenset[str]:
+    """Ids of the tasks a dead node would orphan: acknowledged early, crash barrier on."""
+    return frozenset(
+        task_id
+        for task_id, info in tasks.items()
+        if isinstance(info, Mapping) and info.get("crash_barrier") and info.get("early_ack")
+    )
+
+
+def acked_early(task: Any) -> bool:
+    """True when Celery (no ``acks_late``) or the node (``ack_on_record``) acks before the end."""
+    return not getattr(task, "acks_late", False) or bool(getattr(task, "ack_on_record", False))
+
+
+def barrier_enabled(task: Any) -> bool:
+    """True for a ``SnakepitTask`` whose crash barrier is enabled."""
+    if not isinstance(task, SnakepitTask):
+        return False
+    try:
+        return task.snakepit_runtime.barrier.enabled
+    except Exception:  # a task whose options cannot be resolved here: not ours to reap
+        return False
+
+
+def _in_flight_entry(request: Any) -> dict[str, Any]:
+    task = getattr(request, "task", None)
+    entry: dict[str, Any] = {
+        "name": str(getattr(request, "name", None) or getattr(task, "name", "")),
+        # acknowledged before it ends: its message does not come back if the node dies
+        "early_ack": acked_early(task),
+        "crash_barrier": barrier_enabled(task),
+    }
+    if entry["early_ack"] and entry["crash_barrier"]:
+        context = _failure_context(request)
+        if context:
+            entry["context"] = context
+    return entry
+
+
+def _failure_context(request: Any) -> dict[str, Any] | None:
+    """Errbacks, chain and chord/group membership of a request; None when it has none.
+
+    Kept in the node's record (only for tasks that have any) so the orphan
+    reaper can call the errbacks, count the chord part and fail the chain.
+    """
+    try:
+        embed = request._payload[2] or {}
+        fields = {
+            "errbacks": embed.get("errbacks"),
+            "chain": embed.get("chain"),
+            "chord": embed.get("chord"),
+            "group": request.group,
+            "group_index": request.group_index,
+        }
+    except Exception:  # a request without Celery's message layout: nothing to honour
+        return None
+    if not any(value for key, value in fields.items() if key != "group_index"):
+        return None
+    fields["root_id"] = getattr(request, "root_id", None)
+    fields["parent_id"] = getattr(request, "parent_id", None)
+    return {key: value for key, value in fields.items() if value is not None}

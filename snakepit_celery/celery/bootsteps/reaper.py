@@ -1,0 +1,174 @@
+"""The orphan reaper: tasks of dead nodes get a final state (DESIGN.md, crash path).
+
+A task that is not idempotent is acknowledged before it ends, so when its
+whole node dies (SIGKILL of the parent, OOM killer, power loss) no message
+comes back and no pool parent is left to store ``WorkerCrashedError``. Every
+``REAP_EVERY`` heartbeats a live node claims dead node incarnations from the
+store (``Store.node_reap``: exactly one node gets each) and ends their
+early-acknowledged barrier tasks that have no final state FAILURE with
+``WorkerCrashedError`` naming the dead node, through the one crash path
+(``celery.crash``). Idempotent tasks are left to their message, which comes
+back by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+from celery.app.task import Context
+from celery.backends.base import DisabledBackend
+
+from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, orphanable
+from snakepit_celery.celery.crash import CrashOutcome, Observer, SeenCrash, handle_crash
+from snakepit_celery.celery.task import SnakepitTask, final_state
+from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
+from snakepit_celery.store import report_store_error
+from snakepit_celery.store.base import Store
+
+__all__ = ["REAP_GRACE", "OrphanReaper"]
+
+logger = logging.getLogger(__name__)
+
+#: A node is reaped this many seconds after its record expired (a slow node may still beat).
+REAP_GRACE = 3.0
+
+
+class OrphanReaper:
+    """Claims dead nodes from the store and ends their orphaned tasks FAILURE.
+
+    ``reap()`` runs on the heartbeat thread; ``send_events()`` announces the
+    reaped tasks as ``task-failed`` from the event loop.
+    """
+
+    def __init__(self, app: Celery, node: str, store: Store, *, grace: float = REAP_GRACE) -> None:
+        self.app = app
+        self.node = node
+        self.store = store
+        self.grace = grace
+        self._lock = threading.Lock()
+        self._events: list[dict[str, Any]] = []
+
+    def reap(self) -> list[str]:
+        """Claim dead nodes and end their orphaned tasks FAILURE; returns those tasks' ids.
+
+        An orphan is a task the dead node's last record lists in flight that
+        was acknowledged early (not ``acks_late``) under an enabled crash
+        barrier, and has no final state in the result backend.
+        """
+        failed: list[str] = []
+        for record in self.store.node_reap(grace=self.grace):
+            failed.extend(self._reap_node(record))
+        return failed
+
+    def send_events(self, dispatcher: Any) -> None:
+        """Send ``task-failed`` for the orphans reaped since the last call (event loop only)."""
+        with self._lock:
+            events, self._events = self._events, []
+        if not events or dispatcher is None or not getattr(dispatcher, "enabled", False):
+            return
+        for fields in events:
+            dispatcher.send("task-failed", **fields)
+
+    def _reap_node(self, record: Mapping[str, Any]) -> list[str]:
+        dead = str(record.get("node"))
+        age = float(record.get("heartbeat_age") or 0.0)
+        tasks = record.get("in_flight_tasks")
+        orphans = sorted(orphanable(tasks if isinstance(tasks, Mapping) else {}))
+        logger.warning(
+            "node %s is dead (no heartbeat for %.1fs); reaped by %s: %d early-acked task(s) "
+            "in flight%s",
+            dead,
+            age,
+            self.node,
+            len(orphans),
+            f" ({', '.join(orphans)})" if orphans else "",
+            extra={"node": self.node, "dead_node": dead, "task_ids": orphans},
+        )
+        failed = []
+        for task_id in orphans:
+            entry = (tasks or {})[task_id]
+            name = str(entry.get("name") or "")
+            try:
+                if self._fail_orphan(dead, task_id, name, age, entry.get("context")):
+                    failed.append(task_id)
+            except StoreUnavailableError as exc:
+                report_store_error(exc, node=self.node, task_id=task_id)
+            except Exception:
+                logger.exception(
+                    "could not give task %s of dead node %s a final state",
+                    task_id,
+                    dead,
+                    extra={"node": self.node, "dead_node": dead, "task_id": task_id},
+                )
+        return failed
+
+    def _fail_orphan(
+        self, dead: str, task_id: str, name: str, age: float, context: Any = None
+    ) -> bool:
+        """Store FAILURE (``WorkerCrashedError``) for ``task_id`` unless it has a final state.
+
+        ``context``: the task's errbacks, chain and chord/group membership as
+        its record kept them: they are honoured as the pool parent would have
+        (errbacks called, chord counted, chain failed).
+        """
+        backend = self.app.backend
+        if isinstance(backend, DisabledBackend):  # no result backend: no state to give
+            return False
+        state = final_state(self.app, task_id)
+        if state is not None:
+            logger.info(
+                "task %s of dead node %s already ended %s",
+                task_id,
+                dead,
+                state,
+                extra={"node": self.node, "dead_node": dead, "task_id": task_id},
+            )
+            return False
+        error = WorkerCrashedError(
+            "unknown",
+            None,
+            None,
+            dead,
+            None,
+            message=(
+                f"node {dead} was lost while running task {name}[{task_id}] (no heartbeat for "
+                f"{age:.0f}s); the task is not idempotent, so it is not run again"
+            ),
+        )
+        task = self.app.tasks.get(name)
+        runtime = task.snakepit_runtime if isinstance(task, SnakepitTask) else None
+
+        def fail(outcome: CrashOutcome) -> None:
+            request = failed_request(task_id, name, context)
+            backend.mark_as_failure(task_id, outcome.error, request=request)
+            self._announce(task_id, name, dead, outcome.error)
+
+        seen = SeenCrash(task_id, dead, error, Observer.REAPER)
+        barrier, health = (runtime.barrier, runtime.health) if runtime else (None, None)
+        handle_crash(seen, barrier, health, fail)
+        return True
+
+    def _announce(self, task_id: str, name: str, dead: str, error: WorkerCrashedError) -> None:
+        with self._lock:
+            self._events.append(
+                {"uuid": task_id, "exception": repr(error), "traceback": "", "dead_node": dead}
+            )
+        logger.warning(
+            "task %s[%s] was running on dead node %s: marked FAILURE (WorkerCrashedError)",
+            name,
+            task_id,
+            dead,
+            extra={"node": self.node, "dead_node": dead, "task_id": task_id},
+        )
+
+
+def failed_request(task_id: str, name: str, context: Any) -> Context | None:
+    """The request ``mark_as_failure`` honours errbacks and chords by (None: nothing to honour)."""
+    if not isinstance(context, Mapping):
+        return None
+    fields = {key: context[key] for key in CONTEXT_FIELDS if key in context}
+    return Context(id=task_id, task=name, delivery_info={"is_eager": False}, **fields)
