@@ -23,13 +23,9 @@ from chaos_helpers import ChaosFleet
 
 from snakepit_celery import hardware, lockfile
 from snakepit_celery.barrier import MAX_REASON_CHARS, CrashBarrier
+from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS, HEADER_FIRST_TRY
 from snakepit_celery.celery.install import install
-from snakepit_celery.celery.task import (
-    HEADER_CRASHES,
-    HEADER_DEFERRALS,
-    HEADER_FIRST_TRY,
-    snakepit_task,
-)
+from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.crash import Classification, classify

@@ -28,14 +28,10 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
+from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded
+from snakepit_celery.celery.ledger_gate import unrecorded_crashes
 from snakepit_celery.celery.routing import app_store, fleet_snapshot, node_queue, taint_pools
-from snakepit_celery.celery.task import (
-    HEADER_CRASHES,
-    ChildRecycled,
-    SnakepitTask,
-    _forwarded,
-    unrecorded_crashes,
-)
+from snakepit_celery.celery.task import ChildRecycled, SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.crash import describe_crash
 from snakepit_celery.store import report_store_error
@@ -132,7 +128,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
     ) -> bool:
         """Send the task again (same id and arguments); False when the broker refused it."""
         request = self._context
-        headers = {**_forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
+        headers = {**forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
         signature = task.signature_from_request(request, countdown=countdown, headers=headers)
         routing_key = str((self.delivery_info or {}).get("routing_key") or "")
         elsewhere = None if not routing_key else self._other_node_queue(task, routing_key)

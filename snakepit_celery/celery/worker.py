@@ -58,6 +58,7 @@ from celery.worker import state as worker_state
 
 from snakepit_celery import hardware, lockfile
 from snakepit_celery import signals as snakepit_signals
+from snakepit_celery.celery.ledger_gate import final_state
 from snakepit_celery.celery.perdevice import NODE_MARKER_ENV
 from snakepit_celery.celery.routing import (
     FleetSnapshot,
@@ -68,7 +69,7 @@ from snakepit_celery.celery.routing import (
     taint_pools,
 )
 from snakepit_celery.celery.settings import settings_for
-from snakepit_celery.celery.task import SnakepitTask, ack_on_record_tasks, final_state
+from snakepit_celery.celery.task import SnakepitTask, ack_on_record_tasks
 from snakepit_celery.errors import (
     ConfigError,
     LockMismatchError,
