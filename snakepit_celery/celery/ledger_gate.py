@@ -23,7 +23,7 @@ from celery import Celery, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 
-from snakepit_celery.celery.headers import HEADER_CRASHES, count
+from snakepit_celery.celery.headers import parse_headers
 from snakepit_celery.celery.runtime import TaskRuntime
 from snakepit_celery.errors import WorkerCrashedError
 
@@ -137,10 +137,9 @@ def unrecorded_crashes(
     ledger recorded; that counts as one crash, unless its node gave it back
     unstarted (``released``: the ledger's give-back mark for this delivery).
     """
-    lost = (
-        (delivery_info or {}).get("redelivered") and HEADER_CRASHES not in headers and not released
-    )
-    return count(headers.get(HEADER_CRASHES)) + (1 if lost else 0)
+    parsed = parse_headers(headers)
+    lost = (delivery_info or {}).get("redelivered") and not parsed.tracked and not released
+    return parsed.crashes + (1 if lost else 0)
 
 
 def final_state(app: Celery, task_id: str) -> str | None:

@@ -26,10 +26,16 @@ from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.hardware.types import Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.retry import RetryPolicy
-from snakepit_celery.policy.task_options import TaskOptions, breaker_name, check_task_options
+from snakepit_celery.policy.task_options import (
+    SNAKEPIT_OPTIONS,
+    TaskOptions,
+    breaker_name,
+    check_task_options,
+)
 from snakepit_celery.store.base import Store
 
 __all__ = [
+    "CELERY_TASK_OPTIONS",
     "CONTROL_FLOW",
     "DEFAULT_VISIBILITY_TIMEOUT",
     "LEASE_FRACTION",
@@ -37,6 +43,7 @@ __all__ = [
     "breaker_option",
     "build_runtime",
     "check_options",
+    "known_options",
     "select_device",
 ]
 
@@ -46,6 +53,18 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600.0
 #: expired by the time kombu restores the message of a dead node.
 LEASE_FRACTION = 0.8
 
+#: Celery task options that are not attributes of its ``Task`` class: the decorator's
+#: own, the execution options of ``apply_async`` and those of ``autoretry_for``.
+CELERY_TASK_OPTIONS = frozenset(
+    {
+        *("base", "bind", "filter", "lazy", "name", "shared"),
+        *("pydantic", "pydantic_context", "pydantic_dump_kwargs", "pydantic_strict"),
+        *("compression", "delivery_mode", "exchange", "immediate", "mandatory"),
+        *("queue", "routing_key"),
+        *("autoretry_for", "dont_autoretry_for", "retry_backoff", "retry_backoff_max"),
+        *("retry_jitter", "retry_kwargs"),
+    }
+)
 #: Celery's control-flow exceptions: never failures of the task body.
 CONTROL_FLOW: tuple[type[BaseException], ...] = (Retry, Ignore, Reject)
 
@@ -72,6 +91,12 @@ def check_options(options: Mapping[str, Any], task_name: str) -> TaskOptions:
     breaker_option(options.get("breaker"), task_name)
     parse_prefs(options.get("device"))
     return checked
+
+
+def known_options(base: type) -> frozenset[str]:
+    """Every option a task on ``base`` accepts: snakepit's, Celery's, and ``base``'s attributes."""
+    public = (name for name in dir(base) if not name.startswith("_"))
+    return SNAKEPIT_OPTIONS | CELERY_TASK_OPTIONS | frozenset(public)
 
 
 def select_device(prefs: Any, routing_key: str) -> Device:

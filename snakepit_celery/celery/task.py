@@ -30,12 +30,10 @@ from celery import signals as celery_signals
 from snakepit_celery import signals
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.headers import (
-    HEADER_CRASHES,
     HEADER_DEFERRALS,
     HEADER_FIRST_TRY,
-    count,
-    forwarded,
-    since_first_try,
+    MessageHeaders,
+    parse_headers,
 )
 from snakepit_celery.celery.ledger_gate import crash_ledger_gate, redelivered
 from snakepit_celery.celery.runtime import (
@@ -43,6 +41,7 @@ from snakepit_celery.celery.runtime import (
     TaskRuntime,
     build_runtime,
     check_options,
+    known_options,
     select_device,
 )
 from snakepit_celery.celery.settings import settings_for
@@ -55,7 +54,11 @@ from snakepit_celery.errors import (
 from snakepit_celery.hardware.types import Device
 from snakepit_celery.policy.crash import gpu_error_action
 from snakepit_celery.policy.retry import RetryPolicy
-from snakepit_celery.policy.task_options import SNAKEPIT_OPTIONS, TaskOptions
+from snakepit_celery.policy.task_options import (
+    SNAKEPIT_OPTIONS,
+    TaskOptions,
+    check_option_names,
+)
 from snakepit_celery.testing import is_testing
 
 __all__ = [
@@ -98,6 +101,8 @@ class SnakepitTask(Task):  # type: ignore[misc]
     - ``device``: preference or list of preferences (``"cuda"``, ``["cuda", "cpu"]``);
       the chosen ``Device`` is passed as the ``device`` keyword when the
       function takes one, and is ``self.resolved_device`` while it runs.
+      Without this option a function that takes ``device`` gets the node's
+      default device (``hardware.select("auto")``).
     - ``breaker``: a name, ``True`` (the task's name) or a ``CircuitBreaker``.
     - ``retry_policy``: a ``RetryPolicy`` (or its dict), else ``snakepit_retry_policy``.
     - ``idempotent``: safe to run twice; turns on ``acks_late`` and
@@ -107,7 +112,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
       node's registry record lists it in flight (within about half a second
       of its start) or when it ends, whichever comes first.
     - ``crash_barrier``: dict overriding ``snakepit_crash_barrier`` for this task.
-    - ``timeout``: seconds; soft time limit, hard limit a little later.
+    - ``timeout``: seconds (>= 0.001); soft time limit, hard limit a little later.
     - ``pool``: the health-monitor pool its crashes are recorded in.
     """
 
@@ -177,7 +182,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
 
     @property
     def resolved_device(self) -> Device | None:
-        """The device for the current delivery on this host, or None without a ``device`` option.
+        """The device for the current delivery on this host (see ``device_for``).
 
         A task routed to a device's queue (``snakepit.cpu``, ``snakepit.cuda``,
         ``snakepit.node.<node>.cuda.1``) runs on that device, so a task the
@@ -190,18 +195,23 @@ class SnakepitTask(Task):  # type: ignore[misc]
     def device_for(self, routing_key: str | None) -> Device | None:
         """The device for a delivery on ``routing_key`` (see ``resolved_device``).
 
-        Cached per routing key (a worker sees a handful), so a task's device
-        costs a dict lookup after its first run on each queue.
+        Without a ``device`` option: the node's default device (``"auto"``) when
+        the function takes ``device``, else None. Cached per routing key (a
+        worker sees a handful), so a task's device costs a dict lookup after its
+        first run on each queue.
         """
-        if self.device is None:
-            return None
+        prefs = self.device
+        if prefs is None:
+            if not self._accepts_device:
+                return None
+            prefs = "auto"
         cache = self._snakepit_devices
         if cache is None:
             cache = self._snakepit_devices = {}
         key = routing_key or ""
         device = cache.get(key)
         if device is None:
-            device = cache[key] = select_device(self.device, key)
+            device = cache[key] = select_device(prefs, key)
         return device
 
     def _device_or_none(self, routing_key: str | None = None) -> Device | None:
@@ -217,15 +227,17 @@ class SnakepitTask(Task):  # type: ignore[misc]
         if request is None or request.called_directly:
             return self._call_directly(args, kwargs)
         runtime = self.snakepit_runtime
-        headers = request.headers or {}
+        headers = parse_headers(request.headers, request.retries)
+        if request.retries != headers.retries:
+            request.retries = headers.retries  # Celery's own retry() counts on an int
         # A message that came back, or one re-published after a crash, is run
         # with a crash-ledger record (the rare path); a first delivery is not.
-        tracked = redelivered(request) or HEADER_CRASHES in headers
+        tracked = redelivered(request) or headers.tracked
         if not (runtime.barrier.enabled and self.acks_late and tracked):
             return self._attempt(runtime, request, headers, args, kwargs)
-        self._crash_ledger_gate(runtime, request, headers)
+        self._crash_ledger_gate(runtime, request, headers.raw)
         # A retry of this run is a new message: the header keeps it tracked.
-        headers = {**headers, HEADER_CRASHES: count(headers.get(HEADER_CRASHES))}
+        headers = headers.with_crash_header()
         try:
             return self._attempt(runtime, request, headers, args, kwargs)
         except BaseException:
@@ -248,13 +260,13 @@ class SnakepitTask(Task):  # type: ignore[misc]
         self,
         runtime: TaskRuntime,
         request: Any,
-        headers: Mapping[str, Any],
+        headers: MessageHeaders,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         if self._accepts_device and "device" not in kwargs:
             kwargs = {**kwargs, "device": self.resolved_device}
-        attempt = request.retries + 1 - count(headers.get(HEADER_DEFERRALS))
+        attempt = headers.attempt
         breaker = runtime.breaker
         if runtime.task_events:
             self._send_facts(request, headers, breaker, attempt)
@@ -278,14 +290,14 @@ class SnakepitTask(Task):  # type: ignore[misc]
             self._retry_or_give_up(policy, exc, attempt, request, headers)
         if attempt > 1 and runtime.policy is not None:
             signals.retry_success.send(
-                sender=self, attempts=attempt, total_duration=since_first_try(headers)
+                sender=self, attempts=attempt, total_duration=headers.since_first_try()
             )
         return result
 
     def _send_facts(
         self,
         request: Any,
-        headers: Mapping[str, Any],
+        headers: MessageHeaders,
         breaker: CircuitBreaker | None,
         attempt: int,
     ) -> None:
@@ -300,8 +312,8 @@ class SnakepitTask(Task):  # type: ignore[misc]
                 TASK_FACTS_EVENT,
                 device=None if device is None else str(device),
                 breaker=None if breaker is None else breaker.name,
-                crashes=count(headers.get(HEADER_CRASHES)),
-                deferrals=count(headers.get(HEADER_DEFERRALS)),
+                crashes=headers.crashes,
+                deferrals=headers.deferrals,
                 attempt=attempt,
                 retry=False,
             )
@@ -313,7 +325,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
         exc: CircuitOpenError,
         breaker: CircuitBreaker | None,
         request: Any,
-        headers: Mapping[str, Any],
+        headers: MessageHeaders,
     ) -> None:
         """Re-queue after ``retry_after`` without spending an attempt (always raises Retry).
 
@@ -324,10 +336,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
         if breaker is not None and exc.breaker == breaker.name:
             countdown = min(countdown, breaker.reset_timeout)
         countdown = max(countdown, MIN_DEFER_COUNTDOWN)
-        retry_headers = {
-            **forwarded(headers),
-            HEADER_DEFERRALS: count(headers.get(HEADER_DEFERRALS)) + 1,
-        }
+        retry_headers = {**headers.republished(), HEADER_DEFERRALS: headers.deferrals + 1}
         logger.info(
             "task %s[%s] deferred %.2fs: breaker %s is open",
             self.name,
@@ -337,7 +346,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
             extra={"task_id": request.id, "breaker": exc.breaker, "countdown": countdown},
         )
         raise self.retry(
-            exc=exc, countdown=countdown, max_retries=request.retries + 1, headers=retry_headers
+            exc=exc, countdown=countdown, max_retries=headers.retries + 1, headers=retry_headers
         )
 
     def _retry_or_give_up(
@@ -346,23 +355,23 @@ class SnakepitTask(Task):  # type: ignore[misc]
         exc: Exception,
         attempt: int,
         request: Any,
-        headers: Mapping[str, Any],
+        headers: MessageHeaders,
     ) -> None:
         """Retry through Celery with the policy's countdown, or raise RetryExhaustedError."""
         if policy.should_retry(attempt):
             delay = 0.0 if is_testing() else policy.backoff_for_attempt(attempt)
             signals.retry_attempt.send(sender=self, attempt=attempt, delay=delay)
             retry_headers = {
-                **forwarded(headers),
-                HEADER_FIRST_TRY: headers.get(HEADER_FIRST_TRY) or time.time(),
+                **headers.republished(),
+                HEADER_FIRST_TRY: headers.first_try or time.time(),
             }
             raise self.retry(
-                exc=exc, countdown=delay, max_retries=request.retries + 1, headers=retry_headers
+                exc=exc, countdown=delay, max_retries=headers.retries + 1, headers=retry_headers
             )
         signals.retry_exhausted.send(
             sender=self,
             attempts=attempt,
-            total_duration=since_first_try(headers),
+            total_duration=headers.since_first_try(),
             last_error=exc,
         )
         raise RetryExhaustedError(attempt, exc) from exc
@@ -405,12 +414,14 @@ def snakepit_task(*args: Any, **options: Any) -> Any:
 
     Works bare (``@snakepit_task``) or with options; every Celery option
     passes through, ``base`` must be ``SnakepitTask`` or a subclass. Options
-    are checked here, once: a bad value raises ``ConfigError``.
+    are checked here, once: an unknown name (neither snakepit's nor Celery's)
+    or a bad value raises ``ConfigError``.
     """
     app: Celery | None = options.pop("app", None)
     base = options.setdefault("base", SnakepitTask)
     if not (isinstance(base, type) and issubclass(base, SnakepitTask)):
         raise ConfigError("base", base, "SnakepitTask or a subclass of it")
+    check_option_names(options, known_options(base))
     declared = {name: options.get(name, getattr(base, name)) for name in SNAKEPIT_OPTIONS}
     options["_snakepit_options"] = check_options(declared, str(options.get("name") or "task"))
     if app is not None:

@@ -2,14 +2,15 @@
 
 ``check_task_options`` is the one check of the option values this layer can
 judge (``timeout``, ``idempotent``, ``pool``, ``retry_policy``,
-``crash_barrier``). The celery layer adds the checks that need its types (the
+``crash_barrier``); ``check_option_names`` refuses a misspelled option with a
+did-you-mean hint. The celery layer adds the checks that need its types (the
 ``device`` preferences, a ``CircuitBreaker`` object) around them, once per task.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,12 @@ from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
 
 __all__ = [
+    "MIN_TIMEOUT",
     "MIN_TIMEOUT_GRACE",
     "SNAKEPIT_OPTIONS",
     "TaskOptions",
     "breaker_name",
+    "check_option_names",
     "check_task_options",
     "time_limits",
 ]
@@ -30,10 +33,12 @@ __all__ = [
 SNAKEPIT_OPTIONS = frozenset(
     {"breaker", "crash_barrier", "device", "idempotent", "pool", "retry_policy", "timeout"}
 )
+#: Shortest ``timeout`` (s): a shorter one would stop the task before its body could run.
+MIN_TIMEOUT = 0.001
 #: Hard time limit = ``timeout`` + max(this, 10 % of ``timeout``), so the soft limit fires first.
 MIN_TIMEOUT_GRACE = 1.0
 
-_TIMEOUT_RANGE = "a number of seconds > 0"
+_TIMEOUT_RANGE = f"a number of seconds >= {MIN_TIMEOUT}"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,14 @@ class TaskOptions:
     def time_limits(self) -> tuple[float, float] | None:
         """Celery's (soft, hard) time limits for ``timeout``; None without one."""
         return None if self.timeout is None else time_limits(self.timeout)
+
+
+def check_option_names(names: Iterable[str], known: Iterable[str]) -> None:
+    """Raise ``ConfigError`` (with a did-you-mean hint) for the first name not in ``known``."""
+    choices = frozenset(known)
+    for name in names:
+        if name not in choices:
+            raise ConfigError.unknown_name("task option", name, choices)
 
 
 def check_task_options(options: Mapping[str, Any]) -> TaskOptions:
@@ -91,7 +104,7 @@ def time_limits(timeout: float) -> tuple[float, float]:
 def _check_timeout(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError("timeout", value, _TIMEOUT_RANGE)
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or value < MIN_TIMEOUT:
         raise ConfigError("timeout", value, _TIMEOUT_RANGE)
     return float(value)
 
