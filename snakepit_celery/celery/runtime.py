@@ -5,12 +5,14 @@ checks of ``policy.task_options`` plus the ``device`` preferences and the
 ``breaker`` option), run once per task when it is declared. ``build_runtime``
 then turns the checked options and the app's settings into the store, the
 breaker, the retry policy, the crash barrier and the health monitor the task
-runs with.
+runs with; ``select_device`` the device a delivery runs on, injected as the
+``device`` argument of a function that ``takes_device``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,9 @@ __all__ = [
     "build_runtime",
     "check_options",
     "known_options",
+    "relax_header",
     "select_device",
+    "takes_device",
 ]
 
 #: Kombu's default ``visibility_timeout`` for Redis (s).
@@ -109,6 +113,40 @@ def select_device(prefs: Any, routing_key: str) -> Device:
     if routed is not None and any(_admits(p, routed) for p in parse_prefs(prefs)):
         return hardware.select(str(routed))
     return hardware.select_with_fallback(prefs)
+
+
+def takes_device(run: Callable[..., Any]) -> bool:
+    """The task function takes a ``device`` parameter (it is injected)."""
+    try:
+        parameters = inspect.signature(run).parameters
+    except (TypeError, ValueError):
+        return False
+    return "device" in parameters
+
+
+def relax_header(cls: type[Any]) -> None:
+    """Let ``apply_async`` type-check calls that leave ``device`` to be injected."""
+    check = cls.__dict__.get("__header__")
+    if check is None:
+        return
+    checker: Callable[..., Any] = cls.__header__
+    try:
+        parameters = list(inspect.signature(checker).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = [
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    position = positional.index("device") if "device" in positional else len(parameters) + 1
+
+    def check_arguments(*args: Any, **kwargs: Any) -> Any:
+        if "device" not in kwargs and len(args) <= position:
+            kwargs = {**kwargs, "device": None}
+        return checker(*args, **kwargs)
+
+    cls.__header__ = staticmethod(check_arguments)
 
 
 def breaker_option(option: Any, task_name: str) -> str | CircuitBreaker | None:

@@ -17,7 +17,6 @@ that came back (``redelivered``).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -42,7 +41,9 @@ from snakepit_celery.celery.runtime import (
     build_runtime,
     check_options,
     known_options,
+    relax_header,
     select_device,
+    takes_device,
 )
 from snakepit_celery.celery.settings import settings_for
 from snakepit_celery.errors import (
@@ -155,9 +156,9 @@ class SnakepitTask(Task):  # type: ignore[misc]
             if cls.time_limit is None:
                 cls.time_limit = limits[1]
         if "run" in cls.__dict__:
-            cls._accepts_device = _takes_device(cls.run)
+            cls._accepts_device = takes_device(cls.run)
             if cls._accepts_device:
-                _relax_header(cls)
+                relax_header(cls)
         return super().bind(app)
 
     @classmethod
@@ -463,39 +464,6 @@ def ack_on_record_tasks(app: Celery) -> list[str]:
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _takes_device(run: Callable[..., Any]) -> bool:
-    try:
-        parameters = inspect.signature(run).parameters
-    except (TypeError, ValueError):
-        return False
-    return "device" in parameters
-
-
-def _relax_header(cls: type[SnakepitTask]) -> None:
-    """Let ``apply_async`` type-check calls that leave ``device`` to be injected."""
-    check = cls.__dict__.get("__header__")
-    if check is None:
-        return
-    checker: Callable[..., Any] = cls.__header__
-    try:
-        parameters = list(inspect.signature(checker).parameters.values())
-    except (TypeError, ValueError):
-        return
-    positional = [
-        p.name
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    position = positional.index("device") if "device" in positional else len(parameters) + 1
-
-    def check_arguments(*args: Any, **kwargs: Any) -> Any:
-        if "device" not in kwargs and len(args) <= position:
-            kwargs = {**kwargs, "device": None}
-        return checker(*args, **kwargs)
-
-    cls.__header__ = staticmethod(check_arguments)
 
 
 # -- recycling a pool child after a GPU-fatal error ------------------------------------------
