@@ -23,13 +23,9 @@ from chaos_helpers import ChaosFleet
 
 from snakepit_celery import hardware, lockfile
 from snakepit_celery.barrier import MAX_REASON_CHARS, CrashBarrier
+from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS, HEADER_FIRST_TRY
 from snakepit_celery.celery.install import install
-from snakepit_celery.celery.task import (
-    HEADER_CRASHES,
-    HEADER_DEFERRALS,
-    HEADER_FIRST_TRY,
-    snakepit_task,
-)
+from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.crash import Classification, classify
@@ -38,6 +34,9 @@ from snakepit_celery.testing import wait_until
 
 MAX_RESTARTS = 1
 BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": MAX_RESTARTS, "backoff": [0.05]}
+#: The app's retry policy on the node: a failing task runs this often in all.
+MAX_ATTEMPTS = 3
+RETRY_POLICY: dict[str, Any] = {"max_attempts": MAX_ATTEMPTS, "backoff": [0.05]}
 HUGE = 100_000
 
 
@@ -47,7 +46,9 @@ HUGE = 100_000
 @pytest.fixture(scope="module")
 def fleet(redis_base_url: str) -> Iterator[ChaosFleet]:
     """One chaos_app worker node (crash barrier on, max_restarts=1) for the module."""
-    fleet = ChaosFleet.create(redis_base_url, "spbad", BARRIER)
+    fleet = ChaosFleet.create(
+        redis_base_url, "spbad", BARRIER, extra={"snakepit_retry_policy": RETRY_POLICY}
+    )
     try:
         fleet.start_all(1)
         yield fleet
@@ -63,8 +64,10 @@ def _final(fleet: ChaosFleet, task_id: str, timeout: float = 45.0) -> dict[str, 
     return wait_until(final, timeout, interval=0.1, what=f"task {task_id} to finish")
 
 
-def _send(fleet: ChaosFleet, task: str, headers: dict[str, Any]) -> str:
-    return str(fleet.client.send_task(task, args=(0.01,), headers=headers).id)
+def _send(
+    fleet: ChaosFleet, task: str, headers: dict[str, Any], args: tuple[Any, ...] = (0.01,)
+) -> str:
+    return str(fleet.client.send_task(task, args=args, headers=headers).id)
 
 
 BAD_HEADERS = [
@@ -73,6 +76,11 @@ BAD_HEADERS = [
     pytest.param({HEADER_CRASHES: None}, id="crashes-null"),
     pytest.param({HEADER_DEFERRALS: "many"}, id="deferrals-not-a-number"),
     pytest.param({HEADER_FIRST_TRY: "yesterday"}, id="first-try-not-a-time"),
+    pytest.param({HEADER_CRASHES: float("inf")}, id="crashes-infinity"),
+    pytest.param({HEADER_CRASHES: float("nan")}, id="crashes-nan"),
+    pytest.param({HEADER_DEFERRALS: float("inf")}, id="deferrals-infinity"),
+    pytest.param({HEADER_DEFERRALS: 5}, id="deferrals-more-than-retries"),
+    pytest.param({HEADER_FIRST_TRY: float("inf")}, id="first-try-infinity"),
 ]
 
 
@@ -87,12 +95,34 @@ def test_task_with_malformed_snakepit_header_runs_once_and_succeeds(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("retries", ["two", 1.5, [1]], ids=repr)
+def test_task_with_non_integer_retries_header_runs_once_and_succeeds(
+    fleet: ChaosFleet, retries: Any
+) -> None:
+    task_id = str(fleet.client.send_task("chaos.idempotent", args=(0.01,), retries=retries).id)
+    assert _final(fleet, task_id)["status"] == "SUCCESS"
+    assert fleet.executions()[task_id] == 1
+
+
+@pytest.mark.integration
+def test_failing_task_with_more_deferrals_than_retries_spends_its_retry_policy(
+    fleet: ChaosFleet,
+) -> None:
+    task_id = _send(fleet, "chaos.guarded", {HEADER_DEFERRALS: 5}, args=(True,))
+    meta = _final(fleet, task_id)
+    assert meta["status"] == "FAILURE"
+    assert meta["result"]["exc_type"] == "RetryExhaustedError"
+    assert fleet.executions()[task_id] == MAX_ATTEMPTS
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "headers",
     [
         pytest.param({HEADER_CRASHES: "banana"}, id="not-a-number"),
         pytest.param({HEADER_CRASHES: -5}, id="negative"),
         pytest.param({HEADER_CRASHES: "1e400"}, id="float-overflow-text"),
+        pytest.param({HEADER_CRASHES: float("inf")}, id="infinity"),
     ],
 )
 def test_malformed_crash_count_never_buys_a_crashing_task_extra_runs(

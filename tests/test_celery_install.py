@@ -176,7 +176,7 @@ def test_tracked_message_runs_and_is_recorded_in_the_crash_ledger(app: Celery) -
     """A message re-published after a crash carries the crash header: every run is recorded."""
     from types import SimpleNamespace
 
-    from snakepit_celery.celery.task import HEADER_CRASHES
+    from snakepit_celery.celery.headers import HEADER_CRASHES
 
     task = _gate_task(app)
     request = SimpleNamespace(id="tracked-1", hostname="a@host", delivery_info={})

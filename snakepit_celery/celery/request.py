@@ -38,13 +38,10 @@ from snakepit_celery.celery.crash import (
     SeenCrash,
     handle_crash,
 )
+from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded
+from snakepit_celery.celery.ledger_gate import unrecorded_crashes
 from snakepit_celery.celery.router import fleet_snapshot
-from snakepit_celery.celery.task import (
-    HEADER_CRASHES,
-    SnakepitTask,
-    _forwarded,
-    unrecorded_crashes,
-)
+from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.queues import live_untainted_others
 from snakepit_celery.policy.routing import node_queue
@@ -134,7 +131,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
     ) -> bool:
         """Send the task again (same id and arguments); False when the broker refused it."""
         request = self._context
-        headers = {**_forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
+        headers = {**forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
         signature = task.signature_from_request(request, countdown=countdown, headers=headers)
         routing_key = str((self.delivery_info or {}).get("routing_key") or "")
         elsewhere = None if not routing_key else self._other_node_queue(task, routing_key)

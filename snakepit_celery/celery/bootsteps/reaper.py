@@ -24,7 +24,8 @@ from celery.backends.base import DisabledBackend
 
 from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, orphanable
 from snakepit_celery.celery.crash import CrashOutcome, Observer, SeenCrash, handle_crash
-from snakepit_celery.celery.task import SnakepitTask, final_state
+from snakepit_celery.celery.ledger_gate import final_state
+from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
