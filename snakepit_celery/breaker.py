@@ -278,6 +278,17 @@ class CircuitBreaker:
             return snap.half_open_calls < self.half_open_max_calls
         return False
 
+    def retry_delay(self, exc: CircuitOpenError) -> float:
+        """Seconds to wait before calling again after the refusal ``exc``.
+
+        Its ``retry_after``, capped at ``reset_timeout`` when this breaker
+        refused: a busy half-open probe answers with its lease (``probe_ttl``),
+        but the breaker recovers as soon as that probe ends.
+        """
+        if exc.breaker == self.name:
+            return min(exc.retry_after, self.reset_timeout)
+        return exc.retry_after
+
     # -- manual control ---------------------------------------------------------
     def record_success(self) -> None:
         """Record the success of a call made outside the breaker (written through at once).

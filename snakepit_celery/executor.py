@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 from snakepit_celery import signals
+from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.errors import CircuitOpenError, ConfigError, RetryExhaustedError
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.testing import is_testing
@@ -205,9 +206,9 @@ def execute_batch(
 class _RetryRun:
     """Bookkeeping of one retried call, shared by the sync and async loops."""
 
-    def __init__(self, policy: RetryPolicy, *, retry_open_circuit: bool) -> None:
+    def __init__(self, policy: RetryPolicy, *, breaker: Breaker | None = None) -> None:
         self.policy = policy
-        self.retry_open_circuit = retry_open_circuit
+        self.breaker = breaker
         self.attempt = 1
         self.started = time.monotonic()
 
@@ -215,10 +216,11 @@ class _RetryRun:
         """Seconds to wait before the next attempt; None when ``exc`` is not retriable.
 
         Raises ``RetryExhaustedError`` (from ``exc``) when attempts ran out. A
-        ``CircuitOpenError`` is never retried sooner than its ``retry_after``.
+        refusal of ``breaker`` is always retriable, never sooner than its
+        ``retry_after`` (capped at a ``CircuitBreaker``'s ``reset_timeout``).
         """
         open_circuit = isinstance(exc, CircuitOpenError)
-        retriable = (open_circuit and self.retry_open_circuit) or self.policy.retry_for_error(exc)
+        retriable = (open_circuit and self.breaker is not None) or self.policy.retry_for_error(exc)
         if not retriable:
             return None
         if not self.policy.should_retry(self.attempt):
@@ -236,7 +238,10 @@ class _RetryRun:
             raise RetryExhaustedError(self.attempt, exc) from exc
         delay = self.policy.backoff_for_attempt(self.attempt)
         if isinstance(exc, CircuitOpenError) and not is_testing():
-            delay = max(delay, exc.retry_after)
+            wait = exc.retry_after
+            if isinstance(self.breaker, CircuitBreaker):
+                wait = self.breaker.retry_delay(exc)
+            delay = max(delay, wait)
         logger.info(
             "retrying after failure",
             extra={"attempt": self.attempt, "delay": delay, "error": repr(exc)},
@@ -253,8 +258,8 @@ class _RetryRun:
         )
 
 
-def _retry(fn: Callable[[], T], policy: RetryPolicy, *, retry_open_circuit: bool) -> T:
-    run = _RetryRun(policy, retry_open_circuit=retry_open_circuit)
+def _retry(fn: Callable[[], T], policy: RetryPolicy, *, breaker: Breaker | None = None) -> T:
+    run = _RetryRun(policy, breaker=breaker)
     while True:
         try:
             result = fn()
@@ -270,9 +275,9 @@ def _retry(fn: Callable[[], T], policy: RetryPolicy, *, retry_open_circuit: bool
 
 
 async def _aretry(
-    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, *, retry_open_circuit: bool
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, *, breaker: Breaker | None = None
 ) -> T:
-    run = _RetryRun(policy, retry_open_circuit=retry_open_circuit)
+    run = _RetryRun(policy, breaker=breaker)
     while True:
         try:
             result = await fn()
@@ -295,7 +300,7 @@ def execute_with_retry(
     ``policy``). A non-retriable error is re-raised as is; when attempts run
     out, ``RetryExhaustedError`` is raised with the last error as its cause.
     """
-    return _retry(fn, _resolve_policy(policy, policy_kwargs), retry_open_circuit=False)
+    return _retry(fn, _resolve_policy(policy, policy_kwargs))
 
 
 def execute_with_circuit_breaker(breaker: Breaker, fn: Callable[[], T]) -> T:
@@ -313,10 +318,12 @@ def execute_with_protection(
 
     A refusal (``CircuitOpenError``) counts as an attempt and is retried
     whatever ``retriable_errors`` says, but never sooner than its
-    ``retry_after``, so an open breaker is waited out, not hammered.
+    ``retry_after``, so an open breaker is waited out, not hammered. A
+    ``CircuitBreaker``'s own refusal is waited out for at most its
+    ``reset_timeout`` (a busy half-open probe answers with its longer lease).
     """
     resolved = _resolve_policy(policy, policy_kwargs)
-    return _retry(lambda: breaker.call(fn), resolved, retry_open_circuit=True)
+    return _retry(lambda: breaker.call(fn), resolved, breaker=breaker)
 
 
 # -- asyncio twins ------------------------------------------------------------------
@@ -341,7 +348,7 @@ async def aexecute_with_retry(
     fn: Callable[[], Awaitable[T]], policy: RetryPolicy | None = None, **policy_kwargs: Any
 ) -> T:
     """``execute_with_retry`` for a coroutine function (sleeps with ``asyncio.sleep``)."""
-    return await _aretry(fn, _resolve_policy(policy, policy_kwargs), retry_open_circuit=False)
+    return await _aretry(fn, _resolve_policy(policy, policy_kwargs))
 
 
 async def aexecute_with_circuit_breaker(breaker: Breaker, fn: Callable[[], Awaitable[T]]) -> T:
@@ -357,7 +364,7 @@ async def aexecute_with_protection(
 ) -> T:
     """``execute_with_protection`` for a coroutine function."""
     resolved = _resolve_policy(policy, policy_kwargs)
-    return await _aretry(lambda: breaker.acall(fn), resolved, retry_open_circuit=True)
+    return await _aretry(lambda: breaker.acall(fn), resolved, breaker=breaker)
 
 
 async def aexecute_batch(
