@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast, overload
@@ -175,7 +175,12 @@ class CircuitBreaker:
 
     # -- calling through the breaker -------------------------------------------
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn`` through the breaker; raises ``CircuitOpenError`` when refused."""
+        """Call ``fn`` through the breaker; raises ``CircuitOpenError`` when refused.
+
+        A generator function is guarded over its iteration (see ``__call__``).
+        """
+        if inspect.isgeneratorfunction(fn):
+            return cast(R, self._guard_generator(fn)(*args, **kwargs))
         admission = self._admit()
         try:
             result = fn(*args, **kwargs)
@@ -205,7 +210,16 @@ class CircuitBreaker:
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorator form: ``@breaker`` wraps sync and async functions."""
+        """Decorator form: ``@breaker`` wraps functions, coroutine and generator functions.
+
+        A (sync or async) generator is admitted when its iteration starts and
+        counted when it ends: exhausted or closed early by its consumer is a
+        success, an exception raised out of it a failure.
+        """
+        if inspect.isgeneratorfunction(fn):
+            return self._guard_generator(fn)
+        if inspect.isasyncgenfunction(fn):
+            return self._guard_async_generator(fn)
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
@@ -217,6 +231,55 @@ class CircuitBreaker:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             return self.call(fn, *args, **kwargs)
+
+        return wrapper
+
+    def _guard_generator(
+        self, fn: Callable[P, Generator[Any, Any, R]]
+    ) -> Callable[P, Generator[Any, Any, R]]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, Any, R]:
+            admission = self._admit()
+            try:
+                result = yield from fn(*args, **kwargs)
+            except GeneratorExit:
+                self._finish_success(admission)  # the consumer stopped: the service answered
+                raise
+            except BaseException as exc:
+                self._finish_error(admission, exc)
+                raise
+            self._finish_success(admission)
+            return result
+
+        return wrapper
+
+    def _guard_async_generator(
+        self, fn: Callable[P, AsyncGenerator[Any, Any]]
+    ) -> Callable[P, AsyncGenerator[Any, Any]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, Any]:
+            admission = self._admit()
+            inner = fn(*args, **kwargs)
+            try:
+                item = await anext(inner)
+                while True:  # delegate like ``yield from``: asend, athrow and aclose reach inner
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        await inner.aclose()
+                        raise
+                    except BaseException as exc:
+                        item = await inner.athrow(exc)
+                    else:
+                        item = await inner.asend(sent)
+            except StopAsyncIteration:
+                self._finish_success(admission)
+            except GeneratorExit:
+                self._finish_success(admission)
+                raise
+            except BaseException as exc:
+                self._finish_error(admission, exc)
+                raise
 
         return wrapper
 
