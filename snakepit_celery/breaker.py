@@ -132,8 +132,11 @@ class CircuitBreaker:
         if self.probe_ttl == 0:
             raise ConfigError("probe_ttl", probe_ttl, "a number of seconds > 0")
         self._store = StoreBinding(store)
-        # Monotonic deadline until which the breaker is known closed (0.0 = ask the store).
+        # Monotonic deadlines: known closed (admit without asking the store), known open
+        # (refuse while the store cannot be asked), store failed (admit uncounted, unasked).
         self._view_until = 0.0
+        self._open_until = 0.0
+        self._blind_until = 0.0
         self._pending = 0
         self._lock = threading.Lock()
         self._admissions: contextvars.ContextVar[tuple[_Admission, ...]] = contextvars.ContextVar(
@@ -316,8 +319,10 @@ class CircuitBreaker:
         try:
             snap = self.store.breaker_peek(self.name, reset_timeout=self.reset_timeout)
         except StoreUnavailableError as exc:
-            self._store_failed(exc)
-            return BreakerStats(BreakerState.CLOSED, 0, 0, self.failure_threshold, 0)
+            known_open = self._store_down(exc)
+            state = BreakerState.OPEN if known_open else BreakerState.CLOSED
+            return BreakerStats(state, 0, 0, self.failure_threshold, 0)
+        self._learn(snap.state, snap.retry_after)
         return BreakerStats(
             state=BreakerState(snap.state),
             failure_count=snap.failures,
@@ -333,8 +338,8 @@ class CircuitBreaker:
         try:
             snap = self.store.breaker_peek(self.name, reset_timeout=self.reset_timeout)
         except StoreUnavailableError as exc:
-            self._store_failed(exc)
-            return True
+            return not self._store_down(exc)
+        self._learn(snap.state, snap.retry_after)
         if snap.state == BreakerState.CLOSED:
             return True
         if snap.state == BreakerState.HALF_OPEN:
@@ -366,14 +371,22 @@ class CircuitBreaker:
         self._record_manual(success=False)
 
     def reset(self) -> None:
-        """Close the breaker and forget its counters, for every process."""
+        """Close the breaker and forget its counters, for every process.
+
+        Sends ``breaker_closed`` when the breaker was not closed: once cluster-wide
+        however many processes reset it at the same time.
+        """
         with self._lock:
             self._pending = 0
-        self._view_until = 0.0
+        self._view_until = self._open_until = 0.0
         try:
-            self.store.breaker_reset(self.name)
+            previous = self.store.breaker_reset(self.name)
         except StoreUnavailableError as exc:
             self._store_failed(exc)
+            return
+        self._blind_until = 0.0
+        if previous != BreakerState.CLOSED:
+            signals.breaker_closed.send(sender=self, pool=self.name)
 
     def flush(self) -> None:
         """Write this process's batched successes to the store now."""
@@ -394,9 +407,18 @@ class CircuitBreaker:
     def _admit(self) -> _Admission:
         if is_testing():
             return _UNCOUNTED
-        if self._view_until > time.monotonic():
+        now = time.monotonic()
+        if self._view_until > now:
             return _LOCAL
+        if self._blind_until > now:
+            return self._admit_blind(now)
         return self._admit_from_store()
+
+    def _admit_blind(self, now: float) -> _Admission:
+        """The store cannot be asked: refuse while known open, else admit uncounted."""
+        if self._open_until > now:
+            raise CircuitOpenError(self.name, self._open_until - now)
+        return _UNCOUNTED
 
     def _admit_from_store(self) -> _Admission:
         store = self.store
@@ -417,9 +439,9 @@ class CircuitBreaker:
                 probe_ttl=self.probe_ttl,
             )
         except StoreUnavailableError as exc:
-            self._store_failed(exc)
-            self._view_until = time.monotonic() + STORE_RETRY_INTERVAL
-            return _UNCOUNTED
+            self._store_down(exc)
+            return self._admit_blind(time.monotonic())
+        self._learn(decision.state, decision.retry_after)
         if decision.transition == BreakerState.HALF_OPEN:
             signals.breaker_half_open.send(sender=self, pool=self.name)
         if not decision.allowed:
@@ -494,6 +516,7 @@ class CircuitBreaker:
 
     def _apply(self, record: BreakerRecord) -> None:
         """Update the local view from a store answer and send the transition's signal."""
+        self._learn(record.state, self.reset_timeout if record.transition == "opened" else None)
         if record.state == BreakerState.CLOSED:
             self._refresh_view()
         else:
@@ -508,6 +531,28 @@ class CircuitBreaker:
     def _refresh_view(self) -> None:
         if self.max_staleness > 0:
             self._view_until = time.monotonic() + self.max_staleness
+
+    def _learn(self, state: str, open_for: float | None) -> None:
+        """Note a store answer: the state, and for how long it stays open if known."""
+        self._blind_until = 0.0
+        if state != BreakerState.OPEN:
+            self._open_until = 0.0
+        elif open_for is not None:
+            self._open_until = time.monotonic() + open_for
+
+    def _store_down(self, exc: StoreUnavailableError) -> bool:
+        """A store call failed: stop asking for a while; True when known open (refuse then).
+
+        Only an unknown state fails open (or raises, per ``fail_open()``); a
+        breaker this process knows to be open stays open until its reset timeout.
+        """
+        now = time.monotonic()
+        self._blind_until = now + STORE_RETRY_INTERVAL
+        if self._open_until > now:
+            report_store_error(exc)
+            return True
+        self._store_failed(exc)
+        return False
 
     def _store_failed(self, exc: StoreUnavailableError) -> None:
         """Fail open (log at most once a minute) or re-raise, per ``fail_open()``."""

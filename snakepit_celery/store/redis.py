@@ -95,6 +95,7 @@ SCRIPTS: Mapping[str, str] = {
     "breaker_acquire": "admit a call; open->half_open flip; take a probe lease",
     "breaker_record": "count a success/failure; closed->open, half_open->closed/open",
     "breaker_peek": "read a breaker (open past its timeout reads half_open); no writes",
+    "breaker_reset": "forget a breaker: drop its hash and probe leases",
     "health_record": "add a crash, trim window + cap, refresh TTLs, count the worker's",
     "health_stats": "lifetime total and crashes inside the window; no writes",
     "health_worker": "one worker's crashes inside the window; no writes",
@@ -493,10 +494,9 @@ class RedisStore:
             _text(state), int(failures), int(successes), int(live), float(retry_after)
         )
 
-    def breaker_reset(self, name: str) -> None:
-        """Forget everything about the breaker (closed, zero counts)."""
-        with self._guard():
-            self.client.delete(*self._breaker_keys(name))
+    def breaker_reset(self, name: str) -> str:
+        """Forget everything about the breaker (closed, zero counts); return its state before."""
+        return _text(self._run("breaker_reset", self._breaker_keys(name), []))
 
     # -- health monitor -------------------------------------------------------
     def health_record(
