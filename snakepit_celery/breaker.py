@@ -382,7 +382,7 @@ class CircuitBreaker:
         try:
             previous = self.store.breaker_reset(self.name)
         except StoreUnavailableError as exc:
-            self._store_failed(exc)
+            self._store_down(exc)
             return
         self._blind_until = 0.0
         if previous != BreakerState.CLOSED:
@@ -508,7 +508,7 @@ class CircuitBreaker:
             )
         except StoreUnavailableError as exc:
             if reraise:
-                self._store_failed(exc)
+                self._store_down(exc)
             else:
                 report_store_error(exc)
             return
@@ -543,22 +543,17 @@ class CircuitBreaker:
     def _store_down(self, exc: StoreUnavailableError) -> bool:
         """A store call failed: stop asking for a while; True when known open (refuse then).
 
-        Only an unknown state fails open (or raises, per ``fail_open()``); a
-        breaker this process knows to be open stays open until its reset timeout.
+        Only an unknown state fails open (logged at most once a minute) or
+        raises, per ``fail_open()``; a breaker this process knows to be open
+        stays open until its reset timeout.
         """
         now = time.monotonic()
         self._blind_until = now + STORE_RETRY_INTERVAL
-        if self._open_until > now:
-            report_store_error(exc)
-            return True
-        self._store_failed(exc)
-        return False
-
-    def _store_failed(self, exc: StoreUnavailableError) -> None:
-        """Fail open (log at most once a minute) or re-raise, per ``fail_open()``."""
-        if not fail_open():
+        known_open = self._open_until > now
+        if not known_open and not fail_open():
             raise exc
         report_store_error(exc)
+        return known_open
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
