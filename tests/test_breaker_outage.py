@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from breaker_helpers import open_failing, private_redis
 
-from snakepit_celery import breaker as breaker_module
-from snakepit_celery.breaker import BreakerState, CircuitBreaker
+from snakepit_celery.breaker import BreakerState, CircuitBreaker, shared
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
@@ -96,7 +95,7 @@ def test_known_open_ends_at_the_reset_timeout(private_redis: EmbeddedRedis) -> N
 def test_calls_admitted_while_the_store_was_down_are_never_recorded(
     private_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(breaker_module, "STORE_RETRY_INTERVAL", 30.0)  # outlives the restart
+    monkeypatch.setattr(shared, "STORE_RETRY_INTERVAL", 30.0)  # outlives the restart
     blind = _breaker(private_redis, failure_threshold=1, reset_timeout=0.3)
     assert blind.call(lambda: "up") == "up"
     blind.flush()
