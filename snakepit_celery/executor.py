@@ -140,6 +140,60 @@ def execute_with_timeout(fn: Callable[[], T], timeout: float) -> T:
 _PENDING: Any = object()
 
 
+def _timed_out(index: int, seconds: float | None) -> TimeoutError:
+    """The result of batch item ``index`` unfinished after ``seconds`` (logged by the caller)."""
+    return TimeoutError(f"batch item {index} did not finish within {seconds:g}s")
+
+
+def _warn_unfinished(unfinished: int, total: int, seconds: float | None) -> None:
+    if unfinished:
+        logger.warning(
+            "batch timed out",
+            extra={"unfinished": unfinished, "total": total, "timeout": seconds},
+        )
+
+
+class _ThreadBatch:
+    """Items run by worker threads taking the next unstarted one until told to stop."""
+
+    def __init__(self, calls: list[Callable[[], Any]]) -> None:
+        self.calls = calls
+        self.results: list[Any] = [_PENDING] * len(calls)
+        self.all_done = threading.Event()
+        self._lock = threading.Lock()
+        self._queue = iter(range(len(calls)))
+        self._remaining = len(calls)
+        self._stopped = False
+        self._context = contextvars.copy_context()
+
+    def work(self) -> None:
+        while True:
+            with self._lock:
+                index = None if self._stopped else next(self._queue, None)
+            if index is None:
+                return
+            try:
+                value = self._context.copy().run(self.calls[index])
+            except BaseException as exc:
+                value = exc
+            with self._lock:
+                self.results[index] = value
+                self._remaining -= 1
+                if self._remaining == 0:
+                    self.all_done.set()
+
+    def stop(self, seconds: float | None) -> list[Any]:
+        """Start nothing more; the results, unfinished items as ``TimeoutError`` instances."""
+        with self._lock:
+            self._stopped = True
+            unfinished = [i for i, value in enumerate(self.results) if value is _PENDING]
+            _warn_unfinished(len(unfinished), len(self.calls), seconds)
+            return [
+                _timed_out(i, seconds) if value is _PENDING else value
+                for i, value in enumerate(self.results)
+            ]
+
+
 def execute_batch(
     fns: Iterable[Callable[[], Any]],
     timeout: float | None = 30.0,
@@ -158,46 +212,11 @@ def execute_batch(
     limit = _check_concurrency(max_concurrency)
     if not calls:
         return []
-    results: list[Any] = [_PENDING] * len(calls)
-    lock = threading.Lock()
-    all_done = threading.Event()
-    queue = iter(range(len(calls)))
-    state = {"remaining": len(calls), "stopped": False}
-    context = contextvars.copy_context()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                index = None if state["stopped"] else next(queue, None)
-            if index is None:
-                return
-            try:
-                value = context.copy().run(calls[index])
-            except BaseException as exc:
-                value = exc
-            with lock:
-                results[index] = value
-                state["remaining"] -= 1
-                if state["remaining"] == 0:
-                    all_done.set()
-
+    batch = _ThreadBatch(calls)
     for _ in range(min(len(calls), limit or len(calls))):
-        threading.Thread(target=worker, name="snakepit-batch", daemon=True).start()
-    all_done.wait(seconds)
-    with lock:
-        state["stopped"] = True
-        unfinished = sum(1 for value in results if value is _PENDING)
-        if unfinished:
-            logger.warning(
-                "batch timed out",
-                extra={"unfinished": unfinished, "total": len(calls), "timeout": seconds},
-            )
-        return [
-            TimeoutError(f"batch item {index} did not finish within {seconds:g}s")
-            if value is _PENDING
-            else value
-            for index, value in enumerate(results)
-        ]
+        threading.Thread(target=batch.work, name="snakepit-batch", daemon=True).start()
+    batch.all_done.wait(seconds)
+    return batch.stop(seconds)
 
 
 # -- retries ----------------------------------------------------------------------
@@ -388,15 +407,11 @@ async def aexecute_batch(
     _, pending = await asyncio.wait(tasks, timeout=seconds)
     for task in pending:
         task.cancel()
-    if pending:
-        logger.warning(
-            "batch timed out",
-            extra={"unfinished": len(pending), "total": len(calls), "timeout": seconds},
-        )
+    _warn_unfinished(len(pending), len(calls), seconds)
     results: list[Any] = []
     for index, task in enumerate(tasks):
         if task in pending:
-            results.append(TimeoutError(f"batch item {index} did not finish within {seconds:g}s"))
+            results.append(_timed_out(index, seconds))
         elif task.cancelled():
             results.append(asyncio.CancelledError())
         else:
