@@ -273,6 +273,14 @@ def test_reset_closes_and_clears_counts(store: Any, name: str) -> None:
     assert breaker.call(ok) == "ok"
 
 
+def test_store_reset_returns_the_state_before(store: Any, name: str) -> None:
+    assert store.breaker_reset(name) == "closed"  # unknown
+    breaker = make(name, store, reset_timeout=30.0)
+    trip(breaker)
+    assert store.breaker_reset(name) == "open"
+    assert store.breaker_reset(name) == "closed"
+
+
 def test_reset_of_an_open_breaker_sends_breaker_closed_once(store: Any, name: str) -> None:
     breaker = make(name, store, reset_timeout=30.0)
     trip(breaker)
