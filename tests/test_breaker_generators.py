@@ -9,6 +9,7 @@ raised out of it a failure. On MemoryStore and on real Redis.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
@@ -127,6 +128,21 @@ def test_call_with_a_generator_function_counts_the_iteration(breaker: CircuitBre
     half_open(breaker)
     with pytest.raises(ServiceDownError):
         list(breaker.call(rows))
+    assert breaker.state == BreakerState.OPEN
+
+
+def test_call_with_a_partial_returning_a_generator_counts_the_iteration(
+    breaker: CircuitBreaker,
+) -> None:
+    def rows(limit: int) -> Generator[int]:
+        yield from range(limit)
+        raise ServiceDownError("down")
+
+    half_open(breaker)
+    stream = breaker.call(functools.partial(rows, 2))
+    assert breaker.stats().half_open_calls == 1  # admitted at the call
+    with pytest.raises(ServiceDownError):
+        list(stream)
     assert breaker.state == BreakerState.OPEN
 
 

@@ -10,7 +10,7 @@ import contextvars
 import functools
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
-from types import TracebackType
+from types import GeneratorType, TracebackType
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from snakepit_celery.breaker.shared import SharedView
@@ -110,16 +110,17 @@ class CircuitBreaker:
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn`` through the breaker; raises ``CircuitOpenError`` when refused.
 
-        A generator function is guarded over its iteration (see ``__call__``).
+        When ``fn`` returns a generator, the call is admitted now and its
+        outcome is that of the iteration (see ``__call__``).
         """
-        if inspect.isgeneratorfunction(fn):
-            return cast(R, self._guard_generator(fn)(*args, **kwargs))
         admission = self._view.admit()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._view.failed(admission, exc)
             raise
+        if isinstance(result, GeneratorType):
+            return cast(R, self._iterate(admission, result))
         self._view.succeeded(admission)
         return result
 
@@ -172,19 +173,24 @@ class CircuitBreaker:
     ) -> Callable[P, Generator[Any, Any, R]]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, Any, R]:
-            admission = self._view.admit()
-            try:
-                result = yield from fn(*args, **kwargs)
-            except GeneratorExit:
-                self._view.succeeded(admission)  # the consumer stopped: the service answered
-                raise
-            except BaseException as exc:
-                self._view.failed(admission, exc)
-                raise
-            self._view.succeeded(admission)
-            return result
+            return (yield from self._iterate(self._view.admit(), fn(*args, **kwargs)))
 
         return wrapper
+
+    def _iterate(
+        self, admission: Admission, inner: Generator[Any, Any, R]
+    ) -> Generator[Any, Any, R]:
+        """Delegate to ``inner`` (send, throw, close too) and record how its iteration ends."""
+        try:
+            result = yield from inner
+        except GeneratorExit:
+            self._view.succeeded(admission)  # the consumer stopped: the service answered
+            raise
+        except BaseException as exc:
+            self._view.failed(admission, exc)
+            raise
+        self._view.succeeded(admission)
+        return result
 
     def _guard_async_generator(
         self, fn: Callable[P, AsyncGenerator[Any, Any]]
