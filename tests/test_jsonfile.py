@@ -25,26 +25,27 @@ def _override(path: Path) -> None:
     hardware.configure(path)
 
 
-def _env_override(path: Path) -> None:
-    os.environ["SNAKEPIT_HARDWARE"] = str(path)  # isolated_hardware removes it afterwards
-    hardware.clear_cache()
-    hardware.detect()
-
-
 def _lock(path: Path) -> None:
     lockfile.validate(path)
 
 
-READERS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "override": (_override, "snakepit_hardware"),
-    "env-override": (_env_override, "snakepit_hardware"),
-    "lock": (_lock, "snakepit_lock_file"),
-}
+@pytest.fixture(params=["override", "env-override", "lock"])
+def reader(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Callable[[Path], None], str]:
+    """How one setting reads its file, and the setting's name."""
 
+    def env_override(path: Path) -> None:
+        monkeypatch.setenv("SNAKEPIT_HARDWARE", str(path))
+        hardware.clear_cache()
+        hardware.detect()
 
-@pytest.fixture(params=sorted(READERS))
-def reader(request: pytest.FixtureRequest) -> tuple[Callable[[Path], None], str]:
-    return READERS[request.param]
+    readers: dict[str, tuple[Callable[[Path], None], str]] = {
+        "override": (_override, "snakepit_hardware"),
+        "env-override": (env_override, "snakepit_hardware"),
+        "lock": (_lock, "snakepit_lock_file"),
+    }
+    return readers[request.param]
 
 
 def _refused(reader: tuple[Callable[[Path], None], str], path: Path, complaint: str) -> None:
