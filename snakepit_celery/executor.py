@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 from snakepit_celery import signals
+from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.errors import CircuitOpenError, ConfigError, RetryExhaustedError
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.testing import is_testing
@@ -139,6 +140,60 @@ def execute_with_timeout(fn: Callable[[], T], timeout: float) -> T:
 _PENDING: Any = object()
 
 
+def _timed_out(index: int, seconds: float | None) -> TimeoutError:
+    """The result of batch item ``index`` unfinished after ``seconds`` (logged by the caller)."""
+    return TimeoutError(f"batch item {index} did not finish within {seconds:g}s")
+
+
+def _warn_unfinished(unfinished: int, total: int, seconds: float | None) -> None:
+    if unfinished:
+        logger.warning(
+            "batch timed out",
+            extra={"unfinished": unfinished, "total": total, "timeout": seconds},
+        )
+
+
+class _ThreadBatch:
+    """Items run by worker threads taking the next unstarted one until told to stop."""
+
+    def __init__(self, calls: list[Callable[[], Any]]) -> None:
+        self.calls = calls
+        self.results: list[Any] = [_PENDING] * len(calls)
+        self.all_done = threading.Event()
+        self._lock = threading.Lock()
+        self._queue = iter(range(len(calls)))
+        self._remaining = len(calls)
+        self._stopped = False
+        self._context = contextvars.copy_context()
+
+    def work(self) -> None:
+        while True:
+            with self._lock:
+                index = None if self._stopped else next(self._queue, None)
+            if index is None:
+                return
+            try:
+                value = self._context.copy().run(self.calls[index])
+            except BaseException as exc:
+                value = exc
+            with self._lock:
+                self.results[index] = value
+                self._remaining -= 1
+                if self._remaining == 0:
+                    self.all_done.set()
+
+    def stop(self, seconds: float | None) -> list[Any]:
+        """Start nothing more; the results, unfinished items as ``TimeoutError`` instances."""
+        with self._lock:
+            self._stopped = True
+            unfinished = [i for i, value in enumerate(self.results) if value is _PENDING]
+            _warn_unfinished(len(unfinished), len(self.calls), seconds)
+            return [
+                _timed_out(i, seconds) if value is _PENDING else value
+                for i, value in enumerate(self.results)
+            ]
+
+
 def execute_batch(
     fns: Iterable[Callable[[], Any]],
     timeout: float | None = 30.0,
@@ -157,46 +212,11 @@ def execute_batch(
     limit = _check_concurrency(max_concurrency)
     if not calls:
         return []
-    results: list[Any] = [_PENDING] * len(calls)
-    lock = threading.Lock()
-    all_done = threading.Event()
-    queue = iter(range(len(calls)))
-    state = {"remaining": len(calls), "stopped": False}
-    context = contextvars.copy_context()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                index = None if state["stopped"] else next(queue, None)
-            if index is None:
-                return
-            try:
-                value = context.copy().run(calls[index])
-            except BaseException as exc:
-                value = exc
-            with lock:
-                results[index] = value
-                state["remaining"] -= 1
-                if state["remaining"] == 0:
-                    all_done.set()
-
+    batch = _ThreadBatch(calls)
     for _ in range(min(len(calls), limit or len(calls))):
-        threading.Thread(target=worker, name="snakepit-batch", daemon=True).start()
-    all_done.wait(seconds)
-    with lock:
-        state["stopped"] = True
-        unfinished = sum(1 for value in results if value is _PENDING)
-        if unfinished:
-            logger.warning(
-                "batch timed out",
-                extra={"unfinished": unfinished, "total": len(calls), "timeout": seconds},
-            )
-        return [
-            TimeoutError(f"batch item {index} did not finish within {seconds:g}s")
-            if value is _PENDING
-            else value
-            for index, value in enumerate(results)
-        ]
+        threading.Thread(target=batch.work, name="snakepit-batch", daemon=True).start()
+    batch.all_done.wait(seconds)
+    return batch.stop(seconds)
 
 
 # -- retries ----------------------------------------------------------------------
@@ -205,9 +225,9 @@ def execute_batch(
 class _RetryRun:
     """Bookkeeping of one retried call, shared by the sync and async loops."""
 
-    def __init__(self, policy: RetryPolicy, *, retry_open_circuit: bool) -> None:
+    def __init__(self, policy: RetryPolicy, *, breaker: Breaker | None = None) -> None:
         self.policy = policy
-        self.retry_open_circuit = retry_open_circuit
+        self.breaker = breaker
         self.attempt = 1
         self.started = time.monotonic()
 
@@ -215,10 +235,11 @@ class _RetryRun:
         """Seconds to wait before the next attempt; None when ``exc`` is not retriable.
 
         Raises ``RetryExhaustedError`` (from ``exc``) when attempts ran out. A
-        ``CircuitOpenError`` is never retried sooner than its ``retry_after``.
+        refusal of ``breaker`` is always retriable, never sooner than its
+        ``retry_after`` (capped at a ``CircuitBreaker``'s ``reset_timeout``).
         """
         open_circuit = isinstance(exc, CircuitOpenError)
-        retriable = (open_circuit and self.retry_open_circuit) or self.policy.retry_for_error(exc)
+        retriable = (open_circuit and self.breaker is not None) or self.policy.retry_for_error(exc)
         if not retriable:
             return None
         if not self.policy.should_retry(self.attempt):
@@ -236,7 +257,10 @@ class _RetryRun:
             raise RetryExhaustedError(self.attempt, exc) from exc
         delay = 0.0 if is_testing() else self.policy.backoff_for_attempt(self.attempt)
         if isinstance(exc, CircuitOpenError) and not is_testing():
-            delay = max(delay, exc.retry_after)
+            wait = exc.retry_after
+            if isinstance(self.breaker, CircuitBreaker):
+                wait = self.breaker.retry_delay(exc)
+            delay = max(delay, wait)
         logger.info(
             "retrying after failure",
             extra={"attempt": self.attempt, "delay": delay, "error": repr(exc)},
@@ -253,8 +277,8 @@ class _RetryRun:
         )
 
 
-def _retry(fn: Callable[[], T], policy: RetryPolicy, *, retry_open_circuit: bool) -> T:
-    run = _RetryRun(policy, retry_open_circuit=retry_open_circuit)
+def _retry(fn: Callable[[], T], policy: RetryPolicy, *, breaker: Breaker | None = None) -> T:
+    run = _RetryRun(policy, breaker=breaker)
     while True:
         try:
             result = fn()
@@ -270,9 +294,9 @@ def _retry(fn: Callable[[], T], policy: RetryPolicy, *, retry_open_circuit: bool
 
 
 async def _aretry(
-    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, *, retry_open_circuit: bool
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, *, breaker: Breaker | None = None
 ) -> T:
-    run = _RetryRun(policy, retry_open_circuit=retry_open_circuit)
+    run = _RetryRun(policy, breaker=breaker)
     while True:
         try:
             result = await fn()
@@ -295,7 +319,7 @@ def execute_with_retry(
     ``policy``). A non-retriable error is re-raised as is; when attempts run
     out, ``RetryExhaustedError`` is raised with the last error as its cause.
     """
-    return _retry(fn, _resolve_policy(policy, policy_kwargs), retry_open_circuit=False)
+    return _retry(fn, _resolve_policy(policy, policy_kwargs))
 
 
 def execute_with_circuit_breaker(breaker: Breaker, fn: Callable[[], T]) -> T:
@@ -313,10 +337,12 @@ def execute_with_protection(
 
     A refusal (``CircuitOpenError``) counts as an attempt and is retried
     whatever ``retriable_errors`` says, but never sooner than its
-    ``retry_after``, so an open breaker is waited out, not hammered.
+    ``retry_after``, so an open breaker is waited out, not hammered. A
+    ``CircuitBreaker``'s own refusal is waited out for at most its
+    ``reset_timeout`` (a busy half-open probe answers with its longer lease).
     """
     resolved = _resolve_policy(policy, policy_kwargs)
-    return _retry(lambda: breaker.call(fn), resolved, retry_open_circuit=True)
+    return _retry(lambda: breaker.call(fn), resolved, breaker=breaker)
 
 
 # -- asyncio twins ------------------------------------------------------------------
@@ -341,7 +367,7 @@ async def aexecute_with_retry(
     fn: Callable[[], Awaitable[T]], policy: RetryPolicy | None = None, **policy_kwargs: Any
 ) -> T:
     """``execute_with_retry`` for a coroutine function (sleeps with ``asyncio.sleep``)."""
-    return await _aretry(fn, _resolve_policy(policy, policy_kwargs), retry_open_circuit=False)
+    return await _aretry(fn, _resolve_policy(policy, policy_kwargs))
 
 
 async def aexecute_with_circuit_breaker(breaker: Breaker, fn: Callable[[], Awaitable[T]]) -> T:
@@ -357,7 +383,7 @@ async def aexecute_with_protection(
 ) -> T:
     """``execute_with_protection`` for a coroutine function."""
     resolved = _resolve_policy(policy, policy_kwargs)
-    return await _aretry(lambda: breaker.acall(fn), resolved, retry_open_circuit=True)
+    return await _aretry(lambda: breaker.acall(fn), resolved, breaker=breaker)
 
 
 async def aexecute_batch(
@@ -381,15 +407,11 @@ async def aexecute_batch(
     _, pending = await asyncio.wait(tasks, timeout=seconds)
     for task in pending:
         task.cancel()
-    if pending:
-        logger.warning(
-            "batch timed out",
-            extra={"unfinished": len(pending), "total": len(calls), "timeout": seconds},
-        )
+    _warn_unfinished(len(pending), len(calls), seconds)
     results: list[Any] = []
     for index, task in enumerate(tasks):
         if task in pending:
-            results.append(TimeoutError(f"batch item {index} did not finish within {seconds:g}s"))
+            results.append(_timed_out(index, seconds))
         elif task.cancelled():
             results.append(asyncio.CancelledError())
         else:

@@ -14,10 +14,9 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from snakepit_celery import hardware
+from snakepit_celery import hardware, jsonfile
 from snakepit_celery.errors import ConfigError, LockMismatchError
 
 __all__ = [
@@ -63,42 +62,35 @@ def generate(dependencies: Mapping[str, Any] | Sequence[Any] | None = None) -> s
         ) from exc
 
 
-def _read(path_or_text: str | os.PathLike[str]) -> tuple[str, str]:
-    """(text, label): a str starting with ``{`` is the lock itself, anything else a path."""
-    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
-        return path_or_text, "lock text"
-    path = os.fspath(path_or_text)
-    try:
-        return Path(path).read_text(), repr(path)
-    except OSError as exc:
-        raise ConfigError(SETTING, path, _SHAPE, f"{SETTING}: cannot read {path!r}: {exc}") from exc
-
-
 def load(path_or_text: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and shape-check a lock file; ``ConfigError`` (setting ``snakepit_lock_file``) if bad."""
-    text, label = _read(path_or_text)
+    """Read and shape-check a lock file; ``ConfigError`` (setting ``snakepit_lock_file``) if bad.
+
+    A str starting with ``{`` is the lock itself, anything else a path.
+    """
+    is_text = isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{")
+    label = "lock text" if is_text else repr(os.fspath(path_or_text))
+    value = str(path_or_text)[:80] if is_text else os.fspath(path_or_text)
 
     def bad(problem: str) -> ConfigError:
-        value = label if label != "lock text" else text[:80]
-        return ConfigError(SETTING, value, _SHAPE, f"{SETTING}: {label} {problem}")
+        return ConfigError(SETTING, value, _SHAPE, f"{SETTING}: {problem}")
 
     try:
-        lock = json.loads(text)
-    except ValueError as exc:
-        raise bad(f"is not valid JSON: {exc}") from exc
+        lock = jsonfile.parse(str(path_or_text)) if is_text else jsonfile.read(path_or_text)
+    except jsonfile.JSONFileError as exc:
+        raise bad(exc.about(label)) from None
     if not isinstance(lock, dict):
-        raise bad("is not a JSON object")
+        raise bad(f"{label} is not a JSON object")
     section = lock.get("hardware")
     if not isinstance(section, dict):
-        raise bad("has no 'hardware' object")
+        raise bad(f"{label} has no 'hardware' object")
     if not isinstance(section.get("accelerator"), str):
-        raise bad("has no string 'hardware.accelerator'")
+        raise bad(f"{label} has no string 'hardware.accelerator'")
     count = section.get("gpu_count")
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise bad("has no integer 'hardware.gpu_count' >= 0")
+        raise bad(f"{label} has no integer 'hardware.gpu_count' >= 0")
     features = section.get("cpu_features")
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-        raise bad("has no list of strings 'hardware.cpu_features'")
+        raise bad(f"{label} has no list of strings 'hardware.cpu_features'")
     return lock
 
 

@@ -273,6 +273,42 @@ def test_reset_closes_and_clears_counts(store: Any, name: str) -> None:
     assert breaker.call(ok) == "ok"
 
 
+def test_store_reset_returns_the_state_before(store: Any, name: str) -> None:
+    assert store.breaker_reset(name) == "closed"  # unknown
+    breaker = make(name, store, reset_timeout=30.0)
+    trip(breaker)
+    assert store.breaker_reset(name) == "open"
+    assert store.breaker_reset(name) == "closed"
+
+
+def test_reset_of_an_open_breaker_sends_breaker_closed_once(store: Any, name: str) -> None:
+    breaker = make(name, store, reset_timeout=30.0)
+    trip(breaker)
+    with record_signals(name) as log:
+        breaker.reset()
+        breaker.reset()
+    assert log.names() == ["closed"]
+    assert log.events[0][1] == {"pool": name}
+
+
+def test_reset_of_a_half_open_breaker_sends_breaker_closed(store: Any, name: str) -> None:
+    breaker = make(name, store)
+    trip(breaker)
+    wait_half_open(breaker)
+    with record_signals(name) as log:
+        breaker.reset()
+    assert log.names() == ["closed"]
+
+
+def test_reset_of_a_closed_breaker_sends_nothing(store: Any, name: str) -> None:
+    breaker = make(name, store)
+    with pytest.raises(ServiceDownError):
+        breaker.call(fail)
+    with record_signals(name) as log:
+        breaker.reset()
+    assert log.names() == []
+
+
 def test_record_failure_opens_at_threshold(store: Any, name: str) -> None:
     breaker = make(name, store)
     for _ in range(3):

@@ -239,6 +239,20 @@ def test_a_killed_probe_does_not_wedge_the_breaker(redis_url: str, key_prefix: s
     assert breaker.state == BreakerState.CLOSED
 
 
+def _reset(swarm: Swarm, index: int) -> None:
+    swarm.breaker().reset()
+
+
+def test_many_processes_resetting_an_open_breaker_close_it_once(
+    redis_url: str, key_prefix: str
+) -> None:
+    swarm = Swarm(redis_url, key_prefix, failure_threshold=1, reset_timeout=60.0)
+    _open_now(swarm)
+    swarm.run(_reset)
+    assert swarm.signals() == ["opened", "closed"]
+    assert swarm.breaker().state == BreakerState.CLOSED
+
+
 def _call_three_times(swarm: Swarm) -> None:
     breaker = swarm.breaker()
     for _ in range(3):

@@ -355,6 +355,60 @@ def test_protection_with_a_real_breaker_on_redis(redis_url: str, key_prefix: str
     assert fn.calls == 2
 
 
+def _protect_sync(breaker: CircuitBreaker, fn: AsyncFlaky, policy: RetryPolicy) -> Any:
+    return execute_with_protection(breaker, fn, policy)
+
+
+def _protect_async(breaker: CircuitBreaker, fn: AsyncFlaky, policy: RetryPolicy) -> Any:
+    return asyncio.run(aexecute_with_protection(breaker, fn.run, policy))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("protect", [_protect_sync, _protect_async], ids=["sync", "async"])
+def test_protection_waits_for_a_busy_probe_no_longer_than_reset_timeout(
+    recorder: Recorder,
+    redis_url: str,
+    key_prefix: str,
+    protect: Callable[[CircuitBreaker, AsyncFlaky, RetryPolicy], Any],
+) -> None:
+    from snakepit_celery.store import store_from_url
+
+    def breaker() -> CircuitBreaker:  # the default probe lease is 30 s
+        store = store_from_url(redis_url, key_prefix=key_prefix)
+        return CircuitBreaker("busy-probe", failure_threshold=1, reset_timeout=0.05, store=store)
+
+    mine, prober = breaker(), breaker()
+    mine.record_failure()
+    release = threading.Event()
+    probing = threading.Event()
+
+    def probe() -> None:
+        with prober:  # admitted as the half-open probe; ends when the caller is refused
+            probing.set()
+            release.wait(10.0)
+
+    while mine.state != "half_open":
+        threading.Event().wait(0.01)
+    thread = threading.Thread(target=probe)
+    thread.start()
+    assert probing.wait(5.0)
+
+    def end_probe(sender: Any, **kw: Any) -> None:
+        release.set()
+
+    signals.retry_attempt.connect(end_probe, weak=False)
+    fn = AsyncFlaky()
+    try:
+        assert protect(mine, fn, RetryPolicy(max_attempts=50, backoff=[0.001])) == "ok"
+    finally:
+        signals.retry_attempt.disconnect(end_probe)
+        release.set()
+        thread.join(10.0)
+    delays = [kw["delay"] for kw in recorder.of("attempt")]
+    assert delays and max(delays) == 0.05
+    assert fn.calls == 1
+
+
 # -- execute_batch --------------------------------------------------------------------
 
 

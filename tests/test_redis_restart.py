@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from chaos_helpers import ChaosFleet, chaos_conf
 
-from snakepit_celery.breaker import STORE_RETRY_INTERVAL, BreakerState, CircuitBreaker
+from snakepit_celery.breaker import BreakerState, CircuitBreaker
+from snakepit_celery.breaker.shared import STORE_RETRY_INTERVAL
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import fail_open, set_fail_open, store_from_url
 from snakepit_celery.testing import wait_until

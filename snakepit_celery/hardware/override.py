@@ -8,12 +8,11 @@ not applied to it (use :func:`restrict` to derive a per-device view).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
+from snakepit_celery import jsonfile
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.hardware import _probe
 from snakepit_celery.hardware.types import (
@@ -42,21 +41,11 @@ def load_override(
 ) -> HardwareInfo:
     """Load and validate an override file; ConfigError naming the setting and the file."""
     where = f"{SETTING} ({source})" if source != SETTING else SETTING
+    name = os.fspath(path)
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(
-            SETTING, os.fspath(path), _ALLOWED, f"{where}: cannot read {os.fspath(path)!r}: {exc}"
-        ) from exc
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(
-            SETTING,
-            os.fspath(path),
-            _ALLOWED,
-            f"{where}: {os.fspath(path)!r} is not valid JSON: {exc}",
-        ) from exc
+        data = jsonfile.read(name)
+    except jsonfile.JSONFileError as exc:
+        raise ConfigError(SETTING, name, _ALLOWED, f"{where}: {exc.about(repr(name))}") from None
     try:
         return HardwareInfo.from_dict(
             data, default_cpu=default_cpu, default_platform=default_platform
@@ -64,9 +53,9 @@ def load_override(
     except ShapeError as exc:
         raise ConfigError(
             SETTING,
-            os.fspath(path),
+            name,
             _ALLOWED,
-            f"{where}: {os.fspath(path)!r} does not describe hardware: {exc}",
+            f"{where}: {name!r} does not describe hardware: {exc}",
         ) from exc
 
 

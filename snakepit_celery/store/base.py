@@ -185,8 +185,12 @@ class Store(Protocol):
         """Current state without side effects (open past its timeout reads half_open)."""
         ...
 
-    def breaker_reset(self, name: str) -> None:
-        """Forget everything about the breaker (closed, zero counts)."""
+    def breaker_reset(self, name: str) -> str:
+        """Forget everything about the breaker (closed, zero counts); return its state before.
+
+        Atomic: of racing resets of an open breaker exactly one sees it not closed.
+        An unknown breaker was ``"closed"``.
+        """
         ...
 
     def breaker_names(self) -> list[str]:

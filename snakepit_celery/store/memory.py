@@ -175,10 +175,11 @@ class MemoryStore:
             )
             return BreakerSnapshot(state, br.failures, br.successes, live, retry_after)
 
-    def breaker_reset(self, name: str) -> None:
-        """Forget everything about the breaker (closed, zero counts)."""
+    def breaker_reset(self, name: str) -> str:
+        """Forget everything about the breaker (closed, zero counts); return its state before."""
         with self._lock:
-            self._breakers.pop(name, None)
+            br = self._breakers.pop(name, None)
+            return br.state if br is not None else "closed"
 
     # -- health monitor -------------------------------------------------------
     def health_record(

@@ -258,9 +258,9 @@ class RedisStore:
             text(state), int(failures), int(successes), int(live), float(retry_after)
         )
 
-    def breaker_reset(self, name: str) -> None:
-        """Forget everything about the breaker (closed, zero counts)."""
-        self._run("breaker_reset", self._breaker_keys(name), [])
+    def breaker_reset(self, name: str) -> str:
+        """Forget everything about the breaker (closed, zero counts); return its state before."""
+        return text(self._run("breaker_reset", self._breaker_keys(name), []))
 
     # -- health monitor -------------------------------------------------------
     def _health_keys(self, pool: str) -> list[str]:

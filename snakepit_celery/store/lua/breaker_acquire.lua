@@ -1,6 +1,7 @@
 -- KEYS: breaker hash, probe lease zset
 -- ARGV: reset_timeout, half_open_max_calls, probe_ttl, key_ttl_ms
 -- -> {allowed 0/1, state, retry_after, probe token|nil, transition|nil, failures}
+check_writes(KEYS, {'DEL', 'HINCRBY', 'HSET', 'PEXPIRE', 'ZADD', 'ZREMRANGEBYSCORE'})
 local now = store_now()
 local reset_timeout = tonumber(ARGV[1])
 local max_calls = tonumber(ARGV[2])

@@ -1,6 +1,7 @@
 -- KEYS: breaker hash, probe lease zset
 -- ARGV: success 1/0, failure_threshold, probe token or '', count, key_ttl_ms
 -- -> {state, failures, transition|nil}
+check_writes(KEYS, {'DEL', 'HINCRBY', 'HSET', 'PEXPIRE', 'ZREM'})
 local now = store_now()
 local count = tonumber(ARGV[4])
 local h = redis.call('HMGET', KEYS[1], 'state', 'failures')
