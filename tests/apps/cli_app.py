@@ -6,6 +6,6 @@ the settings), so each test points the subprocess at its own keys.
 
 from __future__ import annotations
 
-from tests.cli_helpers import make_app
+from tests.support.cli import make_app
 
 app = make_app()

@@ -1,6 +1,6 @@
 """The app ``celery -A tests.apps.snakepit_app worker`` runs in the task and crash tests.
 
-Configured from env ``SPT_CONF`` (JSON of ``tests/celery_helpers.celery_conf``,
+Configured from env ``SPT_CONF`` (JSON of ``tests/support/harness.celery_conf``,
 plus whatever snakepit settings a test adds). Tasks count their executions in
 Redis keys the test passes in, so the test can tell how often each one ran.
 """

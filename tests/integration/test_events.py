@@ -1,0 +1,219 @@
+"""The signal -> Celery event bridge: pure conversion, and a real Receiver on a real worker."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from snakepit_celery import signals
+from snakepit_celery.celery.events import EventBridge, event_type, json_safe, signal_event
+from snakepit_celery.celery.task import TASK_FACTS_EVENT
+from snakepit_celery.testing import wait_until
+from tests.support.fleet import CPU_HARDWARE, Fleet, fleet_fixture
+
+# -- pure parts --------------------------------------------------------------------------
+
+
+def test_fleet_event_type_uses_hyphens() -> None:
+    assert event_type("breaker_opened", task_level=False) == "snakepit-breaker-opened"
+
+
+def test_task_event_type_has_the_task_prefix() -> None:
+    assert event_type("retry_attempt", task_level=True) == "task-snakepit-retry-attempt"
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+
+
+@dataclass(frozen=True)
+class Info:
+    reason: str
+    code: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "code": self.code}
+
+
+def test_json_safe_turns_rich_values_into_plain_ones() -> None:
+    value = {
+        "error": ValueError("boom"),
+        "info": Info("segfault", 139),
+        "color": Color.RED,
+        "items": (1, 2.5, None),
+        "nan": float("nan"),
+        "other": object,
+    }
+    assert json_safe(value) == {
+        "error": "ValueError('boom')",
+        "info": {"reason": "segfault", "code": 139},
+        "color": "red",
+        "items": [1, 2.5, None],
+        "nan": "nan",
+        "other": "<class 'object'>",
+    }
+
+
+def test_signal_event_without_task_is_fleet_level() -> None:
+    app = Celery("t", set_as_current=False)
+    type_, fields = signal_event(app, "breaker_opened", {"failure_count": 5, "pool": "db"})
+    assert type_ == "snakepit-breaker-opened"
+    assert fields == {"failure_count": 5, "pool": "db", "signal": "breaker_opened"}
+
+
+def test_signal_event_with_task_id_is_task_level_and_carries_uuid() -> None:
+    app = Celery("t", set_as_current=False)
+    type_, fields = signal_event(app, "worker_crash", {"task_id": "abc", "pool": "p"})
+    assert type_ == "task-snakepit-worker-crash"
+    assert fields["uuid"] == "abc"
+    assert "task_id" not in fields
+
+
+def test_reserved_event_field_names_are_prefixed() -> None:
+    app = Celery("t", set_as_current=False)
+    _, fields = signal_event(app, "device_tainted", {"hostname": "h", "timestamp": 1})
+    assert fields["snakepit_hostname"] == "h"
+    assert fields["snakepit_timestamp"] == 1
+
+
+def test_bridge_is_silent_outside_a_worker() -> None:
+    published: list[Any] = []
+    bridge = EventBridge(Celery("t", set_as_current=False), publish=lambda *a: published.append(a))
+    bridge(sender=None, signal=signals.breaker_closed, pool="db")
+    assert published == []
+
+
+def test_bridge_never_raises_into_the_sender() -> None:
+    def broken(*_: Any) -> None:
+        raise ConnectionError("broker down")
+
+    bridge = EventBridge(Celery("t", set_as_current=False), always=True, publish=broken)
+    bridge(sender=None, signal=signals.breaker_closed, pool="db")
+
+
+# -- a real worker, a real receiver --------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Fleet]:
+    yield from fleet_fixture(redis_url, key_prefix, tmp_path)
+
+
+class Capture:
+    """An ``app.events.Receiver`` collecting every snakepit event in a background thread."""
+
+    def __init__(self, app: Celery) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.connection = app.connection_for_read()
+        self.receiver = app.events.Receiver(self.connection, handlers={"*": self._on_event})
+        self.receiver.on_consume_ready = self._on_ready
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if "snakepit" in event.get("type", ""):
+            self.events.append(event)
+
+    def _on_ready(self, *_: Any, **__: Any) -> None:
+        self.ready.set()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # the connection is closed under it at teardown
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> Capture:
+        self.thread.start()
+        assert self.ready.wait(10), "the receiver did not start"
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(5)
+        self.connection.close()
+
+    def wait_for(self, type_: str) -> dict[str, Any]:
+        return wait_until(
+            lambda: next((e for e in self.events if e["type"] == type_), None),
+            20,
+            what=f"event {type_}",
+        )
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_signal_inside_a_task_is_a_task_event_with_its_uuid(fleet: Fleet, pool: str) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE, pool=pool, concurrency=1)
+    emit = fleet.app.tasks["worker_app.emit"]
+    with Capture(fleet.app) as capture:
+        result = emit.apply_async(("retry_attempt", {"attempt": 2, "delay": 0.2}), queue="celery")
+        task_id = result.get(timeout=20)
+        event = capture.wait_for("task-snakepit-retry-attempt")
+    assert event["uuid"] == task_id
+    assert (event["attempt"], event["delay"]) == (2, 0.2)
+    assert event["hostname"] == "cpu@test"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_signal_outside_a_task_is_a_fleet_event(fleet: Fleet) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE)
+    emit = fleet.app.tasks["worker_app.emit"]
+    fields = {"failure_count": 5, "pool": "payments", "reason": "failures"}
+    with Capture(fleet.app) as capture:
+        emit.apply_async(("breaker_opened", fields), {"detached": True}, queue="celery").get(20)
+        event = capture.wait_for("snakepit-breaker-opened")
+    assert event["pool"] == "payments"
+    assert event["failure_count"] == 5
+    assert "uuid" not in event
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_event_fields_are_json_safe(fleet: Fleet) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE)
+    emit = fleet.app.tasks["worker_app.emit"]
+    fields = {"attempts": 3, "total_duration": 1.5}
+    with Capture(fleet.app) as capture:
+        emit.apply_async(("retry_exhausted", fields), {"error": "boom"}, queue="celery").get(20)
+        event = capture.wait_for("task-snakepit-retry-exhausted")
+    assert event["last_error"] == "RuntimeError('boom')"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_each_run_reports_its_device_and_crash_count_when_task_events_are_on(
+    fleet: Fleet,
+) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE, args=("-E",))
+    with Capture(fleet.app) as capture:
+        result = fleet.app.tasks["worker_app.device_used"].apply_async()
+        assert result.get(timeout=20)["device"] == "cpu"
+        event = capture.wait_for(TASK_FACTS_EVENT)
+    assert event["uuid"] == result.id
+    assert (event["device"], event["breaker"], event["crashes"], event["attempt"]) == (
+        "cpu",
+        None,
+        0,
+        1,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_no_per_run_event_without_task_events(fleet: Fleet) -> None:
+    fleet.start("cpu@test", CPU_HARDWARE)
+    with Capture(fleet.app) as capture:
+        fleet.app.tasks["worker_app.device_used"].apply_async().get(timeout=20)
+        emit = fleet.app.tasks["worker_app.emit"]
+        emit.apply_async(("retry_attempt", {"attempt": 1, "delay": 0.1}), queue="celery").get(20)
+        capture.wait_for("task-snakepit-retry-attempt")  # later than the run's would be
+    assert not [e for e in capture.events if e["type"] == TASK_FACTS_EVENT]
