@@ -130,7 +130,7 @@ def test_health_operations_work_on_every_master(cluster: LocalCluster, store: Re
         snapshot = store.health_record(pool, "w2", window=60.0, max_entries=100)
         assert (snapshot.total_crashes, snapshot.crashes_in_window) == (2, 2)
         stats = store.health_stats(pool, window=60.0)
-        assert sorted(stats.workers) == ["w1", "w2"]
+        assert stats.workers_with_crashes == 2
         assert store.health_worker(pool, "w1", window=60.0).count == 1
     assert set(pools) <= set(store.pool_names())
 
