@@ -16,11 +16,10 @@ import pytest
 import redis
 
 from snakepit_celery import CrashBarrier, CrashBarrierConfig, HealthMonitor
-from snakepit_celery.errors import ConfigError
+from snakepit_celery.errors import ConfigError, StoreScriptError
 from snakepit_celery.store import (
     MemoryStore,
     RedisStore,
-    StoreScriptError,
     script_error_count,
     set_fail_open,
 )
