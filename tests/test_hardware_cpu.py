@@ -8,7 +8,7 @@ import pytest
 from hardware_helpers import FIXTURES, fixture_text, isolated_hardware
 
 from snakepit_celery.hardware import cpu, platform_string
-from snakepit_celery.hardware._probe import parse_sysctl
+from snakepit_celery.hardware.tools import parse_sysctl
 
 __all__ = ["isolated_hardware"]
 

@@ -9,7 +9,7 @@ from hardware_helpers import FakeBin, Rule, fake_bin, fixture_text, isolated_har
 
 from snakepit_celery.hardware import Accelerator, probe_host, rocm
 from snakepit_celery.hardware import mps as mps_probe
-from snakepit_celery.hardware._probe import parse_sysctl
+from snakepit_celery.hardware.tools import parse_sysctl
 
 __all__ = ["fake_bin", "isolated_hardware"]
 
