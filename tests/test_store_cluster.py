@@ -29,8 +29,8 @@ from snakepit_celery.breaker import BreakerState, CircuitBreaker
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore, fail_open, set_fail_open, store_error_count
-from snakepit_celery.testing.redis_cluster import LocalCluster, RedisNode
-from snakepit_celery.testing.redis_server import find_redis_server_binary
+from snakepit_celery.testing.redis_cluster import LocalCluster
+from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -78,7 +78,7 @@ def strict_store() -> Iterator[None]:
     set_fail_open(previous)
 
 
-def owner_of(cluster: LocalCluster, store: RedisStore, kind: str, name: str) -> RedisNode:
+def owner_of(cluster: LocalCluster, store: RedisStore, kind: str, name: str) -> EmbeddedRedis:
     return cluster.owner(key_slot(store.key(kind, name).encode()))
 
 
@@ -297,7 +297,7 @@ def test_breaker_calls_reload_scripts_and_keep_state_after_script_flush(
     assert_state_kept(loop, tripped, errors_before)
 
 
-def script_loads(node: RedisNode) -> int:
+def script_loads(node: EmbeddedRedis) -> int:
     """How many ``SCRIPT LOAD`` commands ``node`` has served."""
     stats = node.command("INFO", "commandstats")
     return int(stats.get("cmdstat_script|load", {}).get("calls", 0))
