@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery_helpers import Harness, harness_fixture
 
 from snakepit_celery import CrashBarrier, CrashBarrierConfig, HealthMonitor
 from snakepit_celery.errors import ConfigError, StoreScriptError
@@ -258,6 +259,35 @@ def test_every_store_operation_runs_under_the_minimal_acl(acl_user: Any, key_pre
     store.node_remove("n2")
     assert script_error_count() == before
     store.close()
+
+
+@pytest.fixture
+def harness(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Harness]:
+    yield from harness_fixture(redis_url, key_prefix, tmp_path)
+
+
+@pytest.mark.integration
+def test_a_worker_with_the_crash_barrier_runs_with_its_store_under_the_minimal_acl(
+    acl_user: Any, harness: Harness, key_prefix: str
+) -> None:
+    url = acl_user([rule.replace("<prefix>", key_prefix) for rule in MINIMAL_ACL])
+    barrier = {"enabled": True, "max_restarts": 1, "taint_duration": 30.0, "backoff": [0.05]}
+    conf = {"snakepit_store_url": url, "snakepit_crash_barrier": barrier}
+    worker = harness.worker("acl", conf=conf)
+    crashed = harness.send("crash_once", harness.key("runs"), "segv")
+    plain = harness.send("noop")
+    assert crashed.get(timeout=60) == 2
+    assert plain.get(timeout=30) is None
+    store = RedisStore(url, key_prefix=key_prefix)
+    try:
+        assert HealthMonitor(store=store).worker_health(worker.name).crash_count == 1
+        assert CrashBarrier(barrier, store=store).worker_tainted(worker.name)
+        assert worker.name in [node["node"] for node in store.node_list()]
+    finally:
+        store.close()
+    log = worker.logs()
+    assert "snakepit store operation" not in log  # no script refused (NOPERM)
+    assert "snakepit store unavailable" not in log
 
 
 def test_readme_documents_exactly_the_tested_acl() -> None:
