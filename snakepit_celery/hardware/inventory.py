@@ -7,15 +7,15 @@ derived from the detected ``HardwareInfo``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from snakepit_celery.hardware.shape import PlainData
 from snakepit_celery.hardware.types import Accelerator, Device
 
 __all__ = ["AcceleratorDevice", "Capabilities"]
 
 
 @dataclass(frozen=True)
-class Capabilities:
+class Capabilities(PlainData):
     """Boolean capability flags for quick checks (upstream ``capabilities/0``)."""
 
     cuda: bool
@@ -28,23 +28,9 @@ class Capabilities:
     cudnn_version: str | None
     cudnn: bool
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict."""
-        return {
-            "cuda": self.cuda,
-            "mps": self.mps,
-            "rocm": self.rocm,
-            "avx": self.avx,
-            "avx2": self.avx2,
-            "avx512": self.avx512,
-            "cuda_version": self.cuda_version,
-            "cudnn_version": self.cudnn_version,
-            "cudnn": self.cudnn,
-        }
-
 
 @dataclass(frozen=True)
-class AcceleratorDevice:
+class AcceleratorDevice(PlainData):
     """One accelerator device of this host, as the routing layer lists it."""
 
     kind: Accelerator
@@ -57,13 +43,3 @@ class AcceleratorDevice:
     def device(self) -> Device:
         """The :class:`Device` for this entry (with its uuid)."""
         return Device(self.kind, self.index, self.uuid)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict."""
-        return {
-            "kind": self.kind.value,
-            "index": self.index,
-            "uuid": self.uuid,
-            "name": self.name,
-            "memory_total_mb": self.memory_total_mb,
-        }

@@ -1,15 +1,19 @@
-"""Checking that parsed JSON has the ``as_dict()`` shape of the hardware types.
+"""The ``as_dict()`` shape of the hardware types: writing it, and reading it back checked.
 
-Each reader returns the value or raises :class:`ShapeError` naming where in
-the document (``cuda.devices[0].id``) it went wrong and what was expected.
+``PlainData`` gives every frozen value type its ``as_dict()``. Each reader
+returns the value or raises :class:`ShapeError` naming where in the document
+(``cuda.devices[0].id``) it went wrong and what was expected.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = [
+    "PlainData",
     "ShapeError",
     "boolean",
     "get",
@@ -18,6 +22,7 @@ __all__ = [
     "optional",
     "optional_integer",
     "optional_string",
+    "plain",
     "string",
     "string_list",
 ]
@@ -27,6 +32,32 @@ T = TypeVar("T")
 
 class ShapeError(ValueError):
     """A mapping does not have the ``as_dict()`` shape; the message says where."""
+
+
+class PlainData:
+    """Base of the hardware value types (dataclasses): ``as_dict()`` in JSON-safe plain types.
+
+    Keys are the field names in field order; enums become their values,
+    tuples lists, nested values their own ``as_dict()``.
+    """
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe plain dict."""
+        fields = dataclasses.fields(cast(Any, self))
+        return {field.name: plain(getattr(self, field.name)) for field in fields}
+
+
+def plain(value: Any) -> Any:
+    """``value`` in JSON-safe plain types (see ``PlainData``)."""
+    if isinstance(value, PlainData):
+        return value.as_dict()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [plain(item) for item in value]
+    return value
 
 
 def mapping(data: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.hardware.shape import (
+    PlainData,
     ShapeError,
     boolean,
     get,
@@ -48,7 +49,7 @@ class Accelerator(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class CpuInfo:
+class CpuInfo(PlainData):
     """The host CPU: physical cores, logical threads, model name, ISA features, RAM."""
 
     cores: int
@@ -59,13 +60,7 @@ class CpuInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain dict (features as a sorted list)."""
-        return {
-            "cores": self.cores,
-            "threads": self.threads,
-            "model": self.model,
-            "features": sorted(self.features),
-            "memory_total_mb": self.memory_total_mb,
-        }
+        return {**super().as_dict(), "features": sorted(self.features)}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "cpu") -> CpuInfo:
@@ -82,7 +77,7 @@ class CpuInfo:
 
 
 @dataclass(frozen=True)
-class GpuDevice:
+class GpuDevice(PlainData):
     """One CUDA or ROCm device as this process sees it.
 
     ``id`` is the index the framework uses in this process (``cuda:<id>``), i.e.
@@ -96,17 +91,6 @@ class GpuDevice:
     memory_free_mb: int | None = None
     compute_capability: str | None = None
     uuid: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "memory_total_mb": self.memory_total_mb,
-            "memory_free_mb": self.memory_free_mb,
-            "compute_capability": self.compute_capability,
-            "uuid": self.uuid,
-        }
 
     @classmethod
     def from_dict(cls, data: Any, where: str, position: int) -> GpuDevice:
@@ -140,7 +124,7 @@ def _devices_from(obj: Mapping[str, Any], where: str) -> tuple[GpuDevice, ...]:
 
 
 @dataclass(frozen=True)
-class CudaInfo:
+class CudaInfo(PlainData):
     """NVIDIA CUDA: CUDA driver API version, driver version, cuDNN version, visible devices."""
 
     version: str | None
@@ -148,18 +132,9 @@ class CudaInfo:
     cudnn_version: str | None
     devices: tuple[GpuDevice, ...]
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict."""
-        return {
-            "version": self.version,
-            "driver_version": self.driver_version,
-            "cudnn_version": self.cudnn_version,
-            "devices": [d.as_dict() for d in self.devices],
-        }
-
     @classmethod
     def from_dict(cls, data: Any, where: str = "cuda") -> CudaInfo:
-        """Read the ``as_dict()``"""
+        """Read the ``as_dict()`` shape."""
         obj = mapping(data, where, {"version", "driver_version", "cudnn_version", "devices"})
         return cls(
             version=get(obj, "version", where, optional_string, None),
@@ -170,24 +145,16 @@ class CudaInfo:
 
 
 @dataclass(frozen=True)
-class MpsInfo:
+class MpsInfo(PlainData):
     """Apple Metal Performance Shaders: the Apple-silicon GPU (unified memory)."""
 
     available: bool
     device_name: str
     memory_total_mb: int
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict."""
-        return {
-            "available": self.available,
-            "device_name": self.device_name,
-            "memory_total_mb": self.memory_total_mb,
-        }
-
     @classmethod
     def from_dict(cls, data: Any, where: str = "mps") -> MpsInfo:
-        """Read the ``as_dict()``"""
+        """Read the ``as_dict()`` shape."""
         obj = mapping(data, where, {"available", "device_name", "memory_total_mb"})
         return cls(
             available=get(obj, "available", where, boolean, True),
@@ -197,19 +164,15 @@ class MpsInfo:
 
 
 @dataclass(frozen=True)
-class RocmInfo:
+class RocmInfo(PlainData):
     """AMD ROCm: ROCm version and visible devices."""
 
     version: str | None
     devices: tuple[GpuDevice, ...]
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict."""
-        return {"version": self.version, "devices": [d.as_dict() for d in self.devices]}
-
     @classmethod
     def from_dict(cls, data: Any, where: str = "rocm") -> RocmInfo:
-        """Read the ``as_dict()``"""
+        """Read the ``as_dict()`` shape."""
         obj = mapping(data, where, {"version", "devices"})
         return cls(
             version=get(obj, "version", where, optional_string, None),
@@ -231,8 +194,11 @@ def primary_accelerator(
 
 
 @dataclass(frozen=True)
-class HardwareInfo:
-    """Everything detection found; ``accelerator`` is the primary one (CUDA > MPS > ROCm > CPU)."""
+class HardwareInfo(PlainData):
+    """Everything detection found; ``accelerator`` is the primary one (CUDA > MPS > ROCm > CPU).
+
+    Its ``as_dict()`` is also the shape of an override file.
+    """
 
     accelerator: Accelerator
     cpu: CpuInfo
@@ -240,17 +206,6 @@ class HardwareInfo:
     mps: MpsInfo | None
     rocm: RocmInfo | None
     platform: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict; this is also the shape of an override file."""
-        return {
-            "accelerator": str(self.accelerator),
-            "cpu": self.cpu.as_dict(),
-            "cuda": self.cuda.as_dict() if self.cuda is not None else None,
-            "mps": self.mps.as_dict() if self.mps is not None else None,
-            "rocm": self.rocm.as_dict() if self.rocm is not None else None,
-            "platform": self.platform,
-        }
 
     @classmethod
     def from_dict(
@@ -310,7 +265,7 @@ DEVICE_SPELLINGS = "auto, cpu, cuda, mps, rocm, cuda:N, rocm:N, ('cuda', N), ('r
 
 
 @dataclass(frozen=True)
-class Device:
+class Device(PlainData):
     """A selectable device; ``str()`` is torch's spelling (``"cuda:1"``, ``"mps"``, ``"cpu"``).
 
     CUDA/ROCm devices always have an index (default 0); CPU and MPS have none.
@@ -344,10 +299,6 @@ class Device:
 
     def __str__(self) -> str:
         return self.kind.value if self.index is None else f"{self.kind.value}:{self.index}"
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe plain dict."""
-        return {"kind": self.kind.value, "index": self.index, "uuid": self.uuid}
 
     @classmethod
     def parse(cls, text: str) -> Device:
