@@ -17,10 +17,11 @@ import redis
 from celery_helpers import Harness, harness_fixture
 
 from snakepit_celery import CrashBarrier, CrashBarrierConfig, HealthMonitor
-from snakepit_celery.errors import ConfigError, StoreScriptError
+from snakepit_celery.errors import ConfigError, StoreScriptError, StoreUnavailableError
 from snakepit_celery.store import (
     MemoryStore,
     RedisStore,
+    redis_connect,
     script_error_count,
     set_fail_open,
 )
@@ -96,6 +97,54 @@ def test_acl_denial_inside_a_script_writes_nothing(
         denied.ledger_start("t1", worker_id="w1", lease=30.0, ttl=600.0)
     denied.close()
     assert list(redis_client.scan_iter(match=f"{key_prefix}:*")) == []
+
+
+# -- a Cluster slot in migration is no outage either ---------------------------------------
+
+
+class MigratingClient:
+    """A redis-py stand-in whose EVALSHA fails with ``errors`` first, then answers "ok"."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def evalsha(self, *args: Any) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+MIGRATION_ERRORS = [
+    redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+    redis.exceptions.AskError("3999 127.0.0.1:7001"),
+    redis.exceptions.ClusterError("TTL exhausted."),
+]
+
+
+def test_a_script_call_is_retried_while_its_slot_migrates() -> None:
+    client = MigratingClient(*MIGRATION_ERRORS)
+    store = RedisStore(client, key_prefix="migrating")
+    assert store.taint_active("p", "worker:a") is True
+    assert client.calls == 4
+
+
+def test_other_errors_are_not_retried() -> None:
+    client = MigratingClient(redis.exceptions.ConnectionError("refused"))
+    store = RedisStore(client, key_prefix="migrating")
+    with pytest.raises(StoreUnavailableError):
+        store.taint_active("p", "worker:a")
+    assert client.calls == 1
+
+
+def test_a_migration_longer_than_the_wait_is_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_connect, "MIGRATION_WAIT", 0.2)
+    client = MigratingClient(*MIGRATION_ERRORS * 100)
+    store = RedisStore(client, key_prefix="migrating")
+    with pytest.raises(StoreUnavailableError, match=r"TryAgainError|AskError|ClusterError"):
+        store.taint_active("p", "worker:a")
+    assert 2 < client.calls < 10
 
 
 # -- ranges -----------------------------------------------------------------------------
