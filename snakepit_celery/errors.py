@@ -21,6 +21,7 @@ __all__ = [
     "LockMismatchError",
     "RetryExhaustedError",
     "SnakepitError",
+    "StoreScriptError",
     "StoreUnavailableError",
     "WorkerCrashedError",
     "error_kind",
@@ -162,6 +163,14 @@ class StoreUnavailableError(SnakepitError):
     """
 
     snakepit_kind = "unavailable"
+
+
+class StoreScriptError(SnakepitError, RuntimeError):
+    """Redis refused or failed a store operation: a script error, an ACL denial.
+
+    A bug or a misconfiguration, never an outage: it is not covered by
+    fail-open. The message names the operation (``health_record``...).
+    """
 
 
 _CUDA_MARKERS = ("cuda", "hip", "cublas", "cudnn", "gpu", "rocm")

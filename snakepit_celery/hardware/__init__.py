@@ -20,15 +20,21 @@ import platform as _platform
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError
-from snakepit_celery.hardware import _probe, cpu, mps, nvidia, rocm
+from snakepit_celery.hardware import cpu, mps, nvidia, rocm, tools
+from snakepit_celery.hardware.inventory import AcceleratorDevice, Capabilities
 from snakepit_celery.hardware.override import ENV_VAR, SETTING, load_override, restrict
+from snakepit_celery.hardware.selection import (
+    DevicePreference,
+    as_list,
+    describe,
+    parse_preference,
+    resolve,
+)
 from snakepit_celery.hardware.types import (
     Accelerator,
-    AcceleratorDevice,
-    Capabilities,
     CpuInfo,
     CudaInfo,
     Device,
@@ -69,12 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: What ``select()`` accepts: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``, ``"rocm"``,
-#: ``"cuda:N"``, ``"rocm:N"``, ``("cuda", N)``, ``("rocm", N)`` or a :class:`Device`.
-DevicePreference: TypeAlias = str | Device | tuple[str, int]
-
-_ALLOWED_PREFS = "auto, cpu, cuda, mps, rocm, cuda:N, rocm:N, ('cuda', N), ('rocm', N), Device"
 
 _lock = threading.RLock()
 _cached: HardwareInfo | None = None
@@ -121,7 +121,7 @@ def probe_host(
     """Probe this host now: no cache, no override. Never raises."""
     system = _platform.system() if system is None else system
     machine = _platform.machine() if machine is None else machine
-    sysctl = _probe.read_sysctl() if system == "Darwin" else {}
+    sysctl = tools.read_sysctl() if system == "Darwin" else {}
     cpu_info = cpu.probe(system=system, machine=machine, cpuinfo_path=cpuinfo_path, sysctl=sysctl)
     cuda_info = nvidia.probe(environ)
     mps_info = mps.probe(system=system, machine=machine, sysctl=sysctl)
@@ -141,7 +141,7 @@ def probe_host(
 def _load(path: str | os.PathLike[str], source: str) -> HardwareInfo:
     return load_override(
         path,
-        default_cpu=lambda: cpu.probe(sysctl=_probe.read_sysctl() if _is_darwin() else {}),
+        default_cpu=lambda: cpu.probe(sysctl=tools.read_sysctl() if _is_darwin() else {}),
         default_platform=platform_string,
         source=source,
     )
@@ -264,53 +264,6 @@ def devices() -> list[AcceleratorDevice]:
 # -- selection ----------------------------------------------------------------------------
 
 
-def parse_preference(pref: object) -> Device | None:
-    """Validate one device preference; None means ``"auto"``. Unknown spellings: ConfigError."""
-    if isinstance(pref, Device):
-        return pref
-    if isinstance(pref, str):
-        if pref.strip().lower() == "auto":
-            return None
-        return Device.parse(pref)
-    if (
-        isinstance(pref, tuple | list)
-        and len(pref) == 2
-        and isinstance(pref[0], str)
-        and isinstance(pref[1], int)
-        and not isinstance(pref[1], bool)
-    ):
-        kind = pref[0].strip().lower()
-        if kind not in (Accelerator.CUDA, Accelerator.ROCM):
-            raise ConfigError("device", pref, _ALLOWED_PREFS)
-        return Device(Accelerator(kind), pref[1])
-    raise ConfigError("device", pref, _ALLOWED_PREFS)
-
-
-def _gpu(section: CudaInfo | RocmInfo | None, index: int | None) -> GpuDevice | None:
-    if section is None or not section.devices:
-        return None
-    if index is None:
-        return min(section.devices, key=lambda d: d.id)
-    return next((d for d in section.devices if d.id == index), None)
-
-
-def _resolve(wanted: Device | None, info: HardwareInfo) -> Device | None:
-    if wanted is None:
-        # "auto" follows the primary accelerator, so an override's choice is honoured.
-        wanted = Device(info.accelerator)
-        if info.accelerator in (Accelerator.CUDA, Accelerator.ROCM):
-            gpu = _gpu(info.cuda if info.accelerator == Accelerator.CUDA else info.rocm, None)
-            return Device(info.accelerator, gpu.id, gpu.uuid) if gpu else Device(Accelerator.CPU)
-    if wanted.kind == Accelerator.CPU:
-        return Device(Accelerator.CPU)
-    if wanted.kind == Accelerator.MPS:
-        available = info.mps is not None and info.mps.available
-        return Device(Accelerator.MPS) if available else None
-    section = info.cuda if wanted.kind == Accelerator.CUDA else info.rocm
-    gpu = _gpu(section, wanted.index)
-    return Device(wanted.kind, gpu.id, gpu.uuid) if gpu is not None else None
-
-
 def select(pref: DevicePreference = "auto") -> Device:
     """The device for ``pref`` on this host (with its UUID where known).
 
@@ -318,23 +271,10 @@ def select(pref: DevicePreference = "auto") -> Device:
     always succeeds. Raises ``DeviceNotAvailableError`` when the device is
     absent and ``ConfigError`` for an unknown spelling.
     """
-    found = _resolve(parse_preference(pref), detect())
+    found = resolve(parse_preference(pref), detect())
     if found is None:
         raise DeviceNotAvailableError(pref)
     return found
-
-
-def _as_list(prefs: DevicePreference | Iterable[DevicePreference]) -> list[DevicePreference]:
-    if isinstance(prefs, str | Device):
-        return [prefs]
-    if (
-        isinstance(prefs, tuple)
-        and len(prefs) == 2
-        and isinstance(prefs[1], int)
-        and not isinstance(prefs[1], bool)
-    ):
-        return [prefs]
-    return list(prefs)
 
 
 def select_with_fallback(prefs: DevicePreference | Iterable[DevicePreference]) -> Device:
@@ -344,11 +284,11 @@ def select_with_fallback(prefs: DevicePreference | Iterable[DevicePreference]) -
     an earlier one would have matched); none available or an empty list
     raises ``DeviceNotAvailableError(requested=prefs)``.
     """
-    wanted_list = _as_list(prefs)
+    wanted_list = as_list(prefs)
     parsed = [parse_preference(p) for p in wanted_list]
     info = detect()
     for wanted in parsed:
-        found = _resolve(wanted, info)
+        found = resolve(wanted, info)
         if found is not None:
             return found
     raise DeviceNotAvailableError(
@@ -361,42 +301,4 @@ def device_info(device: DevicePreference) -> dict[str, Any]:
 
     Raises ``DeviceNotAvailableError`` when the device is not on this host.
     """
-    chosen = select(device)
-    info = detect()
-    if chosen.kind == Accelerator.CPU:
-        return {
-            "type": "cpu",
-            "name": info.cpu.model,
-            "cores": info.cpu.cores,
-            "threads": info.cpu.threads,
-            "memory_mb": info.cpu.memory_total_mb,
-        }
-    if chosen.kind == Accelerator.MPS and info.mps is not None:
-        return {
-            "type": "mps",
-            "name": info.mps.device_name,
-            "memory_mb": info.mps.memory_total_mb,
-        }
-    if chosen.kind == Accelerator.CUDA and info.cuda is not None:
-        gpu = _gpu(info.cuda, chosen.index)
-        assert gpu is not None
-        return {
-            "type": "cuda",
-            "device_id": gpu.id,
-            "name": gpu.name,
-            "memory_total_mb": gpu.memory_total_mb,
-            "memory_free_mb": gpu.memory_free_mb,
-            "cuda_version": info.cuda.version,
-            "compute_capability": gpu.compute_capability,
-        }
-    assert info.rocm is not None
-    gpu = _gpu(info.rocm, chosen.index)
-    assert gpu is not None
-    return {
-        "type": "rocm",
-        "device_id": gpu.id,
-        "name": gpu.name,
-        "memory_total_mb": gpu.memory_total_mb,
-        "memory_free_mb": gpu.memory_free_mb,
-        "rocm_version": info.rocm.version,
-    }
+    return describe(select(device), detect())

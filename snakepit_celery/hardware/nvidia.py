@@ -4,7 +4,7 @@ NVML and ``nvidia-smi`` list every GPU of the machine in PCI bus order and
 ignore ``CUDA_VISIBLE_DEVICES``; :func:`probe` applies that variable so device
 ids match what CUDA frameworks in this process call ``cuda:<id>`` (assuming
 ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` where GPU models are mixed). UUIDs stay
-stable across processes. Every step is bounded by ``_probe.PROBE_TIMEOUT``
+stable across processes. Every step is bounded by ``tools.PROBE_TIMEOUT``
 and never raises.
 """
 
@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from snakepit_celery.hardware import _probe
+from snakepit_celery.hardware import tools
 from snakepit_celery.hardware.types import CudaInfo, GpuDevice
 
 try:
@@ -78,8 +78,8 @@ def probe(environ: Mapping[str, str] | None = None) -> CudaInfo | None:
         scan = probe_nvidia_smi()
     if scan is None:
         return None
-    spec = _probe.env_value(environ, "CUDA_VISIBLE_DEVICES")
-    devices = _probe.visible(scan.devices, spec)
+    spec = tools.env_value(environ, "CUDA_VISIBLE_DEVICES")
+    devices = tools.visible(scan.devices, spec)
     if not devices:
         log.debug(
             "no visible CUDA device",
@@ -118,9 +118,9 @@ def _bounded(fn: Callable[[], _T | None], what: str) -> _T | None:
 
     thread = threading.Thread(target=target, name=f"snakepit-{what}-probe", daemon=True)
     thread.start()
-    thread.join(_probe.PROBE_TIMEOUT)
+    thread.join(tools.PROBE_TIMEOUT)
     if not box:
-        log.debug("probe timed out", extra={"probe": what, "timeout": _probe.PROBE_TIMEOUT})
+        log.debug("probe timed out", extra={"probe": what, "timeout": tools.PROBE_TIMEOUT})
         return None
     return box[0]
 
@@ -181,8 +181,8 @@ def _nvml_scan(nvml: Any) -> GpuScan | None:
 # -- nvidia-smi ---------------------------------------------------------------------------
 
 
-def _query(fields: Sequence[str]) -> _probe.ToolOutput | None:
-    return _probe.run_tool(
+def _query(fields: Sequence[str]) -> tools.ToolOutput | None:
+    return tools.run_tool(
         ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"]
     )
 
@@ -201,7 +201,7 @@ def probe_nvidia_smi() -> GpuScan | None:
     if not devices:
         log.debug("nvidia-smi listed no GPU", extra={"output": out.stdout.strip()[:200]})
         return None
-    table = _probe.run_tool(["nvidia-smi"])
+    table = tools.run_tool(["nvidia-smi"])
     cuda = parse_cuda_version(table.stdout) if table is not None and table.ok else None
     return GpuScan(tuple(devices), driver, cuda, "nvidia-smi")
 

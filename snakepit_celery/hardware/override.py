@@ -14,13 +14,9 @@ from dataclasses import replace
 
 from snakepit_celery import jsonfile
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.hardware import _probe
-from snakepit_celery.hardware.types import (
-    CpuInfo,
-    HardwareInfo,
-    ShapeError,
-    primary_accelerator,
-)
+from snakepit_celery.hardware import tools
+from snakepit_celery.hardware.shape import ShapeError
+from snakepit_celery.hardware.types import CpuInfo, HardwareInfo, primary_accelerator
 
 __all__ = ["ENV_VAR", "SETTING", "load_override", "restrict"]
 
@@ -69,11 +65,11 @@ def restrict(info: HardwareInfo, visible: str | Sequence[str | int]) -> Hardware
     spec = visible if isinstance(visible, str) else ",".join(str(v) for v in visible)
     cuda = info.cuda
     if cuda is not None:
-        devices = _probe.visible(cuda.devices, spec)
+        devices = tools.visible(cuda.devices, spec)
         cuda = replace(cuda, devices=tuple(devices)) if devices else None
     rocm = info.rocm
     if rocm is not None:
-        devices = _probe.visible(rocm.devices, spec)
+        devices = tools.visible(rocm.devices, spec)
         rocm = replace(rocm, devices=tuple(devices)) if devices else None
     return replace(
         info, cuda=cuda, rocm=rocm, accelerator=primary_accelerator(cuda, info.mps, rocm)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from snakepit_celery.hardware import _probe
+from snakepit_celery.hardware import tools
 from snakepit_celery.hardware.types import GpuDevice, RocmInfo
 
 __all__ = ["ROCM_SMI_ARGS", "parse_rocm_json", "probe", "read_rocm_version"]
@@ -40,14 +40,14 @@ def probe(
     environ: Mapping[str, str] | None = None, version_file: Path | None = None
 ) -> RocmInfo | None:
     """ROCm devices visible to this process, or None when there are none (or no rocm-smi)."""
-    out = _probe.run_tool(list(ROCM_SMI_ARGS))
+    out = tools.run_tool(list(ROCM_SMI_ARGS))
     if out is None:
         return None
     devices = parse_rocm_json(out.stdout)
-    spec = _probe.env_value(
+    spec = tools.env_value(
         environ, "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"
     )
-    devices = _probe.visible(devices, spec)
+    devices = tools.visible(devices, spec)
     if not devices:
         return None
     return RocmInfo(version=read_rocm_version(version_file, environ), devices=tuple(devices))

@@ -16,7 +16,6 @@ from snakepit_celery.store.base import (
     HealthSnapshot,
     LedgerEntry,
     Store,
-    StoreScriptError,
     TaintRecord,
     WorkerCrashes,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "RedisStore",
     "Store",
     "StoreBinding",
-    "StoreScriptError",
     "TaintRecord",
     "WorkerCrashes",
     "clear_store_cache",

@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from snakepit_celery.errors import SnakepitError
-
 __all__ = [
     "NODE_RETENTION",
     "BreakerDecision",
@@ -26,7 +24,6 @@ __all__ = [
     "HealthSnapshot",
     "LedgerEntry",
     "Store",
-    "StoreScriptError",
     "TaintRecord",
     "WorkerCrashes",
 ]
@@ -46,14 +43,6 @@ def node_incarnation(data: Mapping[str, Any]) -> str:
     ``|`` separates fields in the store, so it is replaced.
     """
     return str(data.get("incarnation") or "").replace("|", "/")
-
-
-class StoreScriptError(SnakepitError, RuntimeError):
-    """Redis refused or failed a store operation: a script error, an ACL denial.
-
-    A bug or a misconfiguration, never an outage: it is not covered by
-    fail-open. The message names the operation (``health_record``...).
-    """
 
 
 @dataclass(frozen=True, slots=True)

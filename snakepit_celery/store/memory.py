@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import threading
 import time
-import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -28,14 +25,18 @@ from snakepit_celery.store.base import (
     WorkerCrashes,
     node_incarnation,
 )
-from snakepit_celery.store.memory_state import BreakerState, CrashLog, LedgerState
+from snakepit_celery.store.memory_state import (
+    BreakerState,
+    CrashLog,
+    ForkSafeRLock,
+    LedgerState,
+    TaintTable,
+)
 
 __all__ = ["MemoryStore"]
 
 #: Lifetime crash totals outlive the crash window by this much (seconds).
 TOTAL_TTL = 7 * 24 * 3600.0
-
-_all_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 
 
 class MemoryStore:
@@ -47,23 +48,22 @@ class MemoryStore:
     def __init__(self, url: str = "memory://", *, key_prefix: str = "snakepit") -> None:
         self.url = url
         self.key_prefix = key_prefix
-        self._lock = threading.RLock()
+        self._lock = ForkSafeRLock()
         self._tokens = itertools.count(1)
         self._breakers: dict[str, BreakerState] = {}
         self._pools: dict[str, CrashLog] = {}
-        self._taints: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
+        self._taints: dict[str, TaintTable] = {}
         self._ledgers: dict[str, LedgerState] = {}
         # node -> (heartbeat, expiry, record, incarnation)
         self._nodes: dict[str, tuple[float, float, dict[str, Any], str]] = {}
         # (node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
         self._incarnations: dict[tuple[str, str], tuple[float, float, dict[str, Any]]] = {}
-        _all_stores.add(self)
 
     def __repr__(self) -> str:
         return f"MemoryStore(url={self.url!r}, key_prefix={self.key_prefix!r})"
 
     def _reinit_lock(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = ForkSafeRLock()
 
     def now(self) -> float:
         """The store's clock: this process's ``time.time()``."""
@@ -84,7 +84,7 @@ class MemoryStore:
         with self._lock:
             now = self.now()
             pools = {p for p, hp in self._pools.items() if hp.expires_at > now}
-            tainted = {p for p, t in self._taints.items() if any(e > now for e, _ in t.values())}
+            tainted = {p for p, t in self._taints.items() if t.any_live(now)}
             return sorted(pools | tainted)
 
     # -- circuit breaker ------------------------------------------------------
@@ -233,43 +233,23 @@ class MemoryStore:
     ) -> bool:
         """Taint ``member`` for ``duration``; True when it was not tainted before."""
         with self._lock:
-            now = self.now()
-            taints = self._taints.setdefault(pool, {})
-            old = taints.get(member)
-            fresh = old is None or old[0] <= now
-            expires = now + duration if fresh or old is None else max(old[0], now + duration)
-            taints[member] = (expires, json.loads(json.dumps(dict(details), default=str)))
-            return fresh
+            table = self._taints.setdefault(pool, TaintTable())
+            return table.set(member, self.now(), duration, details)
 
     def taint_list(self, pool: str) -> list[TaintRecord]:
         """Active (unexpired) taints of ``pool``, soonest expiry first."""
         with self._lock:
-            now = self.now()
-            taints = self._taints.get(pool, {})
-            for member in [m for m, (exp, _) in taints.items() if exp <= now]:
-                del taints[member]
-            return [
-                TaintRecord(member, exp, exp - now, details)
-                for member, (exp, details) in sorted(taints.items(), key=lambda kv: kv[1][0])
-            ]
+            return self._taints.get(pool, TaintTable()).live(self.now())
 
     def taint_active(self, pool: str, member: str) -> bool:
         """True while ``member`` is tainted."""
         with self._lock:
-            entry = self._taints.get(pool, {}).get(member)
-            return entry is not None and entry[0] > self.now()
+            return self._taints.get(pool, TaintTable()).active(member, self.now())
 
     def taint_clear(self, pool: str, member: str | None = None) -> int:
         """Lift one taint (or all of ``pool`` when ``member`` is None); returns how many."""
         with self._lock:
-            now = self.now()
-            taints = self._taints.get(pool, {})
-            if member is None:
-                cleared = sum(1 for exp, _ in taints.values() if exp > now)
-                taints.clear()
-                return cleared
-            entry = taints.pop(member, None)
-            return 1 if entry is not None and entry[0] > now else 0
+            return self._taints.get(pool, TaintTable()).clear(member, self.now())
 
     # -- crash ledger ---------------------------------------------------------
     def _ledger(self, task_id: str, now: float) -> LedgerState | None:
@@ -421,11 +401,3 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def _reinit_after_fork() -> None:
-    for store in list(_all_stores):
-        store._reinit_lock()
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)

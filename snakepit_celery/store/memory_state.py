@@ -1,4 +1,5 @@
-"""What ``MemoryStore`` keeps per object: breaker and ledger state, and each pool's ``CrashLog``.
+"""What ``MemoryStore`` keeps per object: breaker and ledger state, each pool's ``CrashLog``
+and ``TaintTable``; and the ``ForkSafeRLock`` that makes every operation atomic.
 
 A ``CrashLog`` follows the model of a pool's Redis keys: crashes kept oldest
 first (pruned to the window and capped), each worker's crashes, and each
@@ -9,15 +10,49 @@ searches and a crash costs O(log n) plus O(1) per crash it prunes.
 from __future__ import annotations
 
 import bisect
+import json
+import os
+import threading
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from snakepit_celery.store.base import WorkerCrashes
+from snakepit_celery.store.base import TaintRecord, WorkerCrashes
 
-__all__ = ["BreakerState", "CrashLog", "LedgerState"]
+__all__ = ["BreakerState", "CrashLog", "ForkSafeRLock", "LedgerState", "TaintTable"]
 
 #: One crash: (time, sequence number, worker id); sequence numbers break time ties.
 Crash = tuple[float, int, str]
+
+
+class ForkSafeRLock:
+    """A re-entrant lock that a forked child gets back unlocked.
+
+    A fork while another thread held it must not leave the child's copy held
+    forever (prefork pools fork from threaded parents).
+    """
+
+    _all: weakref.WeakSet[ForkSafeRLock] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        ForkSafeRLock._all.add(self)
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    @classmethod
+    def reinit_all(cls) -> None:
+        """Give every lock of this process a fresh, unlocked ``RLock`` (after a fork)."""
+        for lock in list(cls._all):
+            lock._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=ForkSafeRLock.reinit_all)
 
 
 @dataclass
@@ -157,3 +192,48 @@ class CrashLog:
         mine = self._by_worker.get(worker)
         count = mine.count_after(cutoff) if mine else 0
         return WorkerCrashes(count, mine.last()[0] if mine and count else None)
+
+
+class TaintTable:
+    """One pool's taints: member -> (expiry, details); expired ones count as absent."""
+
+    def __init__(self) -> None:
+        self._taints: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def any_live(self, now: float) -> bool:
+        """True while some taint has not expired."""
+        return any(expires > now for expires, _ in self._taints.values())
+
+    def set(self, member: str, now: float, duration: float, details: Mapping[str, Any]) -> bool:
+        """Taint ``member`` for ``duration`` (never shortening a live taint); True when new."""
+        taints = self._taints
+        old = taints.get(member)
+        fresh = old is None or old[0] <= now
+        expires = now + duration if fresh or old is None else max(old[0], now + duration)
+        taints[member] = (expires, json.loads(json.dumps(dict(details), default=str)))
+        return fresh
+
+    def live(self, now: float) -> list[TaintRecord]:
+        """Drop expired taints; the others, soonest expiry first."""
+        taints = self._taints
+        for member in [m for m, (exp, _) in taints.items() if exp <= now]:
+            del taints[member]
+        return [
+            TaintRecord(member, exp, exp - now, details)
+            for member, (exp, details) in sorted(taints.items(), key=lambda kv: kv[1][0])
+        ]
+
+    def active(self, member: str, now: float) -> bool:
+        """True while ``member`` is tainted."""
+        entry = self._taints.get(member)
+        return entry is not None and entry[0] > now
+
+    def clear(self, member: str | None, now: float) -> int:
+        """Lift one taint (or all with ``member`` None); how many were live."""
+        taints = self._taints
+        if member is None:
+            cleared = sum(1 for exp, _ in taints.values() if exp > now)
+            taints.clear()
+            return cleared
+        entry = taints.pop(member, None)
+        return 1 if entry is not None and entry[0] > now else 0

@@ -5,7 +5,8 @@ computed here; a NOSCRIPT reply loads the script and retries once), so each
 decision is atomic across processes and machines. Time comes from Redis
 ``TIME`` inside the scripts. Every key carries a Redis Cluster hash tag per
 object, so each script touches one slot and the store works on Redis
-Cluster as well as on a single server or behind Sentinel.
+Cluster as well as on a single server or behind Sentinel (connecting, running
+scripts and sorting errors: ``store/redis_connect.py``).
 
 Unreachable Redis (connection refused, timeouts, no master) raises
 ``StoreUnavailableError`` with the redis-py error as ``__cause__``; timeouts
@@ -16,15 +17,9 @@ milliseconds.
 from __future__ import annotations
 
 import json
-import logging
 import re
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, ClassVar
-
-import redis
-import redis.exceptions
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
 from snakepit_celery.store.base import (
@@ -38,19 +33,10 @@ from snakepit_celery.store.base import (
     WorkerCrashes,
     node_incarnation,
 )
-from snakepit_celery.store.redis_connect import (
-    UNAVAILABLE,
-    check_url,
-    client_from_url,
-    client_url,
-    store_error,
-)
+from snakepit_celery.store.redis_connect import RedisConnection
 from snakepit_celery.store.redis_schema import (
     BREAKER_TTL,
     HEALTH_TOTAL_TTL,
-    SCRIPTS,
-    SHAS,
-    SOURCES,
     count_arg,
     node_record,
     opt_text,
@@ -62,10 +48,8 @@ from snakepit_celery.store.urls import redact
 
 __all__ = ["RedisStore"]
 
-logger = logging.getLogger(__name__)
 
-
-class RedisStore:
+class RedisStore(RedisConnection):
     """``Store`` on Redis (single server, Sentinel or Cluster).
 
     ``url_or_client`` is a URL (``redis://``, ``rediss://``, ``unix://``,
@@ -95,47 +79,15 @@ class RedisStore:
                 "snakepit_key_prefix", key_prefix, "a non-empty string without '{' or '}'"
             )
         self.key_prefix = key_prefix
-        self._shas = dict(SHAS)
-        self._timeouts = (socket_timeout, connect_timeout)
-        self._client_lock = threading.Lock()
-        self._client: Any = None
-        if isinstance(url_or_client, str):
-            check_url(url_or_client, self.URL_SCHEMES)
-            self.url = url_or_client
-            self._owns_client = True
-        else:
-            self.url = client_url(url_or_client)
-            self._client = url_or_client
-            self._owns_client = False
-
-    @property
-    def client(self) -> Any:
-        """The redis-py client (``Redis``, Sentinel master or ``RedisCluster``), made on first use.
-
-        Creation is lazy because a Cluster client connects at construction:
-        a store for an unreachable cluster fails per call
-        (``StoreUnavailableError``), not when it is configured.
-        """
-        if self._client is None:
-            with self._client_lock:
-                if self._client is None:
-                    with self._guard("connect"):
-                        self._client = client_from_url(self.url, *self._timeouts)
-        return self._client
+        super().__init__(
+            url_or_client,
+            self.URL_SCHEMES,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r}, key_prefix={self.key_prefix!r})"
-
-    @contextmanager
-    def _guard(self, operation: str) -> Iterator[None]:
-        """Turn Redis errors into ``StoreUnavailableError`` or ``StoreScriptError`` (``DataError``
-        is a bug: kept); see ``store_error``."""
-        try:
-            yield
-        except redis.exceptions.DataError:
-            raise
-        except UNAVAILABLE as exc:
-            raise store_error(self.url, operation, exc) from exc
 
     # -- keys and scripts -----------------------------------------------------
     def key(self, kind: str, name: str | None = None, part: str | None = None) -> str:
@@ -147,20 +99,6 @@ class RedisStore:
         tag = kind if name is None else f"{kind}:{name}"
         full = f"{self.key_prefix}:{{{tag}}}"
         return full if part is None else f"{full}:{part}"
-
-    def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA ``script``; on NOSCRIPT, SCRIPT LOAD it and try once more."""
-        with self._guard(script):
-            try:
-                return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                self._shas[script] = text(self.client.script_load(SOURCES[script]))
-                logger.debug("loaded script", extra={"snakepit_script": script})
-                return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
-
-    def forget_scripts(self) -> None:
-        """Make the next call of every script look up a wrong SHA (tests of NOSCRIPT reload)."""
-        self._shas = {name: "0" * 40 for name in SCRIPTS}
 
     # -- basics ---------------------------------------------------------------
     def now(self) -> float:
@@ -176,12 +114,6 @@ class RedisStore:
                 return bool(self.client.ping())
         except StoreUnavailableError:
             return False
-
-    def close(self) -> None:
-        """Close the connection pool (only when this store created the client)."""
-        if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
 
     # -- inspection (CLI; SCAN, never on a hot path) ---------------------------
     def _names(self, kind: str) -> set[str]:

@@ -1,15 +1,23 @@
-"""Connecting ``RedisStore`` to Redis: clients from URLs, and what a Redis error means.
+"""Connecting ``RedisStore`` to Redis: clients from URLs, running scripts, what an error means.
 
 ``check_url`` validates a store URL at construction (scheme, host lists,
 ``ssl_cert_reqs``), so a URL that can never work fails at startup, not on
 every call. ``client_from_url`` builds the redis-py client (plain, Sentinel
-or Cluster) with short timeouts. ``store_error`` sorts a redis-py error into
+or Cluster) with short timeouts. ``RedisConnection`` (the base of
+``RedisStore``) makes that client lazily and runs the Lua scripts by SHA,
+reloading a script Redis forgot and waiting out a Cluster slot migration for
+a bounded time. ``store_error`` sorts a redis-py error into
 ``StoreUnavailableError`` (an outage: fail-open applies) or
 ``StoreScriptError`` (Redis refused the operation: a bug or a misconfiguration).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -19,8 +27,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from snakepit_celery.errors import StoreUnavailableError
-from snakepit_celery.store.base import StoreScriptError
+from snakepit_celery.errors import StoreScriptError, StoreUnavailableError
+from snakepit_celery.store.redis_schema import SCRIPTS, SHAS, SOURCES, text
 from snakepit_celery.store.switches import report_script_error
 from snakepit_celery.store.urls import (
     checked_scheme,
@@ -31,13 +39,19 @@ from snakepit_celery.store.urls import (
 )
 
 __all__ = [
+    "MIGRATION_PAUSE",
+    "MIGRATION_WAIT",
     "OUTAGE_REPLIES",
     "UNAVAILABLE",
+    "RedisConnection",
     "check_url",
     "client_from_url",
     "client_url",
+    "slot_in_migration",
     "store_error",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Errors that mean "the store cannot serve us now": connection loss, timeouts,
 #: failover (READONLY, MASTERDOWN, CLUSTERDOWN), OOM. Client-side argument errors
@@ -57,6 +71,25 @@ _OUTAGE_TYPES = (
     redis.exceptions.MovedError,
     redis.exceptions.AskError,
 )
+
+#: How long (s) a script call keeps retrying while its Cluster slot migrates: Redis
+#: answers TRYAGAIN to a multi-key command with a key missing there (a breaker's
+#: probes, a pool's workers...) from SETSLOT MIGRATING to SETSLOT NODE, and
+#: redis-py alone gives up after ~0.4 s.
+MIGRATION_WAIT = 2.0
+#: Seconds slept between those retries.
+MIGRATION_PAUSE = 0.05
+
+
+def slot_in_migration(exc: BaseException) -> bool:
+    """True for the errors of a Cluster slot being moved (the command did not run).
+
+    TRYAGAIN and ASK replies, and redis-py's ``ClusterError("TTL exhausted.")``
+    raised after its own retries of them.
+    """
+    if isinstance(exc, redis.exceptions.TryAgainError | redis.exceptions.AskError):
+        return True
+    return isinstance(exc, redis.exceptions.ClusterError) and "TTL exhausted" in str(exc)
 
 
 def check_url(url: str, schemes: tuple[str, ...]) -> str:
@@ -168,3 +201,92 @@ def store_error(url: str, operation: str, exc: Exception) -> Exception:
             )
         )
     return StoreUnavailableError(_one_line(f"{where} unavailable: {type(exc).__name__}: {exc}"))
+
+
+class RedisConnection:
+    """A redis-py client made on first use from a URL (or given), and the scripts run on it.
+
+    ``url_or_client`` is a URL of one of ``schemes`` (checked now, without
+    connecting) or a ready redis-py client, which is then not closed here.
+    """
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        schemes: tuple[str, ...],
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self._shas = dict(SHAS)
+        self._timeouts = (socket_timeout, connect_timeout)
+        self._client_lock = threading.Lock()
+        self._client: Any = None
+        if isinstance(url_or_client, str):
+            check_url(url_or_client, schemes)
+            self.url = url_or_client
+            self._owns_client = True
+        else:
+            self.url = client_url(url_or_client)
+            self._client = url_or_client
+            self._owns_client = False
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (``Redis``, Sentinel master or ``RedisCluster``), made on first use.
+
+        Creation is lazy because a Cluster client connects at construction:
+        a store for an unreachable cluster fails per call
+        (``StoreUnavailableError``), not when it is configured.
+        """
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    with self._guard("connect"):
+                        self._client = client_from_url(self.url, *self._timeouts)
+        return self._client
+
+    @contextmanager
+    def _guard(self, operation: str) -> Iterator[None]:
+        """Turn Redis errors into ``StoreUnavailableError`` or ``StoreScriptError`` (``DataError``
+        is a bug: kept); see ``store_error``."""
+        try:
+            yield
+        except redis.exceptions.DataError:
+            raise
+        except UNAVAILABLE as exc:
+            raise store_error(self.url, operation, exc) from exc
+
+    def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``script``, retried while its Cluster slot migrates (``MIGRATION_WAIT``)."""
+        with self._guard(script):
+            deadline: float | None = None
+            while True:
+                try:
+                    return self._evalsha(script, keys, args)
+                except redis.exceptions.RedisError as exc:
+                    now = time.monotonic()
+                    deadline = now + MIGRATION_WAIT if deadline is None else deadline
+                    if not slot_in_migration(exc) or now >= deadline:
+                        raise
+                    logger.debug("slot in migration: retrying", extra={"snakepit_script": script})
+                    time.sleep(MIGRATION_PAUSE)
+
+    def _evalsha(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``script``; on NOSCRIPT, SCRIPT LOAD it and try once more."""
+        try:
+            return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._shas[script] = text(self.client.script_load(SOURCES[script]))
+            logger.debug("loaded script", extra={"snakepit_script": script})
+            return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
+
+    def forget_scripts(self) -> None:
+        """Make the next call of every script look up a wrong SHA (tests of NOSCRIPT reload)."""
+        self._shas = {name: "0" * 40 for name in SCRIPTS}
+
+    def close(self) -> None:
+        """Close the connection pool (only when this store created the client)."""
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None

@@ -2,7 +2,7 @@
 
 ``SentinelSet`` starts a master, one replica of it and ``sentinels`` Sentinels
 watching the master under the service name ``service`` (quorum: a majority
-of the Sentinels), each a ``RedisNode`` on a free port in its own temporary
+of the Sentinels), each an ``EmbeddedRedis`` on a free port in its own temporary
 directory. Failure detection is quick (``down_after`` s, default 1) so a test
 can SIGKILL the master and see the replica promoted within seconds. Every
 wait is bounded; every process is stopped by PID.
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from snakepit_celery.testing.redis_cluster import RedisNode
+from snakepit_celery.testing.redis_server import EmbeddedRedis
 
 __all__ = ["SentinelSet"]
 
@@ -35,9 +35,9 @@ class SentinelSet:
     sentinels: int = 1
     down_after: float = 1.0
     failover_timeout: float = 3.0
-    master: RedisNode | None = None
-    replica: RedisNode | None = None
-    sentinel_nodes: list[RedisNode] = field(default_factory=list)
+    master: EmbeddedRedis | None = None
+    replica: EmbeddedRedis | None = None
+    sentinel_nodes: list[EmbeddedRedis] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -50,8 +50,8 @@ class SentinelSet:
         deadline = time.monotonic() + timeout
         try:
             # No 5 s wait for more replicas before the first sync (Redis 7's default).
-            self.master = RedisNode(self.binary, ["repl-diskless-sync-delay 0"]).start()
-            self.replica = RedisNode(self.binary, [f"replicaof 127.0.0.1 {self.master.port}"])
+            self.master = EmbeddedRedis(self.binary, ["repl-diskless-sync-delay 0"]).start()
+            self.replica = EmbeddedRedis(self.binary, [f"replicaof 127.0.0.1 {self.master.port}"])
             self.replica.start()
             self._wait(deadline, self._replica_in_sync, "the replica to sync")
             quorum = self.sentinels // 2 + 1
@@ -62,7 +62,9 @@ class SentinelSet:
                 f"sentinel parallel-syncs {self.service} 1",
             ]
             for _ in range(self.sentinels):
-                self.sentinel_nodes.append(RedisNode(self.binary, config, sentinel=True).start())
+                self.sentinel_nodes.append(
+                    EmbeddedRedis(self.binary, config, sentinel=True).start()
+                )
             self._wait(deadline, self._watched, "the Sentinels to see the replica and each other")
         except BaseException:
             self.stop()
@@ -109,7 +111,7 @@ class SentinelSet:
         if not isinstance(acked, int) or acked < 1:
             raise RuntimeError(f"the replica did not acknowledge the writes within {timeout}s")
 
-    def kill_master(self) -> RedisNode:
+    def kill_master(self) -> EmbeddedRedis:
         """SIGKILL the current master (found through Sentinel); returns its node."""
         port = self.master_port()
         master = next(n for n in (self.master, self.replica) if n is not None and n.port == port)

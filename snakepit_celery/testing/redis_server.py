@@ -22,11 +22,21 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import redis
 
-__all__ = ["EmbeddedRedis", "find_redis_server_binary", "redis_answers", "redis_url"]
+__all__ = [
+    "EmbeddedRedis",
+    "execute",
+    "find_redis_server_binary",
+    "free_port",
+    "redis_answers",
+    "redis_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,49 +68,60 @@ def find_redis_server_binary() -> str | None:
     return str(path) if path and os.path.exists(str(path)) else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def execute(client: redis.Redis, *args: str | int) -> Any:
+    """One command on ``client``, its reply as redis-py parses it."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 @dataclass
 class EmbeddedRedis:
-    """A private ``redis-server`` process on a free port (stopped at exit)."""
+    """A private ``redis-server`` process on a free port, stopped by PID (at the latest at exit).
+
+    Its temporary directory holds the config file (``config`` lines added to
+    the defaults; Sentinel rewrites it), the data and ``redis.log``.
+    ``sentinel`` starts it as a Sentinel; Cluster and Sentinel deployments are
+    made of these.
+    """
 
     binary: str
-    port: int = field(default_factory=_free_port)
-    process: subprocess.Popen[bytes] | None = None
+    config: Sequence[str] = ()
+    sentinel: bool = False
+    port: int = field(default_factory=free_port)
     directory: str = ""
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:<port>``."""
         return f"redis://127.0.0.1:{self.port}"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """``("127.0.0.1", port)``."""
+        return ("127.0.0.1", self.port)
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        """Start the server and wait (at most ``timeout`` s) until it answers.
+        """Write the config file, start the process and wait (at most ``timeout`` s) for PONG.
 
         After ``stop(keep_data=True)`` it starts again on the same port and
         directory, loading the data saved there (a Redis restart).
         """
         if not self.directory:
             self.directory = tempfile.mkdtemp(prefix="snakepit-redis-")
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.directory,
-            "--daemonize",
-            "no",
-        ]
+        base = [f"port {self.port}", "bind 127.0.0.1", f'dir "{self.directory}"']
+        base += ["daemonize no", 'logfile "redis.log"']
+        if not self.sentinel:
+            base += ['save ""', "appendonly no"]
+        conf = Path(self.directory, "redis.conf")
+        conf.write_text("\n".join([*base, *self.config]) + "\n", encoding="utf-8")
+        args = [self.binary, str(conf), *(["--sentinel"] if self.sentinel else [])]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
@@ -108,7 +129,7 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {self.process.returncode}")
+                raise RuntimeError(f"redis-server exited at start:\n{self.log_tail()}")
             if redis_answers(self.url, timeout=0.2):
                 log.info("started private redis-server", extra={"url": self.url})
                 return self
@@ -116,8 +137,38 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
 
+    def client(self, timeout: float = 5.0) -> redis.Redis:
+        """A plain client on this server (answers decoded to ``str``); close it after use."""
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+
+    def command(self, *args: str | int) -> Any:
+        """Run one command on this server and return its reply (as redis-py parses it)."""
+        client = self.client()
+        try:
+            return execute(client, *args)
+        finally:
+            client.close()
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the process (a machine failure: nothing is saved); the directory stays."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
     def stop(self, keep_data: bool = False) -> None:
-        """Stop the server by PID and remove its directory.
+        """Stop the process by PID (SIGTERM, SIGKILL after 5 s) and remove its directory.
 
         With ``keep_data`` the dataset is saved first (``SAVE``) and the
         directory kept, so the next ``start()`` is a restart with the data.
@@ -140,6 +191,13 @@ class EmbeddedRedis:
         if self.directory and not keep_data:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = ""
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the server's log file (for error messages)."""
+        try:
+            return Path(self.directory, "redis.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
 
 _started: EmbeddedRedis | None = None

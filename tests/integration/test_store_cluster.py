@@ -6,15 +6,16 @@ its end; the tests are skipped, saying why, without a ``redis-server`` binary.
 Every store operation runs on objects whose slots lie on each master; a real
 worker uses the cluster as its store (the broker stays the plain Redis); and
 breaker calls keep working, with their state, while a slot moves to another
-master and while every node forgets its Lua scripts. A slot move that outlasts
-redis-py's TRYAGAIN retries is a known bug (strict xfail).
+master (also a move slower than redis-py's own TRYAGAIN retries) and while
+every node forgets its Lua scripts.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from snakepit_celery.breaker import BreakerState, CircuitBreaker
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore, fail_open, set_fail_open, store_error_count
-from snakepit_celery.testing.redis_cluster import LocalCluster, RedisNode
-from snakepit_celery.testing.redis_server import find_redis_server_binary
+from snakepit_celery.testing.redis_cluster import LocalCluster
+from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from tests.support.deployments import CallLoop
 from tests.support.harness import Harness, harness_fixture
 
@@ -77,7 +78,7 @@ def strict_store() -> Iterator[None]:
     set_fail_open(previous)
 
 
-def owner_of(cluster: LocalCluster, store: RedisStore, kind: str, name: str) -> RedisNode:
+def owner_of(cluster: LocalCluster, store: RedisStore, kind: str, name: str) -> EmbeddedRedis:
     return cluster.owner(key_slot(store.key(kind, name).encode()))
 
 
@@ -236,18 +237,6 @@ def test_breaker_calls_keep_working_and_state_is_kept_while_slots_move(
     assert_state_kept(loop, tripped, errors_before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: every breaker script names {br:<name>} and {br:<name>}:probes, and the "
-    "probes ZSET is absent unless a probe is in flight; Redis answers TRYAGAIN to a "
-    "multi-key command with a missing key in a slot being moved (source and target alike, "
-    "from SETSLOT MIGRATING until SETSLOT NODE: seconds for a slot that also holds many "
-    "keys of other applications); redis-py gives up after ~0.4 s of TRYAGAIN "
-    "(ClusterError 'TTL exhausted'), so every store call of the breakers in that slot "
-    "fails for the rest of the move (fail-open: calls run without the shared breaker "
-    "and failures recorded meanwhile are lost)",
-)
 def test_breaker_calls_keep_working_while_a_slot_move_takes_a_second(
     cluster: LocalCluster, store: RedisStore, strict_store: None
 ) -> None:
@@ -257,6 +246,40 @@ def test_breaker_calls_keep_working_while_a_slot_move_takes_a_second(
         loop.wait_calls(CALLS_AFTER)
         move_breaker_slots(cluster, store, loop, SLOW_MIGRATION_STEP, ("loop",))
     assert_state_kept(loop, tripped, errors_before)
+
+
+#: A store call on an object whose keys do not all exist yet, per kind of multi-key script.
+FRESH_OBJECT_CALLS: dict[str, Callable[[RedisStore, str], object]] = {
+    "hm": lambda store, pool: store.health_record(pool, "w1", window=60.0, max_entries=10),
+    "taint": lambda store, pool: store.taint_set(pool, "worker:a", duration=30.0, details={}),
+    "nodes": lambda store, _: store.node_register("n@host", {"incarnation": "i1"}, ttl=30.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FRESH_OBJECT_CALLS))
+def test_multi_key_scripts_wait_out_a_slot_move_that_takes_a_second(
+    cluster: LocalCluster, store: RedisStore, strict_store: None, kind: str
+) -> None:
+    name = None if kind == "nodes" else "moving"
+    slot = key_slot(store.key(kind, name).encode())
+    target = next(node for node in cluster.nodes if node is not cluster.owner(slot))
+    failures: list[BaseException] = []
+
+    def move() -> None:
+        try:
+            cluster.move_slot(slot, target, pause=SLOW_MIGRATION_STEP)
+        except BaseException as exc:
+            failures.append(exc)
+
+    mover = threading.Thread(target=move, daemon=True)
+    redirections_before = redirections(cluster)
+    mover.start()
+    time.sleep(SLOW_MIGRATION_STEP / 4)  # the slot is MIGRATING now, for about two seconds
+    FRESH_OBJECT_CALLS[kind](store, name or "")
+    mover.join(30)
+    assert failures == []
+    assert redirections(cluster) > redirections_before  # the call met the slot mid-move
+    assert cluster.owner(slot) is target
 
 
 def test_breaker_calls_reload_scripts_and_keep_state_after_script_flush(
@@ -274,7 +297,7 @@ def test_breaker_calls_reload_scripts_and_keep_state_after_script_flush(
     assert_state_kept(loop, tripped, errors_before)
 
 
-def script_loads(node: RedisNode) -> int:
+def script_loads(node: EmbeddedRedis) -> int:
     """How many ``SCRIPT LOAD`` commands ``node`` has served."""
     stats = node.command("INFO", "commandstats")
     return int(stats.get("cmdstat_script|load", {}).get("calls", 0))

@@ -19,7 +19,7 @@ import pynvml
 import pytest
 
 from snakepit_celery import hardware
-from snakepit_celery.hardware import _probe, nvidia
+from snakepit_celery.hardware import nvidia, tools
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hardware"
 
@@ -105,7 +105,7 @@ def isolated_hardware(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(pynvml, "nvmlInit", no_nvml)
     monkeypatch.setattr(nvidia, "cudnn_version", lambda: None)
-    monkeypatch.setattr(_probe, "PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(tools, "PROBE_TIMEOUT", 0.5)
     for name in (*VISIBILITY_VARS, "SNAKEPIT_HARDWARE", "ROCM_PATH"):
         monkeypatch.delenv(name, raising=False)
     hardware.configure(None)

@@ -18,6 +18,7 @@ from snakepit_celery.errors import (
     LockMismatchError,
     RetryExhaustedError,
     SnakepitError,
+    StoreScriptError,
     StoreUnavailableError,
     WorkerCrashedError,
     error_kind,
@@ -147,6 +148,7 @@ def test_error_kinds_lists_every_builtin_kind() -> None:
         DeviceNotAvailableError("cuda:3"),
         LockMismatchError("insufficient_gpus"),
         StoreUnavailableError("redis down"),
+        StoreScriptError("Redis store redis://h:6379/0 refused health_record: NOPERM"),
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -155,6 +157,16 @@ def test_every_exception_derives_from_snakepit_error_and_pickles(exc: SnakepitEr
     copy = pickle.loads(pickle.dumps(exc))
     assert type(copy) is type(exc)
     assert str(copy) == str(exc)
+
+
+def test_a_store_script_error_is_no_outage_and_exported_at_top_level() -> None:
+    import snakepit_celery
+
+    exc = StoreScriptError("Redis store redis://h:6379/0 refused taint_set: NOPERM")
+    assert snakepit_celery.StoreScriptError is StoreScriptError
+    assert "StoreScriptError" in snakepit_celery.__all__
+    assert error_kind(exc) is None  # not "unavailable": the retry policy does not retry it
+    assert not isinstance(exc, StoreUnavailableError)
 
 
 def test_config_error_is_a_value_error_naming_setting_value_and_allowed() -> None:

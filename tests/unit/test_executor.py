@@ -270,7 +270,7 @@ def test_retry_waits_out_a_circuit_open_error_it_retries(recorder: Recorder) -> 
 
 def test_retry_sleeps_the_policy_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("snakepit_celery.executor.time.sleep", slept.append)
+    monkeypatch.setattr("snakepit_celery.executor.retrying.time.sleep", slept.append)
     execute_with_retry(Flaky(TimeoutError(), TimeoutError()), backoff=[1.5, 2.5])
     assert slept == [1.5, 2.5]
 
@@ -279,7 +279,7 @@ def test_testing_mode_makes_retries_instant(
     monkeypatch: pytest.MonkeyPatch, recorder: Recorder
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("snakepit_celery.executor.time.sleep", slept.append)
+    monkeypatch.setattr("snakepit_celery.executor.retrying.time.sleep", slept.append)
     with disabled():
         execute_with_retry(Flaky(TimeoutError()), backoff=[60.0])
     assert slept == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from snakepit_celery.hardware import cpu, platform_string
-from snakepit_celery.hardware._probe import parse_sysctl
+from snakepit_celery.hardware.tools import parse_sysctl
 from tests.support.hardware import FIXTURES, fixture_text, isolated_hardware
 
 __all__ = ["isolated_hardware"]

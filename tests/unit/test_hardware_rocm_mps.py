@@ -8,7 +8,7 @@ import pytest
 
 from snakepit_celery.hardware import Accelerator, probe_host, rocm
 from snakepit_celery.hardware import mps as mps_probe
-from snakepit_celery.hardware._probe import parse_sysctl
+from snakepit_celery.hardware.tools import parse_sysctl
 from tests.support.hardware import FakeBin, Rule, fake_bin, fixture_text, isolated_hardware
 
 __all__ = ["fake_bin", "isolated_hardware"]

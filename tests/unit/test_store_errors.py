@@ -16,15 +16,16 @@ import pytest
 import redis
 
 from snakepit_celery import CrashBarrier, CrashBarrierConfig, HealthMonitor
-from snakepit_celery.errors import ConfigError
+from snakepit_celery.errors import ConfigError, StoreScriptError, StoreUnavailableError
 from snakepit_celery.store import (
     MemoryStore,
     RedisStore,
-    StoreScriptError,
+    redis_connect,
     script_error_count,
     set_fail_open,
 )
 from snakepit_celery.store.redis_schema import MAX_SECONDS
+from tests.support.harness import Harness, harness_fixture
 
 
 @pytest.fixture
@@ -96,6 +97,54 @@ def test_acl_denial_inside_a_script_writes_nothing(
         denied.ledger_start("t1", worker_id="w1", lease=30.0, ttl=600.0)
     denied.close()
     assert list(redis_client.scan_iter(match=f"{key_prefix}:*")) == []
+
+
+# -- a Cluster slot in migration is no outage either ---------------------------------------
+
+
+class MigratingClient:
+    """A redis-py stand-in whose EVALSHA fails with ``errors`` first, then answers "ok"."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def evalsha(self, *args: Any) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+MIGRATION_ERRORS = [
+    redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+    redis.exceptions.AskError("3999 127.0.0.1:7001"),
+    redis.exceptions.ClusterError("TTL exhausted."),
+]
+
+
+def test_a_script_call_is_retried_while_its_slot_migrates() -> None:
+    client = MigratingClient(*MIGRATION_ERRORS)
+    store = RedisStore(client, key_prefix="migrating")
+    assert store.taint_active("p", "worker:a") is True
+    assert client.calls == 4
+
+
+def test_other_errors_are_not_retried() -> None:
+    client = MigratingClient(redis.exceptions.ConnectionError("refused"))
+    store = RedisStore(client, key_prefix="migrating")
+    with pytest.raises(StoreUnavailableError):
+        store.taint_active("p", "worker:a")
+    assert client.calls == 1
+
+
+def test_a_migration_longer_than_the_wait_is_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_connect, "MIGRATION_WAIT", 0.2)
+    client = MigratingClient(*MIGRATION_ERRORS * 100)
+    store = RedisStore(client, key_prefix="migrating")
+    with pytest.raises(StoreUnavailableError, match=r"TryAgainError|AskError|ClusterError"):
+        store.taint_active("p", "worker:a")
+    assert 2 < client.calls < 10
 
 
 # -- ranges -----------------------------------------------------------------------------
@@ -259,6 +308,35 @@ def test_every_store_operation_runs_under_the_minimal_acl(acl_user: Any, key_pre
     store.node_remove("n2")
     assert script_error_count() == before
     store.close()
+
+
+@pytest.fixture
+def harness(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Harness]:
+    yield from harness_fixture(redis_url, key_prefix, tmp_path)
+
+
+@pytest.mark.integration
+def test_a_worker_with_the_crash_barrier_runs_with_its_store_under_the_minimal_acl(
+    acl_user: Any, harness: Harness, key_prefix: str
+) -> None:
+    url = acl_user([rule.replace("<prefix>", key_prefix) for rule in MINIMAL_ACL])
+    barrier = {"enabled": True, "max_restarts": 1, "taint_duration": 30.0, "backoff": [0.05]}
+    conf = {"snakepit_store_url": url, "snakepit_crash_barrier": barrier}
+    worker = harness.worker("acl", conf=conf)
+    crashed = harness.send("crash_once", harness.key("runs"), "segv")
+    plain = harness.send("noop")
+    assert crashed.get(timeout=60) == 2
+    assert plain.get(timeout=30) is None
+    store = RedisStore(url, key_prefix=key_prefix)
+    try:
+        assert HealthMonitor(store=store).worker_health(worker.name).crash_count == 1
+        assert CrashBarrier(barrier, store=store).worker_tainted(worker.name)
+        assert worker.name in [node["node"] for node in store.node_list()]
+    finally:
+        store.close()
+    log = worker.logs()
+    assert "snakepit store operation" not in log  # no script refused (NOPERM)
+    assert "snakepit store unavailable" not in log
 
 
 def test_readme_documents_exactly_the_tested_acl() -> None:

@@ -1,4 +1,4 @@
-"""Running external probe tools safely: bounded in time, never raising.
+"""Running external probe tools safely (bounded in time, never raising), and reading their output.
 
 A missing tool, a tool that exits non-zero, one that hangs past
 ``PROBE_TIMEOUT`` or prints garbage all mean "absent" to the callers; the
@@ -18,7 +18,15 @@ from dataclasses import dataclass, replace
 
 from snakepit_celery.hardware.types import GpuDevice
 
-__all__ = ["PROBE_TIMEOUT", "ToolOutput", "parse_sysctl", "read_sysctl", "run_tool", "visible"]
+__all__ = [
+    "PROBE_TIMEOUT",
+    "ToolOutput",
+    "env_value",
+    "parse_sysctl",
+    "read_sysctl",
+    "run_tool",
+    "visible",
+]
 
 log = logging.getLogger(__name__)
 
