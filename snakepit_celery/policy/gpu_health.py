@@ -183,9 +183,9 @@ class TaintBackoff:
         for name in ("base", "window", "cap"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"gpu_health.{name}", value, "a number of seconds > 0")
+                raise ConfigError(name, value, "a number of seconds > 0")
             if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"gpu_health.{name}", value, "a number of seconds > 0")
+                raise ConfigError(name, value, "a number of seconds > 0")
         if self.cap < self.base:
             raise ConfigError(
                 "gpu_health.cap", self.cap, f"a number of seconds >= base {self.base}"

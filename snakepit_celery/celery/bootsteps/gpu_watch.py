@@ -29,7 +29,7 @@ from celery import bootsteps
 from celery import signals as celery_signals
 
 from snakepit_celery import signals
-from snakepit_celery.celery.app_context import app_store, taint_pools
+from snakepit_celery.celery.app_context import app_store, settings_for, taint_pools
 from snakepit_celery.celery.crash import ChildRecycled
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.hardware.gpu_health import (
@@ -65,7 +65,7 @@ class _Taint:
     finding: FindingKind
 
 
-@dataclass
+@dataclass(eq=False)
 class GpuHealthService:
     """Findings on the GPUs of ``node`` (registry device dicts) -> taints, signals, notices."""
 
@@ -308,6 +308,7 @@ class GpuWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]
             services.queues.devices,
             app_store(c.app),
             taint_pools(c.app),
+            backoff=settings_for(c.app).gpu_health,
             on_change=services.heartbeat.beat,
         )
         if service.start():

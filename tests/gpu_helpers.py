@@ -1,0 +1,67 @@
+"""Helpers for the GPU health and placement worker tests: fake-NVML GPU nodes on real Redis.
+
+``gpu_node()`` starts ``celery -A tests.apps.gpu_app worker`` with a hardware
+override (``worker_helpers.cuda_hardware``) and a fake NVML scenario file
+(``tests.fake_nvml``) the test can change while the worker runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from snakepit_celery.celery.task import SnakepitTask
+from snakepit_celery.testing.workers import WorkerNode
+from tests.fake_nvml import scenario, write_scenario
+from tests.worker_helpers import ROOT, Fleet, cuda_hardware
+
+
+def add_gpu_tasks(app: Celery) -> None:
+    """The GPU tasks of the tests, on ``app`` (the test process and the workers alike)."""
+
+    @app.task(bind=True, name="gpu_app.on_gpu", shared=False, base=SnakepitTask, device="cuda")
+    def on_gpu(self: Any, *, device: Any) -> dict[str, Any]:
+        delivery = self.request.delivery_info or {}
+        return {
+            "node": self.request.hostname,
+            "queue": delivery.get("routing_key"),
+            "device": str(device),
+            "uuid": getattr(device, "uuid", None),
+        }
+
+
+def gpu_node(
+    fleet: Fleet,
+    name: str,
+    *,
+    gpus: int = 2,
+    free_mb: list[int] | None = None,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+) -> tuple[WorkerNode, Path]:
+    """Start a fake-NVML CUDA node with ``gpus`` GPUs; returns it and its scenario file."""
+    slug = name.replace("@", "_")
+    nvml = write_scenario(fleet.tmp_path / f"{slug}-nvml.json", scenario(gpus, free_mb))
+    hardware = fleet.hardware(slug, cuda_hardware(gpus))
+    worker = WorkerNode(
+        "tests.apps.gpu_app",
+        name,
+        concurrency=concurrency,
+        env={
+            "WORKER_APP_REDIS_URL": fleet.redis_url,
+            "WORKER_APP_KEY_PREFIX": fleet.key_prefix,
+            "PYTHONPATH": str(ROOT),
+            "SNAKEPIT_HARDWARE": str(hardware),
+            "SNAKEPIT_FAKE_NVML": str(nvml),
+            **(env or {}),
+        },
+        cwd=str(ROOT),
+        pool="threads",
+        flags=("--without-mingle", "--without-gossip"),
+        log_path=fleet.tmp_path / f"{slug}.log",
+    ).start()
+    fleet.workers.append(worker)
+    fleet.wait_registered(worker)
+    return worker, nvml

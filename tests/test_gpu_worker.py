@@ -1,0 +1,77 @@
+"""GPU health and placement across real workers on real Redis, NVML faked at the boundary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from worker_helpers import Fleet, fleet_fixture
+
+from snakepit_celery.testing import wait_until
+from tests.fake_nvml import XID_EVENT, add_event
+from tests.gpu_helpers import gpu_node
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+RESULT_TIMEOUT = 20.0
+GPU0, GPU1 = "GPU-test-0000", "GPU-test-0001"
+
+
+@pytest.fixture
+def fleet(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Fleet]:
+    yield from fleet_fixture(redis_url, key_prefix, tmp_path)
+
+
+def device_taints(fleet: Fleet) -> list[str]:
+    return [t.member for t in fleet.store.taint_list("default") if t.member.startswith("device:")]
+
+
+def test_xid_79_taints_that_gpu_only_and_a_queued_cuda_task_runs_on_the_other(
+    fleet: Fleet,
+) -> None:
+    worker, nvml = gpu_node(fleet, "gpu@xid", gpus=2, concurrency=1)
+    busy = fleet.app.tasks["worker_app.sleep"].apply_async((2.0,), queue="snakepit.cuda")
+    queued = fleet.app.send_task("gpu_app.on_gpu", kwargs={}, device="cuda")
+    time.sleep(0.3)
+    sent = time.monotonic()
+    add_event(nvml, GPU0, XID_EVENT, 79)
+    wait_until(lambda: device_taints(fleet), 5, what="the GPU taint")
+    assert time.monotonic() - sent < 1.5  # one event wait + one store write, on a loaded box
+    assert device_taints(fleet) == [f"device:gpu@xid:{GPU0}"]
+
+    def released() -> bool:
+        record = fleet.node("gpu@xid") or {}
+        return "snakepit.node.gpu@xid.cuda.0" not in record.get("queues", ())
+
+    wait_until(released, 5, what="the tainted GPU's queue to be released")
+    record = fleet.node("gpu@xid") or {}
+    assert "snakepit.node.gpu@xid.cuda.1" in record["queues"]
+    health = {d["uuid"]: d.get("health") for d in record["devices"]}
+    assert health == {GPU0: "hardware", GPU1: "ok"}
+    busy.get(timeout=RESULT_TIMEOUT)
+    result: dict[str, Any] = queued.get(timeout=RESULT_TIMEOUT)
+    assert (result["device"], result["uuid"]) == ("cuda:1", GPU1)
+    assert worker.alive()
+
+
+def test_transient_finding_expires_and_the_gpu_returns_after_a_passing_probe(
+    fleet: Fleet,
+) -> None:
+    worker, nvml = gpu_node(
+        fleet, "gpu@transient", gpus=2, env={"SNAKEPIT_GPU_HEALTH": '{"base": 1.0}'}
+    )
+    add_event(nvml, GPU1, XID_EVENT, 4242)  # unknown Xid: blamed on the GPU, transient
+    wait_until(lambda: device_taints(fleet), 5, what="the GPU taint")
+    taint = fleet.store.taint_list("default")[0]
+    assert taint.details["gpu_health"] == "transient"
+    wait_until(lambda: not device_taints(fleet), 20, what="the GPU to come back")
+
+    def consumed_again() -> bool:
+        record = fleet.node("gpu@transient") or {}
+        return "snakepit.node.gpu@transient.cuda.1" in record.get("queues", ())
+
+    wait_until(consumed_again, 10, what="its queue to come back")
+    assert worker.alive()
