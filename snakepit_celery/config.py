@@ -240,9 +240,7 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
         TaintBackoff,
         "base, window, cap",
         "a TaintBackoff, a dict with keys base, window, cap, or None",
-        lambda label, value: build_from_dict(
-            label, value, ("base", "window", "cap"), lambda **kw: TaintBackoff(**kw)
-        ),
+        lambda label, value: build_from_dict(label, value, ("base", "window", "cap"), TaintBackoff),
         TaintBackoff,
     ),
     "max_gpu_memory_per_child": _optional_mb,
