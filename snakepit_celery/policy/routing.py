@@ -5,16 +5,17 @@ accelerator it has (``snakepit.cuda``), ``snakepit.node.<node>`` and
 ``snakepit.node.<node>.<kind>.<index>`` per device (see ``queues_for``).
 
 ``decide_route`` sends a task with a ``device`` preference to the queue of the
-first preference that some live, untainted node offers; it is a function of
-the preferences and a ``FleetSnapshot`` (typed ``NodeRecord``s + active taint
-members) only, so it is tested without Redis. ``celery/router.py`` fetches the
+first preference that some live, untainted node offers (``policy.placement``
+places tasks that need GPU memory). It is a function of the preferences and
+a ``FleetSnapshot`` (typed ``NodeRecord``s, active taint members, GPU
+reservations) only, so it is tested without Redis. ``celery/router.py`` fetches the
 snapshot and turns the decision into a Celery route.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError
@@ -297,6 +298,8 @@ class FleetSnapshot:
 
     nodes: tuple[NodeRecord, ...] = ()
     taints: frozenset[str] = frozenset()
+    #: GPU UUID -> MB reserved by tasks routed to it and not yet started.
+    reserved: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(NodeRecord.from_dict(n) for n in self.nodes))
@@ -308,6 +311,10 @@ class FleetSnapshot:
     def device_tainted(self, node: str, device: Mapping[str, Any]) -> bool:
         """True when ``device`` of ``node`` is tainted (under any of its names)."""
         return any(member in self.taints for member in device_taint_members(node, device))
+
+    def with_reservation(self, gpu: str, mb: int) -> FleetSnapshot:
+        """This snapshot with ``mb`` more reserved on ``gpu``."""
+        return replace(self, reserved={**self.reserved, gpu: self.reserved.get(gpu, 0) + mb})
 
     def offers(self, *, include_tainted_nodes: bool) -> list[tuple[str, str, int | None]]:
         """``(node, kind, index)`` for every usable device (CPU as ``(node, "cpu", None)``).
@@ -335,13 +342,17 @@ class RouteDecision:
 
     ``waiting`` is True when no live node offers any preference and the task
     was sent to the generic queue of its first preference anyway
-    (``snakepit_allow_waiting``); ``node`` is set for an explicit index.
+    (``snakepit_allow_waiting``), or no GPU has room for its ``gpu_memory``;
+    ``node`` is set for an explicit index or a GPU chosen by free memory.
     """
 
     queue: str
     pref: str
     node: str | None = None
     waiting: bool = False
+    #: The GPU chosen for its free memory (``gpu_memory``), and its room (MB) then.
+    gpu: str | None = None
+    room_mb: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain dict."""

@@ -1,0 +1,74 @@
+"""Placement by free GPU memory: which GPU a task that needs ``gpu_memory`` MB goes to (pure).
+
+Each node's heartbeat carries the free and total memory of its GPUs (read by
+its NVML health watch, a few seconds old at most); the router's snapshot adds
+the live reservations of tasks routed and not yet started. A task goes to the
+device queue of the GPU with the most room (free minus reserved) that covers
+it; the router then reserves that room in the store (atomically, so two
+senders racing for the last room cannot both get it) and decides again when
+it lost the race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from snakepit_celery.policy.routing import (
+    ACCELERATOR_KINDS,
+    FleetSnapshot,
+    Pref,
+    RouteDecision,
+    device_queue,
+    generic_queue,
+)
+
+__all__ = ["gpu_room", "place_by_memory"]
+
+
+def gpu_room(snapshot: FleetSnapshot, pref: Pref) -> list[tuple[int, str, Mapping[str, Any]]]:
+    """``(room MB, node, device)`` of every usable GPU matching ``pref`` whose memory is known.
+
+    Room is the free memory of the node's last heartbeat minus the live
+    reservations on that GPU; untainted devices of live, untainted nodes only.
+    """
+    rooms: list[tuple[int, str, Mapping[str, Any]]] = []
+    for record in snapshot.nodes:
+        node = record.node
+        if not node or record.stopping or snapshot.node_tainted(node):
+            continue
+        for device in record.devices:
+            free = device.get("memory_free_mb")
+            uuid = device.get("uuid")
+            if device.get("kind") != pref.kind or not isinstance(free, int) or not uuid:
+                continue
+            if pref.index is not None and device.get("index") != pref.index:
+                continue
+            if not snapshot.device_tainted(node, device):
+                rooms.append((free - snapshot.reserved.get(str(uuid), 0), node, device))
+    return rooms
+
+
+def place_by_memory(
+    prefs: Sequence[Pref], snapshot: FleetSnapshot, gpu_memory: float
+) -> RouteDecision | None:
+    """The GPU with the most room covering ``gpu_memory`` (MB), preference by preference.
+
+    Ties go to the node name. None (the ordinary ``decide_route`` routes the
+    task) when a CPU or ``auto`` preference comes before any GPU with room,
+    or when no GPU of a preference reports its memory (no health watch); no
+    GPU with room anywhere: the first preference's shared queue, waiting for
+    room (never a failure).
+    """
+    for pref in prefs:
+        if pref.kind not in ACCELERATOR_KINDS:
+            return None
+        rooms = gpu_room(snapshot, pref)
+        if not rooms:
+            return None
+        fitting = [r for r in rooms if r[0] >= gpu_memory]
+        if fitting:
+            room, node, device = max(fitting, key=lambda r: (r[0], r[1]))
+            queue = device_queue(node, str(device["kind"]), int(device["index"]))
+            return RouteDecision(queue, str(pref), node=node, gpu=str(device["uuid"]), room_mb=room)
+    return RouteDecision(generic_queue(prefs[0]), str(prefs[0]), waiting=True)
