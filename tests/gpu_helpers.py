@@ -40,11 +40,19 @@ def gpu_node(
     free_mb: list[int] | None = None,
     concurrency: int = 1,
     env: dict[str, str] | None = None,
+    uuid_prefix: str = "GPU-test",
 ) -> tuple[WorkerNode, Path]:
-    """Start a fake-NVML CUDA node with ``gpus`` GPUs; returns it and its scenario file."""
+    """Start a fake-NVML CUDA node with ``gpus`` GPUs; returns it and its scenario file.
+
+    GPU ``i`` has UUID ``<uuid_prefix>-<i:04d>`` in both the hardware override and NVML.
+    """
     slug = name.replace("@", "_")
-    nvml = write_scenario(fleet.tmp_path / f"{slug}-nvml.json", scenario(gpus, free_mb))
-    hardware = fleet.hardware(slug, cuda_hardware(gpus))
+    data = scenario(gpus, free_mb)
+    hardware = cuda_hardware(gpus)
+    for i, (gpu, device) in enumerate(zip(data["gpus"], hardware["cuda"]["devices"], strict=True)):
+        gpu["uuid"] = device["uuid"] = f"{uuid_prefix}-{i:04d}"
+    nvml = write_scenario(fleet.tmp_path / f"{slug}-nvml.json", data)
+    hardware_path = fleet.hardware(slug, hardware)
     worker = WorkerNode(
         "tests.apps.gpu_app",
         name,
@@ -53,7 +61,7 @@ def gpu_node(
             "WORKER_APP_REDIS_URL": fleet.redis_url,
             "WORKER_APP_KEY_PREFIX": fleet.key_prefix,
             "PYTHONPATH": str(ROOT),
-            "SNAKEPIT_HARDWARE": str(hardware),
+            "SNAKEPIT_HARDWARE": str(hardware_path),
             "SNAKEPIT_FAKE_NVML": str(nvml),
             **(env or {}),
         },

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_helpers import Fleet, fleet_fixture
+from worker_helpers import Fleet, fleet_fixture, make_app
 
 from snakepit_celery.testing import wait_until
 from tests.fake_nvml import XID_EVENT, add_event
@@ -75,3 +75,30 @@ def test_transient_finding_expires_and_the_gpu_returns_after_a_passing_probe(
 
     wait_until(consumed_again, 10, what="its queue to come back")
     assert worker.alive()
+
+
+def memory_reported(fleet: Fleet, node: str) -> bool:
+    record = fleet.node(node) or {}
+    return all("memory_free_mb" in d for d in record.get("devices", ())) and bool(record)
+
+
+def test_gpu_memory_routes_to_the_node_with_room_and_racers_do_not_share_the_last_room(
+    fleet: Fleet,
+) -> None:
+    gpu_node(fleet, "gpu@small", gpus=1, free_mb=[12000], uuid_prefix="GPU-small")
+    gpu_node(fleet, "gpu@big", gpus=1, free_mb=[30000], uuid_prefix="GPU-big")
+    for node in ("gpu@small", "gpu@big"):
+        wait_until(lambda node=node: memory_reported(fleet, node), 15, what=f"{node} memory")
+    other = make_app(fleet.redis_url, fleet.key_prefix)  # a second sender (its own router)
+    try:
+        first = fleet.app.send_task("gpu_app.on_gpu", device="cuda", gpu_memory=20000)
+        second = other.send_task("gpu_app.on_gpu", device="cuda", gpu_memory=20000)
+        small = fleet.app.send_task("gpu_app.on_gpu", device="cuda", gpu_memory=11000)
+        results = [r.get(timeout=RESULT_TIMEOUT) for r in (first, second, small)]
+    finally:
+        other.close()
+    assert results[0]["queue"] == "snakepit.node.gpu@big.cuda.0"
+    assert results[0]["uuid"] == "GPU-big-0000"
+    assert results[1]["queue"] == "snakepit.cuda"  # lost the race: waits for room
+    assert results[2]["queue"] == "snakepit.node.gpu@small.cuda.0"  # big has 10000 left: too little
+    assert fleet.store.gpu_reservations() == {"GPU-big-0000": 20000, "GPU-small-0000": 11000}

@@ -173,22 +173,24 @@ class SnakepitRouter:
         """Place by free GPU memory and reserve the room; decide again after a lost race."""
         mb = math.ceil(gpu_memory)
         for _ in range(1 + sum(len(n.devices) for n in snapshot.nodes)):
-            decision = place_by_memory(prefs, snapshot, gpu_memory)
-            if decision is None or decision.gpu is None or decision.room_mb is None:
-                if decision is not None:
-                    logger.info(
-                        "no GPU has %d MB free for task %s; queued on %s to wait for room",
-                        mb,
-                        name,
-                        decision.queue,
-                        extra={"task_name": name, "queue": decision.queue},
-                    )
-                return decision
-            capacity = decision.room_mb + snapshot.reserved.get(decision.gpu, 0)
-            if self._reserved(decision.gpu, mb, capacity, name):
-                self._cache.snapshot = snapshot.with_reservation(decision.gpu, mb)
-                return decision
-            snapshot = snapshot.with_reservation(decision.gpu, capacity)  # lost the race: full
+            placement = place_by_memory(prefs, snapshot, gpu_memory)
+            if placement is None:
+                return None
+            gpu, room = placement.gpu, placement.room_mb
+            if gpu is None or room is None:
+                logger.info(
+                    "no GPU has %d MB free for task %s; queued on %s to wait for room",
+                    mb,
+                    name,
+                    placement.decision.queue,
+                    extra={"task_name": name, "queue": placement.decision.queue},
+                )
+                return placement.decision
+            capacity = room + snapshot.reserved.get(gpu, 0)
+            if self._reserved(gpu, mb, capacity, name):
+                self._cache.snapshot = snapshot.with_reservation(gpu, mb)
+                return placement.decision
+            snapshot = snapshot.with_reservation(gpu, capacity)  # lost the race: full
         return None
 
     def _reserved(self, gpu: str, mb: int, capacity: int, name: str) -> bool:

@@ -12,6 +12,7 @@ it lost the race.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from snakepit_celery.policy.routing import (
@@ -23,7 +24,19 @@ from snakepit_celery.policy.routing import (
     generic_queue,
 )
 
-__all__ = ["gpu_room", "place_by_memory"]
+__all__ = ["Placement", "gpu_room", "place_by_memory"]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a task needing GPU memory goes: the route, and the GPU (UUID) and its room then.
+
+    ``gpu`` and ``room_mb`` are None when no GPU had room (the route waits).
+    """
+
+    decision: RouteDecision
+    gpu: str | None = None
+    room_mb: int | None = None
 
 
 def gpu_room(snapshot: FleetSnapshot, pref: Pref) -> list[tuple[int, str, Mapping[str, Any]]]:
@@ -51,7 +64,7 @@ def gpu_room(snapshot: FleetSnapshot, pref: Pref) -> list[tuple[int, str, Mappin
 
 def place_by_memory(
     prefs: Sequence[Pref], snapshot: FleetSnapshot, gpu_memory: float
-) -> RouteDecision | None:
+) -> Placement | None:
     """The GPU with the most room covering ``gpu_memory`` (MB), preference by preference.
 
     Ties go to the node name. None (the ordinary ``decide_route`` routes the
@@ -70,5 +83,6 @@ def place_by_memory(
         if fitting:
             room, node, device = max(fitting, key=lambda r: (r[0], r[1]))
             queue = device_queue(node, str(device["kind"]), int(device["index"]))
-            return RouteDecision(queue, str(pref), node=node, gpu=str(device["uuid"]), room_mb=room)
-    return RouteDecision(generic_queue(prefs[0]), str(prefs[0]), waiting=True)
+            decision = RouteDecision(queue, str(pref), node=node)
+            return Placement(decision, str(device["uuid"]), room)
+    return Placement(RouteDecision(generic_queue(prefs[0]), str(prefs[0]), waiting=True))

@@ -343,16 +343,13 @@ class RouteDecision:
     ``waiting`` is True when no live node offers any preference and the task
     was sent to the generic queue of its first preference anyway
     (``snakepit_allow_waiting``), or no GPU has room for its ``gpu_memory``;
-    ``node`` is set for an explicit index or a GPU chosen by free memory.
+    ``node`` is set for an explicit index or a GPU placed by free memory.
     """
 
     queue: str
     pref: str
     node: str | None = None
     waiting: bool = False
-    #: The GPU chosen for its free memory (``gpu_memory``), and its room (MB) then.
-    gpu: str | None = None
-    room_mb: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain dict."""
