@@ -346,3 +346,15 @@ def test_sticky_taint_stays_until_an_operator_untaints(service: GpuHealthService
 def test_node_without_gpu_uuids_starts_no_watcher() -> None:
     svc = GpuHealthService("cpu-node", [], MemoryStore())
     assert not svc.start() and not svc.watcher.alive
+
+
+def test_findings_are_counted_by_class_and_xid_in_prometheus(service: GpuHealthService) -> None:
+    from prometheus_client import REGISTRY
+
+    from snakepit_celery.metrics.gpu import enable_gpu_metrics
+
+    enable_gpu_metrics()
+    labels = {"node": "gpu-node", "health_class": "hardware", "xid": "79", "action": "tainted"}
+    before = REGISTRY.get_sample_value("snakepit_gpu_health_findings_total", labels) or 0.0
+    service.handle(GpuFinding(GPU0, FindingKind.XID, xid=79))
+    assert REGISTRY.get_sample_value("snakepit_gpu_health_findings_total", labels) == before + 1

@@ -40,6 +40,8 @@ from snakepit_celery.hardware.gpu_health import (
     write_notice,
 )
 from snakepit_celery.hardware.types import Accelerator, Device
+from snakepit_celery.metrics.gpu import enable_gpu_metrics
+from snakepit_celery.metrics.hooks import metrics_enabled
 from snakepit_celery.policy.gpu_health import (
     HEALTH_ACTIONS,
     STICKY_TAINT_SECONDS,
@@ -314,6 +316,8 @@ class GpuWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if service.start():
             self.service = service
             services.registry.gpu_status = service.status
+            if metrics_enabled():
+                enable_gpu_metrics()
             logger.info("GPU health watch started on %s", services.node)
 
     def shutdown(self, c: Any) -> None:

@@ -1,0 +1,34 @@
+"""``celery snakepit status`` shows each GPU's free memory and health from the node's heartbeat."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from snakepit_celery.store import Store
+from tests.cli_helpers import app, run, store
+
+#: The fixtures this module takes from cli_helpers (named here so linters see them used).
+__all__ = ["app", "store"]
+
+
+def test_status_shows_gpu_free_memory_and_health(app: Celery, store: Store) -> None:
+    devices = [
+        {"kind": "cuda", "index": 0, "uuid": "GPU-0", "name": "A100", "health": "hardware"},
+        {
+            "kind": "cuda",
+            "index": 1,
+            "uuid": "GPU-1",
+            "name": "A100",
+            "health": "ok",
+            "memory_free_mb": 30000,
+            "memory_total_mb": 81920,
+        },
+    ]
+    store.node_register(
+        "gpu@host",
+        {"identity": {"accelerator": "cuda"}, "devices": devices, "queues": []},
+        ttl=60,
+    )
+    result = run(app, "status")
+    assert "cuda:0 (A100) [health hardware]" in result.output
+    assert "cuda:1 (A100) [30000/81920 MB free, health ok]" in result.output
