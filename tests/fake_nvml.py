@@ -3,7 +3,8 @@
 The scenario is a JSON file (so a test can change it while a worker
 subprocess runs): ``{"gpus": [{"uuid", "name", "total_mb", "free_mb",
 "lost", "pages_pending", "remap": [corr, unc, pending, failure], "ecc"}],
-"events": [{"id", "uuid", "type", "data"}], "hang": false}``. Memory figures
+"events": [{"id", "uuid", "type", "data"}], "processes": [{"pid", "uuid",
+"mb"}], "hang": false}``. Memory figures
 default to the A100 80GB rows of a real ``nvidia-smi`` table
 (``fixtures/hardware/nvidia_smi_table_4x_a100_sxm4_555.42.02.txt``). Each
 event is delivered once by ``nvmlEventSetWait``; ``"hang": true`` makes every
@@ -121,6 +122,14 @@ class FakeNvml:
         total, free = gpu["total_mb"] * 2**20, gpu["free_mb"] * 2**20
         return SimpleNamespace(total=total, free=free, used=total - free)
 
+    def processes(self, handle: int) -> list[Any]:
+        uuid = self.gpu(handle)["uuid"]
+        return [
+            SimpleNamespace(pid=p["pid"], usedGpuMemory=p["mb"] * 2**20)
+            for p in self.data().get("processes", ())
+            if p["uuid"] == uuid
+        ]
+
     def functions(self) -> dict[str, Any]:
         """pynvml name -> fake."""
         return {
@@ -145,6 +154,7 @@ class FakeNvml:
             "nvmlDeviceRegisterEvents": lambda h, mask, events: None,
             "nvmlEventSetWait": self.wait,
             "nvmlEventSetFree": lambda events: None,
+            "nvmlDeviceGetComputeRunningProcesses": self.processes,
         }
 
     def install(self, setattr_: Any = setattr) -> FakeNvml:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 import pytest
 
 from snakepit_celery import signals
-from snakepit_celery.celery.bootsteps.gpu_watch import GpuHealthService
+from snakepit_celery.celery.bootsteps.gpu_watch import GpuHealthService, recycle_over_gpu_memory
+from snakepit_celery.celery.crash import ChildRecycled
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.hardware.gpu_health import NvmlWatcher, read_notice
+from snakepit_celery.hardware.gpu_health import NvmlWatcher, process_gpu_memory_mb, read_notice
 from snakepit_celery.policy.gpu_health import (
     HEALTH_ACTIONS,
     FindingKind,
@@ -358,3 +360,32 @@ def test_findings_are_counted_by_class_and_xid_in_prometheus(service: GpuHealthS
     before = REGISTRY.get_sample_value("snakepit_gpu_health_findings_total", labels) or 0.0
     service.handle(GpuFinding(GPU0, FindingKind.XID, xid=79))
     assert REGISTRY.get_sample_value("snakepit_gpu_health_findings_total", labels) == before + 1
+
+
+# -- max_gpu_memory_per_child --------------------------------------------------------------
+
+
+def test_child_over_its_gpu_memory_limit_is_recycled_after_the_task(nvml: Path) -> None:
+    data = scenario(2)
+    data["processes"] = [
+        {"pid": os.getpid(), "uuid": GPU0, "mb": 3000},
+        {"pid": os.getpid(), "uuid": GPU1, "mb": 1500},
+        {"pid": 1, "uuid": GPU0, "mb": 60000},
+    ]
+    write_scenario(nvml, data)
+    assert process_gpu_memory_mb(os.getpid()) == 4500
+    recycle_over_gpu_memory(5000, "t1", "SUCCESS")  # under the limit: stays
+    recycle_over_gpu_memory(None, "t1", "SUCCESS")  # no limit
+    with pytest.raises(ChildRecycled) as caught:
+        recycle_over_gpu_memory(4000, "t1", "SUCCESS")
+    assert caught.value.task_id == "t1" and "4500 MB" in caught.value.error
+
+
+def test_unknown_per_process_memory_never_recycles(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pynvml
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: time.sleep(5))
+    started = time.monotonic()
+    assert process_gpu_memory_mb(os.getpid(), timeout=0.1) is None
+    recycle_over_gpu_memory(1, "t1", "SUCCESS")
+    assert time.monotonic() - started < 2.0

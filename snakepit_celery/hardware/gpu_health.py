@@ -39,6 +39,7 @@ __all__ = [
     "NvmlWatcher",
     "notice_file",
     "nvml_error_code",
+    "process_gpu_memory_mb",
     "read_notice",
     "remove_notice",
     "write_notice",
@@ -290,6 +291,45 @@ class NvmlWatcher:
             detail = f"volatile uncorrected ECC {previous} -> {int(count)}"
             return [GpuFinding(uuid, FindingKind.ECC_RISING, detail=detail)]
         return []
+
+
+# -- device memory of one process (``max_gpu_memory_per_child``) -------------------------------
+
+_process_nvml: dict[str, bool] = {}
+
+
+def process_gpu_memory_mb(pid: int, timeout: float = 1.0) -> int | None:
+    """MB of GPU memory process ``pid`` holds on all GPUs (NVML per-process usage).
+
+    None when NVML cannot say (no NVML, no permission, a call that raises or
+    takes longer than ``timeout``: it is abandoned on a daemon thread).
+    """
+    if pynvml is None:
+        return None
+    box: list[int | None] = []
+    thread = threading.Thread(
+        target=lambda: box.append(_process_memory(pid)), name="snakepit-gpu-mem", daemon=True
+    )
+    thread.start()
+    thread.join(timeout)
+    return box[0] if box else None
+
+
+def _process_memory(pid: int) -> int | None:
+    try:
+        if not _process_nvml.get("open"):
+            pynvml.nvmlInit()
+            _process_nvml["open"] = True
+        used = 0
+        for index in range(int(pynvml.nvmlDeviceGetCount())):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if int(process.pid) == pid and process.usedGpuMemory is not None:
+                    used += int(process.usedGpuMemory)
+        return used // _MIB
+    except Exception as exc:
+        logger.debug("per-process GPU memory unknown", extra={"pid": pid, "error": repr(exc)})
+        return None
 
 
 # -- the node's health notice: what the pool children read --------------------------------

@@ -35,6 +35,7 @@ from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.hardware.gpu_health import (
     HealthNotice,
     NvmlWatcher,
+    process_gpu_memory_mb,
     read_notice,
     remove_notice,
     write_notice,
@@ -55,7 +56,12 @@ from snakepit_celery.policy.taints import device_member
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
 
-__all__ = ["GpuHealthService", "GpuWatchStep", "recycle_after_finding"]
+__all__ = [
+    "GpuHealthService",
+    "GpuWatchStep",
+    "recycle_after_finding",
+    "recycle_over_gpu_memory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -365,11 +371,29 @@ def recycle_after_finding(task: Any, task_id: str, state: str | None) -> None:
     raise ChildRecycled(task_id, str(state or "SUCCESS"), error)
 
 
+def recycle_over_gpu_memory(limit_mb: int | None, task_id: str, state: str | None) -> None:
+    """Raise ``ChildRecycled`` when this process holds more GPU memory than ``limit_mb``.
+
+    ``max_gpu_memory_per_child``: the device-memory twin of Celery's
+    ``worker_max_memory_per_child``, checked after each task (result stored).
+    """
+    if limit_mb is None:
+        return
+    used = process_gpu_memory_mb(os.getpid())
+    if used is None or used <= limit_mb:
+        return
+    error = f"holds {used} MB of GPU memory, over max_gpu_memory_per_child={limit_mb}"
+    logger.warning("recycling worker process %d: %s", os.getpid(), error)
+    raise ChildRecycled(task_id, str(state or "SUCCESS"), error)
+
+
 def _postrun(
     sender: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
 ) -> None:
     if _child["pool"] and task_id is not None and sender is not None:
         recycle_after_finding(sender, task_id, state)
+        limit = settings_for(sender.app).max_gpu_memory_per_child
+        recycle_over_gpu_memory(limit, task_id, state)
 
 
 celery_signals.worker_process_init.connect(_mark_pool_child, weak=False)
