@@ -26,6 +26,9 @@ from snakepit_celery.policy.routing import (
 
 __all__ = ["Placement", "gpu_room", "place_by_memory"]
 
+#: (free MB, uuid, index, node, device) of one GPU that reports its memory.
+_Gpu = tuple[int, str, Any, str, Mapping[str, Any]]
+
 
 @dataclass(frozen=True, slots=True)
 class Placement:
@@ -45,21 +48,26 @@ def gpu_room(snapshot: FleetSnapshot, pref: Pref) -> list[tuple[int, str, Mappin
     Room is the free memory of the node's last heartbeat minus the live
     reservations on that GPU; untainted devices of live, untainted nodes only.
     """
-    rooms: list[tuple[int, str, Mapping[str, Any]]] = []
-    for record in snapshot.nodes:
-        node = record.node
-        if not node or record.stopping or snapshot.node_tainted(node):
-            continue
-        for device in record.devices:
-            free = device.get("memory_free_mb")
-            uuid = device.get("uuid")
-            if device.get("kind") != pref.kind or not isinstance(free, int) or not uuid:
-                continue
-            if pref.index is not None and device.get("index") != pref.index:
-                continue
-            if not snapshot.device_tainted(node, device):
-                rooms.append((free - snapshot.reserved.get(str(uuid), 0), node, device))
-    return rooms
+    reserved = snapshot.reserved
+    return [
+        (free - reserved.get(uuid, 0), node, device)
+        for free, uuid, index, node, device in _with_memory(snapshot, pref.kind)
+        if pref.index is None or index == pref.index
+    ]
+
+
+def _with_memory(snapshot: FleetSnapshot, kind: str) -> tuple[_Gpu, ...]:
+    """The usable GPUs of ``kind`` that report free memory (memoized on the snapshot)."""
+    return snapshot.memoized(
+        ("memory", kind),
+        lambda: tuple(
+            (free, str(device["uuid"]), device.get("index"), node, device)
+            for node, device in snapshot.usable_gpus()
+            if device["kind"] == kind
+            and isinstance(free := device.get("memory_free_mb"), int)
+            and device.get("uuid")
+        ),
+    )
 
 
 def place_by_memory(
