@@ -57,15 +57,20 @@ def gpu_room(snapshot: FleetSnapshot, pref: Pref) -> list[tuple[int, str, Mappin
 
 
 def _with_memory(snapshot: FleetSnapshot, kind: str) -> tuple[_Gpu, ...]:
-    """The usable GPUs of ``kind`` that report free memory (memoized on the snapshot)."""
+    """The usable GPUs of ``kind`` that report free memory, most free first (memoized)."""
     return snapshot.memoized(
         ("memory", kind),
         lambda: tuple(
-            (free, str(device["uuid"]), device.get("index"), node, device)
-            for node, device in snapshot.usable_gpus()
-            if device["kind"] == kind
-            and isinstance(free := device.get("memory_free_mb"), int)
-            and device.get("uuid")
+            sorted(
+                (
+                    (free, str(device["uuid"]), device.get("index"), node, device)
+                    for node, device in snapshot.usable_gpus()
+                    if device["kind"] == kind
+                    and isinstance(free := device.get("memory_free_mb"), int)
+                    and device.get("uuid")
+                ),
+                key=lambda gpu: -gpu[0],
+            )
         ),
     )
 
@@ -84,13 +89,35 @@ def place_by_memory(
     for pref in prefs:
         if pref.kind not in ACCELERATOR_KINDS:
             return None
-        rooms = gpu_room(snapshot, pref)
-        if not rooms:
+        known, best = _roomiest(snapshot, pref, gpu_memory)
+        if not known:
             return None
-        fitting = [r for r in rooms if r[0] >= gpu_memory]
-        if fitting:
-            room, node, device = max(fitting, key=lambda r: (r[0], r[1]))
+        if best is not None:
+            room, node, device = best
             queue = device_queue(node, str(device["kind"]), int(device["index"]))
             decision = RouteDecision(queue, str(pref), node=node)
             return Placement(decision, str(device["uuid"]), room)
     return Placement(RouteDecision(generic_queue(prefs[0]), str(prefs[0]), waiting=True))
+
+
+def _roomiest(
+    snapshot: FleetSnapshot, pref: Pref, need: float
+) -> tuple[bool, tuple[int, str, Mapping[str, Any]] | None]:
+    """(any GPU of ``pref`` reports memory, the one with the most room >= ``need`` or None).
+
+    The GPUs come most free first and room never exceeds free memory, so the
+    walk ends at the first GPU that could neither fit nor beat the best.
+    """
+    reserved = snapshot.reserved
+    known = False
+    best: tuple[int, str, Mapping[str, Any]] | None = None
+    for free, uuid, index, node, device in _with_memory(snapshot, pref.kind):
+        if pref.index is not None and index != pref.index:
+            continue
+        if known and (free < need or (best is not None and free < best[0])):
+            break
+        known = True
+        room = free - reserved[uuid] if uuid in reserved else free
+        if room >= need and (best is None or (room, node) > (best[0], best[1])):
+            best = (room, node, device)
+    return known, best
