@@ -7,6 +7,8 @@ override (``worker_helpers.cuda_hardware``) and a fake NVML scenario file
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,13 @@ def add_gpu_tasks(app: Celery) -> None:
             "queue": delivery.get("routing_key"),
             "device": str(device),
             "uuid": getattr(device, "uuid", None),
+            "pid": os.getpid(),
         }
+
+    @app.task(bind=True, name="gpu_app.hold", shared=False, base=SnakepitTask, device="cuda")
+    def hold(self: Any, seconds: float, *, device: Any) -> dict[str, Any]:
+        time.sleep(seconds)
+        return {"device": str(device), "uuid": getattr(device, "uuid", None), "pid": os.getpid()}
 
 
 def gpu_node(
@@ -41,6 +49,7 @@ def gpu_node(
     concurrency: int = 1,
     env: dict[str, str] | None = None,
     uuid_prefix: str = "GPU-test",
+    pool: str = "threads",
 ) -> tuple[WorkerNode, Path]:
     """Start a fake-NVML CUDA node with ``gpus`` GPUs; returns it and its scenario file.
 
@@ -66,7 +75,7 @@ def gpu_node(
             **(env or {}),
         },
         cwd=str(ROOT),
-        pool="threads",
+        pool=pool,
         flags=("--without-mingle", "--without-gossip"),
         log_path=fleet.tmp_path / f"{slug}.log",
     ).start()

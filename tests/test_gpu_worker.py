@@ -102,3 +102,32 @@ def test_gpu_memory_routes_to_the_node_with_room_and_racers_do_not_share_the_las
     assert results[1]["queue"] == "snakepit.cuda"  # lost the race: waits for room
     assert results[2]["queue"] == "snakepit.node.gpu@small.cuda.0"  # big has 10000 left: too little
     assert fleet.store.gpu_reservations() == {"GPU-big-0000": 20000, "GPU-small-0000": 11000}
+
+
+def test_child_that_ran_on_a_gpu_with_a_finding_is_recycled_after_its_result(
+    fleet: Fleet,
+) -> None:
+    worker, nvml = gpu_node(fleet, "gpu@prefork", gpus=2, pool="prefork")
+    before = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    held = fleet.app.send_task("gpu_app.hold", args=(2.0,), device="cuda")
+    time.sleep(1.0)
+    add_event(nvml, before["uuid"], XID_EVENT, 13)  # application Xid: recycle, no taint
+    result = held.get(timeout=RESULT_TIMEOUT)  # the result is stored first
+    assert result["pid"] == before["pid"]
+    after = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    assert after["pid"] != before["pid"]
+    assert device_taints(fleet) == []
+    assert worker.alive()
+
+
+def test_child_on_a_healthy_gpu_is_kept_when_another_gpu_has_a_finding(fleet: Fleet) -> None:
+    worker, nvml = gpu_node(fleet, "gpu@keep", gpus=2, pool="prefork")
+    before = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    held = fleet.app.send_task("gpu_app.hold", args=(1.5,), device="cuda")
+    time.sleep(0.8)
+    other = GPU1 if before["uuid"] == GPU0 else GPU0
+    add_event(nvml, other, XID_EVENT, 13)
+    held.get(timeout=RESULT_TIMEOUT)
+    after = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    assert after["pid"] == before["pid"]
+    assert worker.alive()
