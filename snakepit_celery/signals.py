@@ -68,7 +68,9 @@ worker_tainted = Signal(name="worker_tainted", providing_args={"pool", "worker_i
 device_tainted = Signal(name="device_tainted", providing_args={"pool", "node", "device", "info"})
 gpu_health = Signal(
     name="gpu_health",
-    providing_args={"node", "uuid", "device", "finding", "health_class", "xid", "action", "detail"},
+    providing_args={
+        *("node", "gpu_uuid", "device", "finding", "health_class", "xid", "action", "detail")
+    },
 )
 
 #: Every signal of the package, by name (used by the event bridge and metrics).
@@ -199,7 +201,7 @@ class DeviceTainted(Tainted, signal="device_tainted"):
 
 
 class GpuHealth(SignalPayload, signal="gpu_health"):
-    """The GPU health watch of ``node`` saw ``finding`` on GPU ``uuid`` (``device``: ``cuda:N``).
+    """The GPU health watch of ``node`` saw ``finding`` on GPU ``gpu_uuid`` (``device``: cuda:N).
 
     ``health_class`` is the finding's class (``hardware``, ``transient``,
     ``application``, ``contained``), ``xid`` the Xid code of an Xid event,
@@ -207,7 +209,7 @@ class GpuHealth(SignalPayload, signal="gpu_health"):
     """
 
     node: str | None = None
-    uuid: str | None = None
+    gpu_uuid: str | None = None
     device: str | None = None
     finding: str | None = None
     health_class: str | None = None

@@ -274,7 +274,7 @@ def test_xid_79_taints_that_gpu_by_uuid_sticky(service: GpuHealthService) -> Non
     store: Any = service.store
     assert taint_members(store) == [f"device:gpu-node:{GPU0}"]
     assert store.taint_list("default")[0].remaining > 86400
-    assert received[0]["uuid"] == GPU0 and received[0]["health_class"] == "hardware"
+    assert received[0]["gpu_uuid"] == GPU0 and received[0]["health_class"] == "hardware"
     assert received[0]["action"] == "tainted" and received[0]["xid"] == 79
     assert service.counts[("hardware", 79)] == 1
     assert service.status()[GPU0]["health"] == "hardware"
@@ -389,3 +389,39 @@ def test_unknown_per_process_memory_never_recycles(monkeypatch: pytest.MonkeyPat
     assert process_gpu_memory_mb(os.getpid(), timeout=0.1) is None
     recycle_over_gpu_memory(1, "t1", "SUCCESS")
     assert time.monotonic() - started < 2.0
+
+
+def test_gpu_health_is_a_fleet_level_event_carrying_the_gpu_uuid_and_node() -> None:
+    from celery import Celery
+
+    from snakepit_celery.celery.events import signal_event
+
+    type_, body = signal_event(
+        Celery(set_as_current=False),
+        "gpu_health",
+        {"node": "gpu@host", "gpu_uuid": GPU0, "xid": 79, "health_class": "hardware"},
+    )
+    assert type_ == "snakepit-gpu-health"
+    assert body["gpu_uuid"] == GPU0 and body["node"] == "gpu@host" and "uuid" not in body
+
+
+def test_status_is_empty_until_nvml_answers() -> None:
+    svc = GpuHealthService("gpu-node", DEVICES, MemoryStore())
+    assert svc.status() == {}
+
+
+def test_gpu_settings_are_checked_and_name_the_setting() -> None:
+    from snakepit_celery.config import load_settings
+
+    settings = load_settings(
+        {"snakepit_gpu_health": {"base": 5}, "snakepit_max_gpu_memory_per_child": 2048}, env={}
+    )
+    assert settings.gpu_health == TaintBackoff(base=5)
+    assert settings.max_gpu_memory_per_child == 2048
+    with pytest.raises(ConfigError, match=r'snakepit_gpu_health\["base"\]'):
+        load_settings({"snakepit_gpu_health": {"base": -1}}, env={})
+    with pytest.raises(ConfigError, match="snakepit_max_gpu_memory_per_child"):
+        load_settings({"snakepit_max_gpu_memory_per_child": 0}, env={})
+    env = {"SNAKEPIT_GPU_HEALTH": '{"cap": 60}', "SNAKEPIT_MAX_GPU_MEMORY_PER_CHILD": "512"}
+    from_env = load_settings({}, env=env)
+    assert from_env.gpu_health.cap == 60 and from_env.max_gpu_memory_per_child == 512

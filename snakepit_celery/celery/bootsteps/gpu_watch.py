@@ -216,7 +216,7 @@ class GpuHealthService:
         signals.gpu_health.send(
             sender=self,
             node=self.node,
-            uuid=finding.uuid,
+            gpu_uuid=finding.uuid,
             device=f"cuda:{device['index']}",
             finding=str(finding.kind),
             health_class=str(finding.health_class),
@@ -279,7 +279,12 @@ class GpuHealthService:
 
     # -- what the heartbeat carries -------------------------------------------------------
     def status(self) -> dict[str, dict[str, Any]]:
-        """GPU UUID -> free/total memory (MB) and health, for the node's record."""
+        """GPU UUID -> free/total memory (MB) and health, for the node's record.
+
+        Empty until NVML answered (no NVML: the record does not change).
+        """
+        if not self.watcher.ready.is_set():
+            return {}
         memory = self.watcher.memory()
         with self._lock:
             taints = dict(self.taints)
