@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from worker_helpers import Fleet, fleet_fixture, make_app
 
 from snakepit_celery.testing import wait_until
-from tests.fake_nvml import XID_EVENT, add_event
+from tests.fake_nvml import XID_EVENT, add_event, write_scenario
 from tests.gpu_helpers import gpu_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -130,4 +131,26 @@ def test_child_on_a_healthy_gpu_is_kept_when_another_gpu_has_a_finding(fleet: Fl
     held.get(timeout=RESULT_TIMEOUT)
     after = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
     assert after["pid"] == before["pid"]
+    assert worker.alive()
+
+
+def test_child_holding_more_gpu_memory_than_the_limit_is_recycled(fleet: Fleet) -> None:
+    worker, nvml = gpu_node(
+        fleet,
+        "gpu@memcap",
+        gpus=1,
+        pool="prefork",
+        env={"SNAKEPIT_MAX_GPU_MEMORY_PER_CHILD": "1000"},
+    )
+    first = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    second = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    assert second["pid"] == first["pid"]  # holds nothing: kept
+    time.sleep(1.0)  # its after-task check is done
+    data = json.loads(nvml.read_text())
+    data["processes"] = [{"pid": first["pid"], "uuid": GPU0, "mb": 4000}]
+    write_scenario(nvml, data)
+    third = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    assert third["pid"] == first["pid"]  # its result is stored, then the child goes
+    fourth = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    assert fourth["pid"] != first["pid"]
     assert worker.alive()

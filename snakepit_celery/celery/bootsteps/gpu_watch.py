@@ -397,8 +397,15 @@ def _postrun(
 ) -> None:
     if _child["pool"] and task_id is not None and sender is not None:
         recycle_after_finding(sender, task_id, state)
-        limit = settings_for(sender.app).max_gpu_memory_per_child
-        recycle_over_gpu_memory(limit, task_id, state)
+        recycle_over_gpu_memory(_memory_limit(sender), task_id, state)
+
+
+def _memory_limit(task: Any) -> int | None:
+    """``snakepit_max_gpu_memory_per_child`` of the task's app (None for an app without one)."""
+    try:
+        return settings_for(task.app).max_gpu_memory_per_child
+    except Exception:
+        return None
 
 
 celery_signals.worker_process_init.connect(_mark_pool_child, weak=False)
