@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from snakepit_celery import signals
-from snakepit_celery.celery.bootsteps.gpu_watch import GpuHealthService, recycle_over_gpu_memory
+from snakepit_celery.celery.bootsteps.gpu_recycle import recycle_over_gpu_memory
+from snakepit_celery.celery.bootsteps.gpu_watch import GpuHealthService
 from snakepit_celery.celery.crash import ChildRecycled
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.hardware.gpu_health import NvmlWatcher, process_gpu_memory_mb, read_notice

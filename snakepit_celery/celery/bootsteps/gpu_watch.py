@@ -10,7 +10,8 @@ comes back only once a probe passes. The node beats at once, so its queue
 reconciler releases the GPU's queues within the next apply (0.5 s). Each
 finding sends ``signals.gpu_health`` (events, metrics) and is counted by
 class and Xid. Pool children read the service's ``HealthNotice``: a task
-that ran on a GPU with a finding recycles its child once its result is stored.
+that ran on a GPU with a finding recycles its child once its result is stored
+(``bootsteps.gpu_recycle``, connected here).
 """
 
 from __future__ import annotations
@@ -26,17 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import bootsteps
-from celery import signals as celery_signals
 
 from snakepit_celery import signals
 from snakepit_celery.celery.app_context import app_store, settings_for, taint_pools
-from snakepit_celery.celery.crash import ChildRecycled
+from snakepit_celery.celery.bootsteps.gpu_recycle import connect_child_recycling
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.hardware.gpu_health import (
     HealthNotice,
     NvmlWatcher,
-    process_gpu_memory_mb,
-    read_notice,
     remove_notice,
     write_notice,
 )
@@ -56,12 +54,7 @@ from snakepit_celery.policy.taints import device_member
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
 
-__all__ = [
-    "GpuHealthService",
-    "GpuWatchStep",
-    "recycle_after_finding",
-    "recycle_over_gpu_memory",
-]
+__all__ = ["GpuHealthService", "GpuWatchStep"]
 
 logger = logging.getLogger(__name__)
 
@@ -338,76 +331,4 @@ class GpuWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]
             service.stop()
 
 
-# -- in the pool child: recycle after a task that ran on a GPU with a finding ------------------
-
-_child = {"pool": False}
-_started: dict[str, float] = {}
-
-
-def _mark_pool_child(**_: Any) -> None:
-    _child["pool"] = True
-
-
-def _note_start(task_id: str | None = None, **_: Any) -> None:
-    if _child["pool"] and task_id is not None:
-        _started[task_id] = time.time()
-
-
-def recycle_after_finding(task: Any, task_id: str, state: str | None) -> None:
-    """Raise ``ChildRecycled`` when ``task`` ran on a GPU that had a finding since it started.
-
-    Called after the result is stored (``task_postrun``) in pool children only.
-    """
-    started = _started.pop(task_id, None)
-    if started is None:
-        return
-    notice = read_notice(newer_than=started)
-    if notice is None:
-        return
-    try:
-        device = task.resolved_device
-    except Exception:
-        return
-    uuid = getattr(device, "uuid", None)
-    if uuid is None or notice.recycle.get(uuid, 0.0) < started:
-        return
-    error = f"GPU {uuid} had a health finding during the task"
-    logger.error("recycling worker process %d: %s", os.getpid(), error)
-    raise ChildRecycled(task_id, str(state or "SUCCESS"), error)
-
-
-def recycle_over_gpu_memory(limit_mb: int | None, task_id: str, state: str | None) -> None:
-    """Raise ``ChildRecycled`` when this process holds more GPU memory than ``limit_mb``.
-
-    ``max_gpu_memory_per_child``: the device-memory twin of Celery's
-    ``worker_max_memory_per_child``, checked after each task (result stored).
-    """
-    if limit_mb is None:
-        return
-    used = process_gpu_memory_mb(os.getpid())
-    if used is None or used <= limit_mb:
-        return
-    error = f"holds {used} MB of GPU memory, over max_gpu_memory_per_child={limit_mb}"
-    logger.warning("recycling worker process %d: %s", os.getpid(), error)
-    raise ChildRecycled(task_id, str(state or "SUCCESS"), error)
-
-
-def _postrun(
-    sender: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
-) -> None:
-    if _child["pool"] and task_id is not None and sender is not None:
-        recycle_after_finding(sender, task_id, state)
-        recycle_over_gpu_memory(_memory_limit(sender), task_id, state)
-
-
-def _memory_limit(task: Any) -> int | None:
-    """``snakepit_max_gpu_memory_per_child`` of the task's app (None for an app without one)."""
-    try:
-        return settings_for(task.app).max_gpu_memory_per_child
-    except Exception:
-        return None
-
-
-celery_signals.worker_process_init.connect(_mark_pool_child, weak=False)
-celery_signals.task_prerun.connect(_note_start, weak=False)
-celery_signals.task_postrun.connect(_postrun, weak=False)
+connect_child_recycling()
