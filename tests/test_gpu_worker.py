@@ -34,6 +34,8 @@ def test_xid_79_taints_that_gpu_only_and_a_queued_cuda_task_runs_on_the_other(
     fleet: Fleet,
 ) -> None:
     worker, nvml = gpu_node(fleet, "gpu@xid", gpus=2, concurrency=1)
+    first = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
+    assert (first["device"], first["uuid"]) == ("cuda:0", GPU0)
     busy = fleet.app.tasks["worker_app.sleep"].apply_async((2.0,), queue="snakepit.cuda")
     queued = fleet.app.send_task("gpu_app.on_gpu", kwargs={}, device="cuda")
     time.sleep(0.3)

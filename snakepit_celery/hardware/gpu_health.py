@@ -38,6 +38,7 @@ __all__ = [
     "HealthNotice",
     "NvmlWatcher",
     "notice_file",
+    "notice_version",
     "nvml_error_code",
     "process_gpu_memory_mb",
     "read_notice",
@@ -363,6 +364,19 @@ def write_notice(pid: int, notice: HealthNotice) -> None:
 def remove_notice(pid: int) -> None:
     """Remove process ``pid``'s notice (the watcher stopped)."""
     notice_file(pid).unlink(missing_ok=True)
+
+
+def notice_version() -> int:
+    """When this process's or its parent's notice last changed (ns; 0: there is none).
+
+    One or two ``stat`` calls: cheap enough to ask before every task.
+    """
+    for pid in dict.fromkeys((os.getpid(), os.getppid())):
+        try:
+            return notice_file(pid).stat().st_mtime_ns
+        except OSError:
+            continue
+    return 0
 
 
 def read_notice(newer_than: float = 0.0) -> HealthNotice | None:

@@ -1,11 +1,13 @@
-"""In a pool child: recycle the process after a task, once its result is stored.
+"""Around each task: recycle a pool child after the task when its GPU went bad.
 
 Two reasons, both checked on ``task_postrun`` in prefork pool children only:
 the task ran on a GPU the node's health watch had a finding on while it ran
 (``HealthNotice``: the child's CUDA context may be poisoned), or the process
 holds more GPU memory than ``snakepit_max_gpu_memory_per_child`` (NVML
 per-process usage; the device-memory twin of ``worker_max_memory_per_child``).
-Either raises ``ChildRecycled``, the crash path's way out of a child.
+Either raises ``ChildRecycled``, the crash path's way out of a child. Before
+each task (any pool) a changed notice also makes the task choose its device
+on a kind's shared queue again, away from a GPU tainted since.
 """
 
 from __future__ import annotations
@@ -19,23 +21,50 @@ from celery import signals as celery_signals
 
 from snakepit_celery.celery.app_context import settings_for
 from snakepit_celery.celery.crash import ChildRecycled
-from snakepit_celery.hardware.gpu_health import process_gpu_memory_mb, read_notice
+from snakepit_celery.hardware.gpu_health import (
+    notice_version,
+    process_gpu_memory_mb,
+    read_notice,
+)
 
-__all__ = ["connect_child_recycling", "recycle_after_finding", "recycle_over_gpu_memory"]
+__all__ = [
+    "connect_child_recycling",
+    "forget_devices_on_notice",
+    "recycle_after_finding",
+    "recycle_over_gpu_memory",
+]
 
 logger = logging.getLogger(__name__)
 
 _child = {"pool": False}
 _started: dict[str, float] = {}
+#: Task name -> the health notice version its device choices were made under.
+_notice_seen: dict[str, int] = {}
 
 
 def _mark_pool_child(**_: Any) -> None:
     _child["pool"] = True
 
 
-def _note_start(task_id: str | None = None, **_: Any) -> None:
+def _note_start(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
     if _child["pool"] and task_id is not None:
         _started[task_id] = time.time()
+    if sender is not None:
+        forget_devices_on_notice(sender)
+
+
+def forget_devices_on_notice(task: Any) -> None:
+    """Drop ``task``'s per-queue device choices when the node's health notice changed.
+
+    A task taken from a kind's shared queue (``snakepit.cuda``) then picks a
+    healthy GPU again instead of the one chosen before a taint. One ``stat``.
+    """
+    version = notice_version()
+    name = str(getattr(task, "name", ""))
+    if _notice_seen.get(name, 0) != version:
+        _notice_seen[name] = version
+        if getattr(task, "_snakepit_devices", None):
+            task._snakepit_devices = None
 
 
 def recycle_after_finding(task: Any, task_id: str, state: str | None) -> None:
