@@ -48,7 +48,8 @@ class _Nvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT) from None
         return SimpleNamespace(device=0, eventType=0x0008, eventData=xid)
 
-    def install(self) -> None:
+    def install(self) -> dict[str, Any]:
+        """Replace pynvml's functions; returns the originals (for ``restore``)."""
         memory = SimpleNamespace(total=81920 * 2**20, free=81000 * 2**20, used=920 * 2**20)
         fakes: dict[str, Any] = {
             "nvmlInit": lambda: None,
@@ -65,8 +66,10 @@ class _Nvml:
             "nvmlDeviceGetRemappedRows": lambda handle: (0, 0, 0, 0),
             "nvmlDeviceGetTotalEccErrors": lambda handle, kind, counter: 0,
         }
+        originals = {name: getattr(pynvml, name) for name in fakes}
         for name, fake in fakes.items():
             setattr(pynvml, name, fake)
+        return originals
 
 
 def _poll(url: str, prefix: str, seen: Any) -> None:
@@ -82,7 +85,7 @@ def _poll(url: str, prefix: str, seen: Any) -> None:
 def taint_latency(url: str) -> list[float]:
     """Seconds from an Xid event to its taint being visible to another process, per trial."""
     nvml = _Nvml()
-    nvml.install()
+    originals = nvml.install()
     prefix = f"bench-gpu-{int(time.time())}"
     store = store_from_url(url, key_prefix=prefix)
     devices = [{"kind": "cuda", "index": 0, "uuid": GPU, "name": "A100"}]
@@ -105,6 +108,8 @@ def taint_latency(url: str) -> list[float]:
     finally:
         service.stop()
         store.taint_clear("default")
+        for name, original in originals.items():
+            setattr(pynvml, name, original)
     return latencies
 
 
