@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from snakepit_celery.celery.task import SnakepitTask
+from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.testing.workers import WorkerNode
 from tests.fake_nvml import scenario, write_scenario
 from tests.worker_helpers import ROOT, Fleet, cuda_hardware
@@ -33,6 +34,23 @@ def add_gpu_tasks(app: Celery) -> None:
             "uuid": getattr(device, "uuid", None),
             "pid": os.getpid(),
         }
+
+    @app.task(
+        bind=True,
+        name="gpu_app.oom_once",
+        shared=False,
+        base=SnakepitTask,
+        device="cuda",
+        gpu_memory=10000,
+        retry_policy=RetryPolicy(max_attempts=2, backoff=(0.1,), retriable_errors=("gpu_oom",)),
+    )
+    def oom_once(self: Any, hold: float, *, device: Any) -> dict[str, Any]:
+        """Runs out of GPU memory on its first attempt (after ``hold`` s), succeeds after."""
+        if self.request.retries == 0:
+            time.sleep(hold)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        delivery = self.request.delivery_info or {}
+        return {"device": str(device), "queue": delivery.get("routing_key")}
 
     @app.task(bind=True, name="gpu_app.hold", shared=False, base=SnakepitTask, device="cuda")
     def hold(self: Any, seconds: float, *, device: Any) -> dict[str, Any]:

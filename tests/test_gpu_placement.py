@@ -155,3 +155,42 @@ def test_store_reservations_expire(each_store: Any) -> None:
     time.sleep(0.1)
     assert each_store.gpu_reservations() == {}
     assert each_store.gpu_reserve("GPU-1", "r2", mb=900, capacity_mb=1000, ttl=30)
+
+
+# -- out-of-memory retries -------------------------------------------------------------------
+
+
+class RunningTask:
+    """A task whose request is current, running on GPU ``GPU-a0``."""
+
+    name = "t"
+    device = "cuda"
+    gpu_memory = 8000
+    request = type("Request", (), {"id": "task-1", "task": "t"})()
+    resolved_device = type("Device", (), {"uuid": "GPU-a0"})()
+
+
+def test_oom_retry_is_recognised_only_while_an_oom_is_handled() -> None:
+    from snakepit_celery.celery.oom_retry import oom_retry_gpu
+
+    assert oom_retry_gpu(RunningTask()) is None  # no error being handled
+    try:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    except RuntimeError:
+        assert oom_retry_gpu(RunningTask()) == "GPU-a0"
+    try:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    except RuntimeError:
+        assert oom_retry_gpu(RunningTask()) is None
+
+
+def test_oom_retry_goes_to_a_gpu_with_more_room_than_the_failed_one() -> None:
+    store = MemoryStore()
+    route = router(fleet(), store)
+    options: dict[str, Any] = {"routing_key": "snakepit.node.a.cuda.0", "exchange": "x"}
+    try:
+        raise RuntimeError("torch.OutOfMemoryError: CUDA out of memory")
+    except RuntimeError:
+        moved = route(name="t", options=options, task=RunningTask())
+    assert moved == {"queue": "snakepit.node.b.cuda.0"}
+    assert "routing_key" not in options and "exchange" not in options

@@ -156,3 +156,13 @@ def test_child_holding_more_gpu_memory_than_the_limit_is_recycled(fleet: Fleet) 
     fourth = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
     assert fourth["pid"] != first["pid"]
     assert worker.alive()
+
+
+def test_out_of_memory_retry_lands_on_the_other_gpu_with_more_room(fleet: Fleet) -> None:
+    gpu_node(fleet, "gpu@oom", gpus=2, free_mb=[20000, 50000])
+    wait_until(lambda: memory_reported(fleet, "gpu@oom"), 15, what="GPU memory in the record")
+    # Someone else holds GPU 1's room for 2 s: the first attempt goes to GPU 0.
+    assert fleet.store.gpu_reserve(GPU1, "other", mb=45000, capacity_mb=50000, ttl=2.0)
+    result = fleet.app.send_task("gpu_app.oom_once", args=(2.5,), device="cuda", gpu_memory=10000)
+    value: dict[str, Any] = result.get(timeout=RESULT_TIMEOUT)
+    assert value == {"device": "cuda:1", "queue": "snakepit.node.gpu@oom.cuda.1"}

@@ -24,6 +24,7 @@ from typing import Any
 from celery import Celery
 
 from snakepit_celery.celery.app_context import allow_waiting, app_store, taint_pools
+from snakepit_celery.celery.oom_retry import oom_retry_gpu, unpin_delivery
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.placement import place_by_memory
 from snakepit_celery.policy.routing import (
@@ -188,7 +189,9 @@ class SnakepitRouter:
                 return placement.decision
             capacity = room + snapshot.reserved.get(gpu, 0)
             if self._reserved(gpu, mb, capacity, name):
-                self._cache.snapshot = snapshot.with_reservation(gpu, mb)
+                cached = self._cache.snapshot
+                if cached is not None:
+                    self._cache.snapshot = cached.with_reservation(gpu, mb)
                 return placement.decision
             snapshot = snapshot.with_reservation(gpu, capacity)  # lost the race: full
         return None
@@ -215,14 +218,54 @@ class SnakepitRouter:
     ) -> dict[str, Any] | None:
         """Celery router protocol: ``{"queue": ...}`` for device tasks, else None.
 
-        A send that names its queue (``apply_async(queue=...)``) is left alone.
+        A send that names its queue (``apply_async(queue=...)``) is left alone;
+        a retry after CUDA/HIP out of memory goes to another GPU with more room.
         """
-        if options and options.get("queue"):
+        failed = oom_retry_gpu(task) if isinstance(options, dict) else None
+        if options and options.get("queue") and failed is None:
             return None
         prefs = self.prefs_of(task, options)
         if not prefs:
             return None
-        return {"queue": self.route(name, prefs, self.gpu_memory_of(task, options)).queue}
+        gpu_memory = self.gpu_memory_of(task, options)
+        if failed is not None and isinstance(options, dict):
+            moved = self.away_from(name, prefs, failed, gpu_memory)
+            if moved is not None:
+                unpin_delivery(options)
+                return {"queue": moved.queue}
+            if options.get("queue"):
+                return None
+        return {"queue": self.route(name, prefs, gpu_memory).queue}
+
+    def away_from(
+        self, name: str, prefs: Sequence[Pref], failed: str, gpu_memory: float | None
+    ) -> RouteDecision | None:
+        """Place a retry on a GPU with more room than ``failed`` had (which is left out).
+
+        None when the fleet's GPUs report no memory (the retry stays where it was).
+        """
+        try:
+            snapshot = self.snapshot()
+        except StoreUnavailableError as exc:
+            report_store_error(exc, task=name)
+            return None
+        room = next(
+            (
+                int(d["memory_free_mb"]) - snapshot.reserved.get(failed, 0)
+                for _, d in snapshot.usable_gpus()
+                if d.get("uuid") == failed and isinstance(d.get("memory_free_mb"), int)
+            ),
+            0,
+        )
+        need = max(gpu_memory or 0.0, room + 1.0)
+        logger.info(
+            "task %s ran out of GPU memory on %s: retried on a GPU with more than %d MB free",
+            name,
+            failed,
+            room,
+            extra={"task_name": name, "gpu": failed},
+        )
+        return self._place(name, prefs, snapshot.with_reservation(failed, 2**40), need)
 
 
 def fleet_snapshot(
