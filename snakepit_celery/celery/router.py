@@ -7,6 +7,8 @@ taints, ``fleet_snapshot``) from the app's store at most once per
 ``policy.routing.decide_route`` (``policy.placement.place_by_memory`` for a
 task that needs ``gpu_memory`` MB, whose room the router then reserves in
 the store for ``GPU_RESERVATION_TTL`` seconds: one store call per such send).
+A task's retry after CUDA/HIP out of memory goes to another GPU with more
+room than the one it failed on (``celery.oom_retry``).
 """
 
 from __future__ import annotations
