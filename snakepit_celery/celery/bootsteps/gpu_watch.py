@@ -101,9 +101,14 @@ class GpuHealthService:
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> bool:
-        """Start the watcher; False (nothing started) when the node has no CUDA GPU UUIDs."""
+        """Start the watcher; False (nothing started) when the node has no CUDA GPU UUIDs.
+
+        Publishes an empty notice first, replacing any left by a dead process
+        that had this pid.
+        """
         if not self.gpus:
             return False
+        self._publish()
         self.watcher.start()
         return True
 
