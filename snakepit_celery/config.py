@@ -33,6 +33,7 @@ from snakepit_celery.policy.checks import (
     check_path,
 )
 from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.policy.gpu_health import TaintBackoff
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.settings import BREAKER_KEYS, HEALTH_KEYS, BreakerConfig, HealthConfig
 from snakepit_celery.store.registry import ALLOWED_SCHEMES, REDIS_SCHEMES, check_store_url
@@ -75,6 +76,11 @@ class SnakepitSettings:
     - ``allow_waiting``: when no live node offers a task's preferred device,
       send it to the generic device queue (``snakepit.<kind>``) to wait for
       one instead of failing with ``DeviceNotAvailableError``.
+    - ``gpu_health``: how long the GPU health watch taints a GPU for a
+      transient finding (``TaintBackoff``: ``base``, doubled per re-taint
+      inside ``window``, at most ``cap``, seconds).
+    - ``max_gpu_memory_per_child``: MB of GPU memory a pool child may hold
+      after a task before it is recycled (None: no limit).
     """
 
     store_url: str | None = None
@@ -89,6 +95,8 @@ class SnakepitSettings:
     defer_on_open: bool = True
     metrics_port: int | None = None
     allow_waiting: bool = False
+    gpu_health: TaintBackoff = field(default_factory=TaintBackoff)
+    max_gpu_memory_per_child: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain form, keyed by field name."""
@@ -105,6 +113,8 @@ class SnakepitSettings:
             "defer_on_open": self.defer_on_open,
             "metrics_port": self.metrics_port,
             "allow_waiting": self.allow_waiting,
+            "gpu_health": dataclasses.asdict(self.gpu_health),
+            "max_gpu_memory_per_child": self.max_gpu_memory_per_child,
         }
 
 
@@ -126,6 +136,14 @@ def _optional_port(label: str, value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     return check_int(label, value, 1, maximum=65535, allowed="an integer 1-65535, or None (off)")
+
+
+def _optional_mb(label: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return check_int(label, value, 1, allowed="a number of MB >= 1, or None (no limit)")
 
 
 def _store_url(label: str, value: Any) -> str | None:
@@ -218,6 +236,14 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "defer_on_open": _bool,
     "metrics_port": _optional_port,
     "allow_waiting": _bool,
+    "gpu_health": _ValueSetting(
+        TaintBackoff,
+        "base, window, cap",
+        "a TaintBackoff, a dict with keys base, window, cap, or None",
+        lambda label, value: build_from_dict(label, value, ("base", "window", "cap"), TaintBackoff),
+        TaintBackoff,
+    ),
+    "max_gpu_memory_per_child": _optional_mb,
 }
 
 #: Every setting's app.conf name.

@@ -32,6 +32,7 @@ __all__ = [
     "BreakerOpened",
     "BreakerTransition",
     "DeviceTainted",
+    "GpuHealth",
     "RetryAttempt",
     "RetryExhausted",
     "RetryOutcome",
@@ -45,6 +46,7 @@ __all__ = [
     "breaker_half_open",
     "breaker_opened",
     "device_tainted",
+    "gpu_health",
     "payload_of",
     "retry_attempt",
     "retry_exhausted",
@@ -64,6 +66,12 @@ retry_exhausted = Signal(
 worker_crash = Signal(name="worker_crash", providing_args={"pool", "worker_id", "reason"})
 worker_tainted = Signal(name="worker_tainted", providing_args={"pool", "worker_id", "info"})
 device_tainted = Signal(name="device_tainted", providing_args={"pool", "node", "device", "info"})
+gpu_health = Signal(
+    name="gpu_health",
+    providing_args={
+        *("node", "gpu_uuid", "device", "finding", "health_class", "xid", "action", "detail")
+    },
+)
 
 #: Every signal of the package, by name (used by the event bridge and metrics).
 ALL_SIGNALS: dict[str, Signal] = {
@@ -78,6 +86,7 @@ ALL_SIGNALS: dict[str, Signal] = {
         worker_crash,
         worker_tainted,
         device_tainted,
+        gpu_health,
     )
 }
 
@@ -191,6 +200,24 @@ class DeviceTainted(Tainted, signal="device_tainted"):
     device: str | None = None
 
 
+class GpuHealth(SignalPayload, signal="gpu_health"):
+    """The GPU health watch of ``node`` saw ``finding`` on GPU ``gpu_uuid`` (``device``: cuda:N).
+
+    ``health_class`` is the finding's class (``hardware``, ``transient``,
+    ``application``, ``contained``), ``xid`` the Xid code of an Xid event,
+    ``action`` what was done (``tainted``, ``recycle``, ``recovered``, ...).
+    """
+
+    node: str | None = None
+    gpu_uuid: str | None = None
+    device: str | None = None
+    finding: str | None = None
+    health_class: str | None = None
+    xid: int | None = None
+    action: str | None = None
+    detail: str | None = None
+
+
 #: The payload type of every signal, by signal name.
 PAYLOADS: dict[str, type[SignalPayload]] = {
     cls.signal_name: cls
@@ -204,6 +231,7 @@ PAYLOADS: dict[str, type[SignalPayload]] = {
         WorkerCrash,
         WorkerTainted,
         DeviceTainted,
+        GpuHealth,
     )
 }
 

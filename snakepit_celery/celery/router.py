@@ -4,15 +4,21 @@
 ``app.conf.task_routes``. The router reads the fleet (node registry + active
 taints, ``fleet_snapshot``) from the app's store at most once per
 ``snapshot_ttl`` seconds per process; the decision itself is the pure
-``policy.routing.decide_route``.
+``policy.routing.decide_route`` (``policy.placement.place_by_memory`` for a
+task that needs ``gpu_memory`` MB, whose room the router then reserves in
+the store for ``GPU_RESERVATION_TTL`` seconds: one store call per such send).
+A task's retry after CUDA/HIP out of memory goes to another GPU with more
+room than the one it failed on (``celery.oom_retry``).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +26,9 @@ from typing import Any
 from celery import Celery
 
 from snakepit_celery.celery.app_context import allow_waiting, app_store, taint_pools
+from snakepit_celery.celery.oom_retry import oom_retry_gpu, unpin_delivery
 from snakepit_celery.errors import StoreUnavailableError
+from snakepit_celery.policy.placement import place_by_memory
 from snakepit_celery.policy.routing import (
     FleetSnapshot,
     NodeRecord,
@@ -30,12 +38,20 @@ from snakepit_celery.policy.routing import (
     generic_queue,
     parse_prefs,
 )
+from snakepit_celery.policy.task_options import check_gpu_memory
 from snakepit_celery.store import fail_open, report_store_error
 from snakepit_celery.store.base import Store
 
-__all__ = ["SnakepitRouter", "fleet_snapshot", "install_router"]
+__all__ = ["GPU_RESERVATION_TTL", "SnakepitRouter", "fleet_snapshot", "install_router"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a GPU memory reservation lasts: long enough for the task to start and
+#: its node's heartbeat to show the memory it took.
+GPU_RESERVATION_TTL = 30.0
+
+#: ``reserve(gpu, mb, capacity_mb) -> bool``: take room on a GPU, atomically, fleet-wide.
+Reserve = Callable[[str, int, int], bool]
 
 
 @dataclass
@@ -61,8 +77,10 @@ class SnakepitRouter:
         allow_waiting: bool | Callable[[], bool] = False,
         snapshot_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        reserve: Reserve | None = None,
     ) -> None:
         self.fetch_snapshot = fetch_snapshot
+        self.reserve = reserve
         self.allow_waiting = allow_waiting
         self.snapshot_ttl = snapshot_ttl
         self._clock = clock
@@ -102,11 +120,27 @@ class SnakepitRouter:
         self._prefs[name] = (device, prefs)
         return prefs
 
+    @staticmethod
+    def gpu_memory_of(task: Any, options: Mapping[str, Any] | None) -> float | None:
+        """MB the send needs: ``options["gpu_memory"]``, a ``gpu_memory`` header, else the task's.
+
+        A per-call value that is not a number > 0 raises ``ConfigError``.
+        """
+        options = options or {}
+        headers = options.get("headers") or {}
+        for value in (options.get("gpu_memory"), headers.get("gpu_memory")):
+            if value is not None:
+                return check_gpu_memory(value)
+        declared = getattr(task, "gpu_memory", None)
+        return None if declared is None else float(declared)
+
     def _waiting_allowed(self) -> bool:
         value = self.allow_waiting
         return bool(value() if callable(value) else value)
 
-    def route(self, name: str, prefs: Sequence[Pref]) -> RouteDecision:
+    def route(
+        self, name: str, prefs: Sequence[Pref], gpu_memory: float | None = None
+    ) -> RouteDecision:
         """Decide the queue for task ``name`` with ``prefs`` (reads the cached snapshot)."""
         try:
             snapshot = self.snapshot()
@@ -115,6 +149,10 @@ class SnakepitRouter:
                 raise
             report_store_error(exc, task=name)
             return RouteDecision(generic_queue(prefs[0]), str(prefs[0]), waiting=True)
+        if gpu_memory is not None:
+            placed = self._place(name, prefs, snapshot, gpu_memory)
+            if placed is not None:
+                return placed
         decision = decide_route(
             prefs,
             snapshot,
@@ -132,6 +170,45 @@ class SnakepitRouter:
             )
         return decision
 
+    def _place(
+        self, name: str, prefs: Sequence[Pref], snapshot: FleetSnapshot, gpu_memory: float
+    ) -> RouteDecision | None:
+        """Place by free GPU memory and reserve the room; decide again after a lost race."""
+        mb = math.ceil(gpu_memory)
+        for _ in range(1 + sum(len(n.devices) for n in snapshot.nodes)):
+            placement = place_by_memory(prefs, snapshot, gpu_memory)
+            if placement is None:
+                return None
+            gpu, room = placement.gpu, placement.room_mb
+            if gpu is None or room is None:
+                logger.info(
+                    "no GPU has %d MB free for task %s; queued on %s to wait for room",
+                    mb,
+                    name,
+                    placement.decision.queue,
+                    extra={"task_name": name, "queue": placement.decision.queue},
+                )
+                return placement.decision
+            capacity = room + snapshot.reserved.get(gpu, 0)
+            if self._reserved(gpu, mb, capacity, name):
+                cached = self._cache.snapshot
+                if cached is not None:
+                    self._cache.snapshot = cached.with_reservation(gpu, mb)
+                return placement.decision
+            snapshot = snapshot.with_reservation(gpu, capacity)  # lost the race: full
+        return None
+
+    def _reserved(self, gpu: str, mb: int, capacity: int, name: str) -> bool:
+        if self.reserve is None:
+            return True
+        try:
+            return self.reserve(gpu, mb, capacity)
+        except StoreUnavailableError as exc:
+            if not fail_open():
+                raise
+            report_store_error(exc, task=name)
+            return True
+
     def __call__(
         self,
         name: str,
@@ -143,21 +220,76 @@ class SnakepitRouter:
     ) -> dict[str, Any] | None:
         """Celery router protocol: ``{"queue": ...}`` for device tasks, else None.
 
-        A send that names its queue (``apply_async(queue=...)``) is left alone.
+        A send that names its queue (``apply_async(queue=...)``) is left alone;
+        a retry after CUDA/HIP out of memory goes to another GPU with more room.
         """
-        if options and options.get("queue"):
+        failed = oom_retry_gpu(task) if isinstance(options, dict) else None
+        if options and options.get("queue") and failed is None:
             return None
         prefs = self.prefs_of(task, options)
         if not prefs:
             return None
-        return {"queue": self.route(name, prefs).queue}
+        gpu_memory = self.gpu_memory_of(task, options)
+        if failed is not None and isinstance(options, dict):
+            moved = self.away_from(name, prefs, failed, gpu_memory)
+            if moved is not None:
+                unpin_delivery(options)
+                return {"queue": moved.queue}
+            if options.get("queue"):
+                return None
+        return {"queue": self.route(name, prefs, gpu_memory).queue}
+
+    def away_from(
+        self, name: str, prefs: Sequence[Pref], failed: str, gpu_memory: float | None
+    ) -> RouteDecision | None:
+        """Place a retry on a GPU with more room than ``failed`` had (which is left out).
+
+        None when the fleet's GPUs report no memory (the retry stays where it was).
+        """
+        try:
+            snapshot = self.snapshot()
+        except StoreUnavailableError as exc:
+            report_store_error(exc, task=name)
+            return None
+        room = next(
+            (
+                int(d["memory_free_mb"]) - snapshot.reserved.get(failed, 0)
+                for _, d in snapshot.usable_gpus()
+                if d.get("uuid") == failed and isinstance(d.get("memory_free_mb"), int)
+            ),
+            0,
+        )
+        need = max(gpu_memory or 0.0, room + 1.0)
+        logger.info(
+            "task %s ran out of GPU memory on %s: retried on a GPU with more than %d MB free",
+            name,
+            failed,
+            room,
+            extra={"task_name": name, "gpu": failed},
+        )
+        return self._place(name, prefs, snapshot.with_reservation(failed, 2**40), need)
 
 
-def fleet_snapshot(store: Store, pools: Sequence[str] = ("default",)) -> FleetSnapshot:
-    """Read live node records and active taints of ``pools`` (1 + len(pools) store calls)."""
+def fleet_snapshot(
+    store: Store, pools: Sequence[str] = ("default",), *, reservations: bool = False
+) -> FleetSnapshot:
+    """Read live node records and active taints of ``pools`` (1 + len(pools) store calls).
+
+    ``reservations``: also the GPU memory reservations (one more call; the router's).
+    """
     nodes = tuple(NodeRecord.from_dict(record) for record in store.node_list())
     taints = frozenset(record.member for pool in pools for record in store.taint_list(pool))
-    return FleetSnapshot(nodes, taints)
+    reserved = store.gpu_reservations() if reservations else {}
+    return FleetSnapshot(nodes, taints, reserved)
+
+
+def _reserve(app: Celery) -> Reserve:
+    def reserve(gpu: str, mb: int, capacity: int) -> bool:
+        return app_store(app).gpu_reserve(
+            gpu, uuid.uuid4().hex, mb=mb, capacity_mb=capacity, ttl=GPU_RESERVATION_TTL
+        )
+
+    return reserve
 
 
 def install_router(app: Celery, router: SnakepitRouter | None = None) -> SnakepitRouter:
@@ -168,8 +300,9 @@ def install_router(app: Celery, router: SnakepitRouter | None = None) -> Snakepi
     """
     if router is None:
         router = SnakepitRouter(
-            lambda: fleet_snapshot(app_store(app), taint_pools(app)),
+            lambda: fleet_snapshot(app_store(app), taint_pools(app), reservations=True),
             allow_waiting=lambda: allow_waiting(app),
+            reserve=_reserve(app),
         )
     existing = app.conf.task_routes
     if existing is None:

@@ -24,7 +24,8 @@ from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.app_context import app_store, settings_for
 from snakepit_celery.config import SnakepitSettings
-from snakepit_celery.hardware.types import Device
+from snakepit_celery.hardware.gpu_health import read_notice
+from snakepit_celery.hardware.types import Accelerator, Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.routing import Pref, parse_prefs, queue_device
@@ -45,6 +46,7 @@ __all__ = [
     "breaker_option",
     "build_runtime",
     "check_options",
+    "healthy_device",
     "known_options",
     "relax_header",
     "select_device",
@@ -107,12 +109,32 @@ def select_device(prefs: Any, routing_key: str) -> Device:
     """The device for a task preferring ``prefs`` delivered on ``routing_key``.
 
     A device queue's device when one of the preferences admits it, else the
-    first available preference.
+    first available preference. A kind's shared queue (``snakepit.cuda``)
+    never picks a GPU this node's health watch has tainted while another
+    GPU of that kind is healthy.
     """
     routed = queue_device(routing_key)
     if routed is not None and any(_admits(p, routed) for p in parse_prefs(prefs)):
-        return hardware.select(str(routed))
-    return hardware.select_with_fallback(prefs)
+        device = hardware.select(str(routed))
+        return device if routed.index is not None else healthy_device(device)
+    return healthy_device(hardware.select_with_fallback(prefs))
+
+
+def healthy_device(device: Device) -> Device:
+    """``device``, or another GPU of its kind when the node's health watch tainted it.
+
+    Reads the node's health notice (a ``stat`` when there is none).
+    """
+    if device.uuid is None:
+        return device
+    notice = read_notice()
+    cuda = hardware.detect().cuda
+    if notice is None or device.uuid not in notice.tainted or cuda is None:
+        return device
+    for other in cuda.devices:
+        if other.uuid not in notice.tainted and device.kind is Accelerator.CUDA:
+            return hardware.select(f"cuda:{other.id}")
+    return device
 
 
 def takes_device(run: Callable[..., Any]) -> bool:

@@ -92,6 +92,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
     - ``crash_barrier``: dict overriding ``snakepit_crash_barrier`` for this task.
     - ``timeout``: seconds (>= 0.001); soft time limit, hard limit a little later.
     - ``pool``: the health-monitor pool its crashes are recorded in.
+    - ``gpu_memory``: MB of GPU memory it needs; routed to a GPU with that much room.
     """
 
     Request = "snakepit_celery.celery.request:SnakepitRequest"
@@ -103,6 +104,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
     crash_barrier: Mapping[str, Any] | None = None
     timeout: float | None = None
     pool: str | None = None
+    gpu_memory: float | None = None
     #: Set by the worker (``ack_on_record_tasks``): the node acknowledges the message
     #: once its record lists the task in flight, not when the task starts.
     ack_on_record: bool = False

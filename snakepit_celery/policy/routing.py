@@ -5,17 +5,18 @@ accelerator it has (``snakepit.cuda``), ``snakepit.node.<node>`` and
 ``snakepit.node.<node>.<kind>.<index>`` per device (see ``queues_for``).
 
 ``decide_route`` sends a task with a ``device`` preference to the queue of the
-first preference that some live, untainted node offers; it is a function of
-the preferences and a ``FleetSnapshot`` (typed ``NodeRecord``s + active taint
-members) only, so it is tested without Redis. ``celery/router.py`` fetches the
+first preference that some live, untainted node offers (``policy.placement``
+places tasks that need GPU memory). It is a function of the preferences and
+a ``FleetSnapshot`` (typed ``NodeRecord``s, active taint members, GPU
+reservations) only, so it is tested without Redis. ``celery/router.py`` fetches the
 snapshot and turns the decision into a Celery route.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
 
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError
 from snakepit_celery.hardware import Device, parse_preference
@@ -42,6 +43,8 @@ __all__ = [
     "queues_for",
     "worker_taint_member",
 ]
+
+_T = TypeVar("_T")
 
 #: Every queue of the package starts with this.
 QUEUE_PREFIX = "snakepit"
@@ -297,6 +300,10 @@ class FleetSnapshot:
 
     nodes: tuple[NodeRecord, ...] = ()
     taints: frozenset[str] = frozenset()
+    #: GPU UUID -> MB reserved by tasks routed to it and not yet started.
+    reserved: Mapping[str, int] = field(default_factory=dict)
+    #: What the decisions derive from nodes and taints, worked out once per snapshot.
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(NodeRecord.from_dict(n) for n in self.nodes))
@@ -309,24 +316,62 @@ class FleetSnapshot:
         """True when ``device`` of ``node`` is tainted (under any of its names)."""
         return any(member in self.taints for member in device_taint_members(node, device))
 
+    def with_reservation(self, gpu: str, mb: int) -> FleetSnapshot:
+        """This snapshot with ``mb`` more reserved on ``gpu`` (what it worked out is kept)."""
+        reserved = {**self.reserved, gpu: self.reserved.get(gpu, 0) + mb}
+        snapshot = replace(self, reserved=reserved)
+        snapshot._memo.update(self._memo)
+        return snapshot
+
     def offers(self, *, include_tainted_nodes: bool) -> list[tuple[str, str, int | None]]:
         """``(node, kind, index)`` for every usable device (CPU as ``(node, "cpu", None)``).
 
         Nodes shutting down (state ``stopping``) offer nothing; nodes tainted
-        as a whole only when ``include_tainted_nodes``.
+        as a whole only when ``include_tainted_nodes``. Worked out once per snapshot.
         """
-        usable: list[tuple[str, str, int | None]] = []
+        key = ("offers", include_tainted_nodes)
+        if key not in self._memo:
+            self._memo[key] = tuple(
+                (node, "cpu" if device is None else str(device["kind"]), _index(device))
+                for node, device in self._usable(include_tainted_nodes)
+            )
+        return list(self._memo[key])
+
+    def usable_gpus(self) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+        """``(node, device)`` of every untainted device of a live, untainted node (memoized)."""
+        return self.memoized(
+            "gpus",
+            lambda: tuple(
+                (node, device)
+                for node, device in self._usable(include_tainted_nodes=False)
+                if device is not None
+            ),
+        )
+
+    def memoized(self, key: Any, work: Callable[[], _T]) -> _T:
+        """``work()``, done once per snapshot under ``key`` (it may read nodes and taints only)."""
+        if key not in self._memo:
+            self._memo[key] = work()
+        value: _T = self._memo[key]
+        return value
+
+    def _usable(
+        self, include_tainted_nodes: bool
+    ) -> Iterator[tuple[str, Mapping[str, Any] | None]]:
         for record in self.nodes:
             node = record.node
             if not node or record.stopping:
                 continue
             if self.node_tainted(node) and not include_tainted_nodes:
                 continue
-            usable.append((node, "cpu", None))
+            yield node, None
             for device in record.devices:
                 if not self.device_tainted(node, device):
-                    usable.append((node, str(device["kind"]), int(device["index"])))
-        return usable
+                    yield node, device
+
+
+def _index(device: Mapping[str, Any] | None) -> int | None:
+    return None if device is None else int(device["index"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +380,8 @@ class RouteDecision:
 
     ``waiting`` is True when no live node offers any preference and the task
     was sent to the generic queue of its first preference anyway
-    (``snakepit_allow_waiting``); ``node`` is set for an explicit index.
+    (``snakepit_allow_waiting``), or no GPU has room for its ``gpu_memory``;
+    ``node`` is set for an explicit index or a GPU placed by free memory.
     """
 
     queue: str

@@ -2,7 +2,7 @@
 
 ``check_task_options`` is the one check of the option values this layer can
 judge (``timeout``, ``idempotent``, ``pool``, ``retry_policy``,
-``crash_barrier``); ``check_option_names`` refuses a misspelled option with a
+``crash_barrier``, ``gpu_memory``); ``check_option_names`` refuses a misspelled option with a
 did-you-mean hint. The celery layer adds the checks that need its types (the
 ``device`` preferences, a ``CircuitBreaker`` object) around them, once per task.
 """
@@ -24,6 +24,7 @@ __all__ = [
     "SNAKEPIT_OPTIONS",
     "TaskOptions",
     "breaker_name",
+    "check_gpu_memory",
     "check_option_names",
     "check_task_options",
     "time_limits",
@@ -31,7 +32,10 @@ __all__ = [
 
 #: The options ``@snakepit_task`` adds to Celery's.
 SNAKEPIT_OPTIONS = frozenset(
-    {"breaker", "crash_barrier", "device", "idempotent", "pool", "retry_policy", "timeout"}
+    {
+        *("breaker", "crash_barrier", "device", "gpu_memory", "idempotent", "pool"),
+        *("retry_policy", "timeout"),
+    }
 )
 #: Shortest ``timeout`` (s): a shorter one would stop the task before its body could run.
 MIN_TIMEOUT = 0.001
@@ -50,6 +54,7 @@ class TaskOptions:
     pool: str | None = None
     retry_policy: RetryPolicy | None = None
     crash_barrier: Mapping[str, Any] | None = None
+    gpu_memory: float | None = None
 
     def time_limits(self) -> tuple[float, float] | None:
         """Celery's (soft, hard) time limits for ``timeout``; None without one."""
@@ -76,12 +81,14 @@ def check_task_options(options: Mapping[str, Any]) -> TaskOptions:
     if crash_barrier is not None:
         CrashBarrierConfig().merged(crash_barrier)
     timeout = options.get("timeout")
+    gpu_memory = options.get("gpu_memory")
     return TaskOptions(
         timeout=None if timeout is None else _check_timeout(timeout),
         idempotent=idempotent,
         pool=pool,
         retry_policy=_retry_policy(options.get("retry_policy")),
         crash_barrier=crash_barrier,
+        gpu_memory=None if gpu_memory is None else check_gpu_memory(gpu_memory),
     )
 
 
@@ -99,6 +106,15 @@ def breaker_name(option: Any, task_name: str) -> str | None:
 def time_limits(timeout: float) -> tuple[float, float]:
     """Celery's (soft, hard) time limits for a checked ``timeout``: the hard one a little later."""
     return timeout, timeout + max(MIN_TIMEOUT_GRACE, 0.1 * timeout)
+
+
+def check_gpu_memory(value: Any) -> float:
+    """A checked ``gpu_memory`` (MB of GPU memory a task needs): a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError("gpu_memory", value, "a number of MB > 0")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError("gpu_memory", value, "a number of MB > 0")
+    return float(value)
 
 
 def _check_timeout(value: Any) -> float:

@@ -310,3 +310,19 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+    # -- GPU memory reservations ----------------------------------------------
+    def gpu_reserve(
+        self, gpu: str, reservation: str, *, mb: int, capacity_mb: int, ttl: float
+    ) -> bool:
+        """Reserve ``mb`` on GPU ``gpu`` for ``ttl`` s when its live reservations leave room.
+
+        True (reserved) when the MB already reserved on ``gpu`` by other live
+        reservations plus ``mb`` is at most ``capacity_mb``; atomic, so two
+        senders racing for the last room cannot both get it.
+        """
+        ...
+
+    def gpu_reservations(self) -> dict[str, int]:
+        """MB reserved per GPU UUID over live (unexpired) reservations."""
+        ...

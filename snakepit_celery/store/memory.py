@@ -401,3 +401,30 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    # -- GPU memory reservations ----------------------------------------------
+    def gpu_reserve(
+        self, gpu: str, reservation: str, *, mb: int, capacity_mb: int, ttl: float
+    ) -> bool:
+        """Reserve ``mb`` on ``gpu`` when its live reservations leave room (see ``Store``)."""
+        with self._lock:
+            now = self.now()
+            live = self._gpu_live(now)
+            taken = sum(size for (g, r), (size, _) in live.items() if g == gpu and r != reservation)
+            if taken + mb > capacity_mb:
+                return False
+            live[(gpu, reservation)] = (int(mb), now + ttl)
+            self._reservations = live
+            return True
+
+    def gpu_reservations(self) -> dict[str, int]:
+        """MB reserved per GPU over live reservations."""
+        with self._lock:
+            totals: dict[str, int] = {}
+            for (gpu, _), (size, _) in self._gpu_live(self.now()).items():
+                totals[gpu] = totals.get(gpu, 0) + size
+            return totals
+
+    def _gpu_live(self, now: float) -> dict[tuple[str, str], tuple[int, float]]:
+        reservations: dict[tuple[str, str], tuple[int, float]] = getattr(self, "_reservations", {})
+        return {key: value for key, value in reservations.items() if value[1] > now}

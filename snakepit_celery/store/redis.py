@@ -373,3 +373,25 @@ class RedisStore(RedisConnection):
             node, _, incarnation = text(reply[i]).rpartition("|")
             records.append({**node_record(node, reply[i + 1], now), "incarnation": incarnation})
         return sorted(records, key=lambda r: (str(r["node"]), -float(r["heartbeat_age"])))
+
+    # -- GPU memory reservations ----------------------------------------------
+    def _gpu_keys(self) -> list[str]:
+        return [self.key("gpumem"), self.key("gpumem", None, "mb")]
+
+    def gpu_reserve(
+        self, gpu: str, reservation: str, *, mb: int, capacity_mb: int, ttl: float
+    ) -> bool:
+        """Reserve ``mb`` on ``gpu`` when its live reservations leave room (see ``Store``)."""
+        args = [
+            gpu,
+            reservation,
+            count_arg("mb", mb),
+            count_arg("capacity_mb", max(0, capacity_mb)),
+            seconds_arg("ttl", ttl),
+        ]
+        return bool(self._run("gpu_reserve", self._gpu_keys(), args))
+
+    def gpu_reservations(self) -> dict[str, int]:
+        """MB reserved per GPU over live reservations."""
+        reply = self._run("gpu_reservations", self._gpu_keys(), [])
+        return {text(reply[i]): int(float(reply[i + 1])) for i in range(0, len(reply), 2)}

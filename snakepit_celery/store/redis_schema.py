@@ -66,6 +66,10 @@ KEY_SCHEMA: Mapping[str, str] = {
     "node_incarnations": "{nodes}:incarnations",
     # hash: '<node>|<incarnation>' -> its last record, same format as node_records (node_reap)
     "node_incarnation_records": "{nodes}:incarnation_records",
+    # zset: '<gpu uuid>|<reservation id>' -> expiry of a GPU memory reservation (routed, unstarted)
+    "gpu_reservations": "{gpumem}",
+    # hash: '<gpu uuid>|<reservation id>' -> MB reserved
+    "gpu_reservation_sizes": "{gpumem}:mb",
 }
 
 #: One script per atomic operation, ``store/lua/<name>.lua`` (``_common.lua`` is prepended).
@@ -91,6 +95,8 @@ SCRIPTS: Mapping[str, str] = {
     "node_list": "prune dead nodes, list the live records",
     "node_remove": "drop a node record and its current incarnation's",
     "node_reap": "claim (return and drop) incarnations expired more than grace ago",
+    "gpu_reserve": "reserve MB on a GPU when its live reservations leave room; prune expired",
+    "gpu_reservations": "MB reserved per GPU over live reservations; no writes",
 }
 
 #: A breaker's keys vanish this long after its last write (seconds).

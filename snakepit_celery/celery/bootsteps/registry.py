@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,8 @@ class NodeRegistry:
         self._recorded_orphanable: frozenset[str] = frozenset()
         #: Tasks in flight in the last record the store accepted (ack_on_record may ack them).
         self.recorded_in_flight: frozenset[str] = frozenset()
+        #: GPU UUID -> free/total memory and health (set by the GPU health watch).
+        self.gpu_status: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
 
     def record(self) -> dict[str, Any]:
         """The JSON-safe record this node writes to the registry on every heartbeat."""
@@ -109,7 +111,7 @@ class NodeRegistry:
             "state": self.state,
             "identity": self.identity,
             "accelerator": self.identity.get("accelerator"),
-            "devices": [dict(d) for d in self.queues.devices],
+            "devices": self.devices(),
             "queues": self.queues.consuming,
             "tainted": self.queues.tainted,
             "in_flight": sorted(in_flight),
@@ -117,6 +119,11 @@ class NodeRegistry:
             "incarnation": self.incarnation,
             "heartbeat_interval": self.interval,
         }
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The node's devices, each GPU with its free/total memory (MB) and health when watched."""
+        status = self.gpu_status() if self.gpu_status is not None else {}
+        return [{**d, **status.get(str(d.get("uuid")), {})} for d in self.queues.devices]
 
     def register(self) -> None:
         """Write this node's record now (refreshing its TTL)."""

@@ -23,7 +23,18 @@ def _device_label(device: Any) -> str:
         return str(device)
     kind, index = device.get("kind"), device.get("index")
     label = str(kind) if index is None else f"{kind}:{index}"
-    return f"{label} ({device['name']})" if device.get("name") else label
+    label = f"{label} ({device['name']})" if device.get("name") else label
+    return label + _gpu_health_label(device)
+
+
+def _gpu_health_label(device: dict[str, Any]) -> str:
+    """`` 30000/81920 MB free, health hardware`` for a GPU the node's health watch reports."""
+    parts = []
+    if device.get("memory_free_mb") is not None:
+        parts.append(f"{device['memory_free_mb']}/{device.get('memory_total_mb', '?')} MB free")
+    if device.get("health") is not None:
+        parts.append(f"health {device['health']}")
+    return f" [{', '.join(parts)}]" if parts else ""
 
 
 def nodes_table(status: FleetStatus) -> str:
