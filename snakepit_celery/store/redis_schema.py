@@ -66,6 +66,8 @@ KEY_SCHEMA: Mapping[str, str] = {
     "node_incarnations": "{nodes}:incarnations",
     # hash: '<node>|<incarnation>' -> its last record, same format as node_records (node_reap)
     "node_incarnation_records": "{nodes}:incarnation_records",
+    # zset: '<node>|<incarnation>' -> when node_reap claimed it (fenced; kept NODE_RETENTION)
+    "node_reaped": "{nodes}:reaped",
 }
 
 #: One script per atomic operation, ``store/lua/<name>.lua`` (``_common.lua`` is prepended).
@@ -87,10 +89,10 @@ SCRIPTS: Mapping[str, str] = {
     "ledger_crash": "count a crashed execution, drop the lease",
     "ledger_release": "mark the message given back unstarted: its next delivery is no crash",
     "ledger_get": "read a ledger (running_on only while leased); no writes",
-    "node_register": "write a node record + expiry (live and per incarnation); prune dead nodes",
+    "node_register": "write a node record + expiry (live, per incarnation) unless reaped; prune",
     "node_list": "prune dead nodes, list the live records",
     "node_remove": "drop a node record and its current incarnation's",
-    "node_reap": "claim (return and drop) incarnations expired more than grace ago",
+    "node_reap": "claim (return, drop, mark reaped) incarnations expired more than grace ago",
 }
 
 #: A breaker's keys vanish this long after its last write (seconds).
