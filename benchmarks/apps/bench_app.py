@@ -5,7 +5,8 @@ Broker, result backend and store are the private Redis named by env
 ``BENCH_REDIS_URL`` (each benchmark starts its own, so ``MONITOR`` and
 ``INFO`` see only this app). The crash barrier is on for the whole app, so
 the snakepit tasks pay for everything a user switching it on pays for. Pairs
-of no-op tasks differ only in being declared with ``@snakepit_task``.
+of no-op tasks differ only in being declared with ``@snakepit_task``. With
+env ``BENCH_PLAIN_CELERY=1`` the node is plain Celery (no ``install()``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import redis
 from celery import Celery
 
-from benchmarks.apps import ENV_URL, HANG_PIDS
+from benchmarks.apps import ENV_PLAIN, ENV_URL, HANG_PIDS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import snakepit_task
 
@@ -34,7 +35,8 @@ app.conf.update(
     accept_content=["json"],
     snakepit_crash_barrier={"enabled": True, "taint_duration": 30.0},
 )
-install(app)
+if os.environ.get(ENV_PLAIN) != "1":  # a plain Celery node runs only the plain tasks
+    install(app)
 
 
 @app.task(name="bench.plain")

@@ -417,8 +417,8 @@ class RedisStore:
         payload = json.dumps(dict(data), default=str, sort_keys=True)
         return bool(
             self._run(
-            "node_register",
-            self._node_keys(),
+                "node_register",
+                self._node_keys(),
                 [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
             )
         )
