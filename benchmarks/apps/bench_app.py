@@ -17,7 +17,7 @@ import time
 import redis
 from celery import Celery
 
-from benchmarks.apps import ENV_PLAIN, ENV_URL, HANG_PIDS
+from benchmarks.apps import DEATH_STARTS, ENV_PLAIN, ENV_URL, HANG_PIDS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import snakepit_task
 
@@ -76,3 +76,34 @@ def hang(seconds: float) -> None:
 def plain_hang(seconds: float) -> None:
     """Plain Celery twin of ``bench.hang`` (Celery's own crash detection is the baseline)."""
     _hang(seconds)
+
+
+@snakepit_task(
+    app=app, name="bench.snake_marked", breaker=BREAKER, crash_barrier={"start_marks": True}
+)
+def snake_marked() -> None:
+    """Snakepit no-op with start marks (one store round trip per run)."""
+
+
+def _work(seconds: float) -> None:
+    client = redis.Redis.from_url(str(app.conf.broker_url))
+    client.rpush(DEATH_STARTS, current_task_id())
+    client.close()
+    time.sleep(seconds)
+
+
+def current_task_id() -> str:
+    """The id of the task running in this process."""
+    return str(app.current_task.request.id)
+
+
+@snakepit_task(app=app, name="bench.work_idem", idempotent=True)
+def work_idem(seconds: float) -> None:
+    """Idempotent work of ``seconds`` (node-death benchmark): logs each start."""
+    _work(seconds)
+
+
+@snakepit_task(app=app, name="bench.work_once")
+def work_once(seconds: float) -> None:
+    """Non-idempotent work of ``seconds`` (node-death benchmark): logs each start."""
+    _work(seconds)
