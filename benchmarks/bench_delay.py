@@ -19,9 +19,9 @@ from benchmarks.bench_throughput import measure, rate
 
 #: Seconds added to every request the worker node sends to Redis.
 DELAY = 0.002
-ROUNDS = 4
-TASKS = 150
-WARMUP = 30
+ROUNDS = 5
+TASKS = 300
+WARMUP = 50
 PAIRS = (
     ("snakepit (breaker + crash barrier) vs plain", "bench.plain", "bench.snake"),
     ("idempotent snakepit vs plain acks_late", "bench.plain_late", "bench.snake_idem"),
