@@ -19,8 +19,8 @@ from benchmarks.bench_throughput import measure, rate
 
 #: Seconds added to every request the worker node sends to Redis.
 DELAY = 0.002
-ROUNDS = 5
-TASKS = 300
+ROUNDS = 10
+TASKS = 150
 WARMUP = 50
 PAIRS = (
     ("snakepit (breaker + crash barrier) vs plain", "bench.plain", "bench.snake"),

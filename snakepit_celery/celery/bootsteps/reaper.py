@@ -49,7 +49,7 @@ REAP_GRACE = 0.5
 
 
 class OrphanReaper:
-    """Claims dead nodes from the store and ends their orphaned tasks FAILURE.
+    """Claims dead nodes from the store, ends their orphaned tasks FAILURE, restores their messages.
 
     ``reap()`` runs on the heartbeat thread; ``send_events()`` announces the
     reaped tasks as ``task-failed`` from the event loop.
@@ -133,7 +133,11 @@ class OrphanReaper:
 
         ``failed``: tasks this reaper just ended FAILURE (their ledger is settled).
         """
-        deliveries = [HeldDelivery(*map(str, item)) for item in held or () if len(item) == 3]
+        deliveries = [
+            HeldDelivery(*map(str, item))
+            for item in held or ()
+            if isinstance(item, list | tuple) and len(item) == 3
+        ]
         if not deliveries:
             return []
         try:
@@ -152,7 +156,8 @@ class OrphanReaper:
                 extra={"node": self.node, "dead_node": dead},
             )
             return []
-        ids = [d.task_id for d in deliveries if d.tag in set(restored)]
+        moved = set(restored)
+        ids = [d.task_id for d in deliveries if d.tag in moved]
         if ids:
             logger.warning(
                 "node %s is dead: %d message(s) it held back in their queues (%s)",
