@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 chaos: $(STAMP)
-	SNAKEPIT_CHAOS_FULL=1 $(BIN)/pytest -q -m slow tests/chaos/test_chaos.py
+	SNAKEPIT_CHAOS_FULL=1 $(BIN)/pytest -q -m slow tests
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

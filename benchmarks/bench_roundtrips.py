@@ -4,12 +4,14 @@ Counted with Redis ``MONITOR`` on a private server while one worker node runs a
 batch that was published beforehand; commands that Lua scripts run are left
 out (MONITOR tags them ``lua``), so one ``EVALSHA`` is one round trip. The
 baseline pays Celery's own commands (fetch, ack, result), so the difference
-is what snakepit adds. Three cases, each against its plain twin:
+is what snakepit adds. Four cases, each against its plain twin:
 - first delivery, not idempotent (breaker + crash barrier on);
 - first delivery, idempotent (``acks_late``);
 - redelivered idempotent messages (as kombu restores them after a node died:
-  ``redelivered`` set), where the crash ledger is read.
-Targets: 0 extra for a first delivery, at most 1 extra otherwise.
+  ``redelivered`` set), where the crash ledger is read;
+- first delivery with ``start_marks=True`` (the start mark is written).
+Targets: 0 extra for a first delivery, at most 1 extra otherwise (start marks: the
+one round trip a task asks for).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ CASES = (
     ("first delivery", "bench.plain", "bench.snake", False),
     ("first delivery, idempotent", "bench.plain_late", "bench.snake_idem", False),
     ("redelivered, idempotent", "bench.plain_late", "bench.snake_idem", True),
+    ("first delivery, start marks", "bench.plain", "bench.snake_marked", False),
 )
 RESULT_KEY = "celery-task-meta-"
 

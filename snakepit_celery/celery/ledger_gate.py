@@ -67,8 +67,9 @@ def crash_ledger_gate(
             extra={"task_id": request.id, "running_on": before.running_on},
         )
         raise Ignore()
-    crashes = unrecorded_crashes(request.delivery_info, headers, before.released)
-    crashes += before.crashes
+    # With start marks the ledger holds every run: a lost delivery is no crash by itself.
+    exact = before.released or barrier.config.start_marks
+    crashes = unrecorded_crashes(request.delivery_info, headers, exact) + before.crashes
     if crashes == 0:
         if before.released:
             drop_if_ended(task, runtime, request)

@@ -16,7 +16,6 @@ default) Celery's own handling applies unchanged.
 
 from __future__ import annotations
 
-import functools
 import logging
 import zlib
 from typing import Any
@@ -92,8 +91,10 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             Observer.POOL_PARENT,
             device=task._device_or_none((self.delivery_info or {}).get("routing_key")),
             idempotent=bool(task.idempotent),
-            unrecorded=functools.partial(
-                unrecorded_crashes, self.delivery_info, self._request_dict
+            unrecorded=lambda released: unrecorded_crashes(
+                self.delivery_info,
+                self._request_dict,
+                released or runtime.barrier.config.start_marks,  # the ledger holds every run
             ),
         )
 

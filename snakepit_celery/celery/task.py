@@ -211,8 +211,9 @@ class SnakepitTask(Task):  # type: ignore[misc]
         if request.retries != headers.retries:
             request.retries = headers.retries  # Celery's own retry() counts on an int
         # A message that came back, or one re-published after a crash, is run
-        # with a crash-ledger record (the rare path); a first delivery is not.
-        tracked = redelivered(request) or headers.tracked
+        # with a crash-ledger record (the rare path); a first delivery is not,
+        # unless the task asked for start marks (one round trip per run).
+        tracked = redelivered(request) or headers.tracked or runtime.barrier.config.start_marks
         if not (runtime.barrier.enabled and self.acks_late and tracked):
             return self._attempt(runtime, request, headers, args, kwargs)
         self._crash_ledger_gate(runtime, request, headers.raw)

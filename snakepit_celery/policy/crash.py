@@ -192,6 +192,9 @@ class CrashBarrierConfig:
     ``mark_on`` names the classifications that taint the worker;
     ``taint_on_exit_codes`` and ``taint_on_error_types`` (exception class
     names, dotted names or classes) taint whatever their classification.
+    ``start_marks`` records every run's start in the crash ledger (one round
+    trip per run, for the tasks that ask), so the crash count of a task whose
+    node died is exact: a message that never started is no crash.
     Invalid values raise :class:`ConfigError` naming the setting.
     """
 
@@ -208,6 +211,10 @@ class CrashBarrierConfig:
     taint_on_exit_codes: Sequence[int] = ()
     taint_on_error_types: Sequence[str | type[BaseException]] = ()
     taint_device_on_cuda_fatal: bool = True
+    #: Write a start mark (one store round trip) before every run of the task, so a
+    #: message its dead node had prefetched but never started runs normally instead of
+    #: ending ``WorkerCrashedError`` unrun.
+    start_marks: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -230,6 +237,7 @@ class CrashBarrierConfig:
             "taint_device_on_cuda_fatal",
             check_bool("taint_device_on_cuda_fatal", self.taint_device_on_cuda_fatal),
         )
+        put("start_marks", check_bool("start_marks", self.start_marks))
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any] | None) -> CrashBarrierConfig:
@@ -261,6 +269,7 @@ class CrashBarrierConfig:
             "taint_on_exit_codes": list(self.taint_on_exit_codes),
             "taint_on_error_types": [_error_type_name(t) for t in self.taint_on_error_types],
             "taint_device_on_cuda_fatal": self.taint_device_on_cuda_fatal,
+            "start_marks": self.start_marks,
         }
 
     def retry_allowed(self, idempotent: bool, attempt: int) -> bool:

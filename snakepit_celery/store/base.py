@@ -280,13 +280,15 @@ class Store(Protocol):
         ...
 
     # -- node registry --------------------------------------------------------
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
+    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> bool:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
 
         The record is also kept per incarnation (``data["incarnation"]``, see
         ``node_incarnation``) for ``NODE_RETENTION`` seconds past its expiry,
         hidden from ``node_list``, so ``node_reap`` can claim the last record of
         a node that died, even when a node of the same name has started since.
+        Returns False, writing nothing, when ``node_reap`` claimed this
+        incarnation (within ``NODE_RETENTION``): it was declared dead and is fenced.
         """
         ...
 
@@ -303,7 +305,8 @@ class Store(Protocol):
 
         Each returned record (with ``node``, ``incarnation`` and
         ``heartbeat_age`` added) is removed in the same atomic step, so exactly
-        one caller fleet-wide gets each dead incarnation. Sorted by node, oldest first.
+        one caller fleet-wide gets each dead incarnation, and the incarnation is
+        fenced: ``node_register`` refuses it from then on. Sorted by node, oldest first.
         """
         ...
 

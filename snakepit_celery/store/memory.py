@@ -58,6 +58,8 @@ class MemoryStore:
         self._nodes: dict[str, tuple[float, float, dict[str, Any], str]] = {}
         # (node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
         self._incarnations: dict[tuple[str, str], tuple[float, float, dict[str, Any]]] = {}
+        # (node, incarnation) -> when node_reap claimed it (fenced for NODE_RETENTION)
+        self._reaped: dict[tuple[str, str], float] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(url={self.url!r}, key_prefix={self.key_prefix!r})"
@@ -344,19 +346,25 @@ class MemoryStore:
         cutoff = now - NODE_RETENTION
         for key in [k for k, (_, exp, _) in self._incarnations.items() if exp <= cutoff]:
             del self._incarnations[key]
+        for key in [k for k, reaped_at in self._reaped.items() if reaped_at <= cutoff]:
+            del self._reaped[key]
 
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
+    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> bool:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
 
         Its incarnation's copy stays ``NODE_RETENTION`` longer, for ``node_reap``.
+        False (nothing written) when this incarnation was reaped: it is fenced.
         """
         with self._lock:
             now = self.now()
             record = json.loads(json.dumps(dict(data), default=str))
             incarnation = node_incarnation(data)
+            if (node, incarnation) in self._reaped:
+                return False
             self._nodes[node] = (now, now + ttl, record, incarnation)
             self._incarnations[(node, incarnation)] = (now, now + ttl, record)
             self._prune_incarnations(now)
+            return True
 
     def node_list(self) -> list[dict[str, Any]]:
         """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
@@ -389,6 +397,7 @@ class MemoryStore:
             claimed = []
             for node, incarnation in dead:
                 beat, _, record = self._incarnations.pop((node, incarnation))
+                self._reaped[(node, incarnation)] = now
                 claimed.append(
                     {
                         **record,

@@ -338,15 +338,21 @@ class RedisStore(RedisConnection):
             self.key("nodes", part="records"),
             self.key("nodes", part="incarnations"),
             self.key("nodes", part="incarnation_records"),
+            self.key("nodes", part="reaped"),
         ]
 
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
-        """Write (or refresh) a node's record, and its incarnation's for ``node_reap``."""
+    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> bool:
+        """Write (or refresh) a node's record, and its incarnation's for ``node_reap``.
+
+        False (nothing written) when this incarnation was reaped: it is fenced.
+        """
         payload = json.dumps(dict(data), default=str, sort_keys=True)
-        self._run(
-            "node_register",
-            self._node_keys(),
-            [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
+        return bool(
+            self._run(
+                "node_register",
+                self._node_keys(),
+                [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
+            )
         )
 
     def node_list(self) -> list[dict[str, Any]]:
@@ -358,7 +364,7 @@ class RedisStore(RedisConnection):
 
     def node_remove(self, node: str) -> None:
         """Drop a node's record and its current incarnation's (clean shutdown)."""
-        self._run("node_remove", self._node_keys(), [node])
+        self._run("node_remove", self._node_keys()[:4], [node])
 
     def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
         """Claim (atomically, once fleet-wide) records of incarnations dead > ``grace`` s."""

@@ -70,6 +70,8 @@ KEY_SCHEMA: Mapping[str, str] = {
     "gpu_reservations": "{gpumem}",
     # hash: '<gpu uuid>|<reservation id>' -> MB reserved
     "gpu_reservation_sizes": "{gpumem}:mb",
+    # zset: '<node>|<incarnation>' -> when node_reap claimed it (fenced; kept NODE_RETENTION)
+    "node_reaped": "{nodes}:reaped",
 }
 
 #: One script per atomic operation, ``store/lua/<name>.lua`` (``_common.lua`` is prepended).
@@ -91,10 +93,10 @@ SCRIPTS: Mapping[str, str] = {
     "ledger_crash": "count a crashed execution, drop the lease",
     "ledger_release": "mark the message given back unstarted: its next delivery is no crash",
     "ledger_get": "read a ledger (running_on only while leased); no writes",
-    "node_register": "write a node record + expiry (live and per incarnation); prune dead nodes",
+    "node_register": "write a node record + expiry (live, per incarnation) unless reaped; prune",
     "node_list": "prune dead nodes, list the live records",
     "node_remove": "drop a node record and its current incarnation's",
-    "node_reap": "claim (return and drop) incarnations expired more than grace ago",
+    "node_reap": "claim (return, drop, mark reaped) incarnations expired more than grace ago",
     "gpu_reserve": "reserve MB on a GPU when its live reservations leave room; prune expired",
     "gpu_reservations": "MB reserved per GPU over live reservations; no writes",
 }

@@ -26,7 +26,12 @@ from celery import Celery, chord
 from snakepit_celery import hardware
 from snakepit_celery.celery.bootsteps.queues import QueueReconciler
 from snakepit_celery.celery.bootsteps.reaper import REAP_GRACE, OrphanReaper
-from snakepit_celery.celery.bootsteps.registry import HEARTBEAT_TTL, REAP_EVERY, NodeRegistry
+from snakepit_celery.celery.bootsteps.registry import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TTL,
+    REAP_EVERY,
+    NodeRegistry,
+)
 from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.health import HealthMonitor
@@ -40,8 +45,8 @@ BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 2, "taint_duration":
 SHORT_TTL = 0.2
 #: Longest time from a node's death to its orphans' FAILURE: its record expires
 #: HEARTBEAT_TTL after its last beat, is claimable REAP_GRACE later, and a live
-#: node reaps every REAP_EVERY heartbeats (2 s each); plus slack for a busy machine.
-REAP_BOUND = HEARTBEAT_TTL + REAP_GRACE + REAP_EVERY * 2.0 + 10.0
+#: node reaps every REAP_EVERY heartbeats; plus slack for a busy machine.
+REAP_BOUND = HEARTBEAT_TTL + REAP_GRACE + REAP_EVERY * HEARTBEAT_INTERVAL + 10.0
 
 
 def entry(name: str, *, early_ack: bool = True, crash_barrier: bool = True) -> dict[str, Any]:

@@ -11,10 +11,14 @@ cold shutdown marks nothing: the tasks it killed did start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from snakepit_celery.celery.bootsteps.in_flight import active_requests, barrier_enabled
+from snakepit_celery.celery.bootsteps.in_flight import (
+    active_requests,
+    barrier_enabled,
+    held_deliveries,
+)
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import report_store_error
@@ -76,19 +80,11 @@ def _held_messages(consumer: Any, reserved: Sequence[Any]) -> list[tuple[str, st
     consumer clears its own list when it closes); used where the channel does
     not expose its deliveries, less those the pool accepted or acknowledged.
     """
-    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
-    qos = getattr(channel, "qos", None)
-    delivered = getattr(qos, "_delivered", None)
-    if not isinstance(delivered, Mapping):
+    held = held_deliveries(consumer)
+    if held is None:
         return [
             (str(request.id), str(request.name))
             for request in reserved
             if request.time_start is None and not request.acknowledged
         ]
-    acked = set(getattr(qos, "_dirty", ()))  # acknowledged, not yet dropped from _delivered
-    held = []
-    for tag, message in tuple(delivered.items()):
-        headers = getattr(message, "headers", None) or {}
-        if tag not in acked and headers.get("id") and headers.get("task"):
-            held.append((str(headers["id"]), str(headers["task"])))
-    return held
+    return [(delivery.task_id, delivery.name) for delivery in held]

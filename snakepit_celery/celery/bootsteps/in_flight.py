@@ -1,16 +1,19 @@
-"""What this worker node is running, as its registry record lists it.
+"""What this worker node is running and holding, as its registry record lists it.
 
 Each record lists the tasks in flight (``in_flight_tasks``: name,
 ``early_ack``, crash barrier on, and for tasks that have any, the errbacks,
 chain and chord membership the orphan reaper needs to fail them as their pool
-parent would). These helpers read Celery's worker state; the heartbeat thread
-calls them, so they never assume the event loop's thread.
+parent would), and the messages the node holds unacknowledged
+(``held_deliveries``: delivery tag, task id and name), which the reaper moves
+back to their queues should the node die. These helpers read Celery's worker
+state and kombu's channel; the heartbeat thread calls them, so they never
+assume the event loop's thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery.worker import state as worker_state
 
@@ -18,9 +21,11 @@ from snakepit_celery.celery.task import SnakepitTask
 
 __all__ = [
     "CONTEXT_FIELDS",
+    "HeldDelivery",
     "acked_early",
     "active_requests",
     "barrier_enabled",
+    "held_deliveries",
     "in_flight_tasks",
     "orphanable",
     "orphanable_in_flight",
@@ -28,6 +33,44 @@ __all__ = [
 
 #: Request fields the reaper needs to fail a task as its pool parent would.
 CONTEXT_FIELDS = ("errbacks", "chain", "chord", "group", "group_index", "root_id", "parent_id")
+
+
+class HeldDelivery(NamedTuple):
+    """A message the node holds unacknowledged: kombu's delivery tag, the task's id and name."""
+
+    tag: str
+    task_id: str
+    name: str
+
+
+def held_deliveries(consumer: Any) -> list[HeldDelivery] | None:
+    """Every message the consumer's channel holds unacknowledged (reserved, ETA, running).
+
+    Redis and kombu's other virtual transports expose their deliveries
+    (``qos._delivered``); None for a transport that does not (AMQP, where the
+    broker itself redelivers on connection loss). Acknowledged deliveries not
+    yet dropped from ``_delivered`` are left out.
+    """
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    qos = getattr(channel, "qos", None)
+    delivered = getattr(qos, "_delivered", None)
+    if not isinstance(delivered, Mapping):
+        return None
+    for _ in range(5):
+        try:
+            items = tuple(delivered.items())
+            acked = set(getattr(qos, "_dirty", ()))
+            break
+        except RuntimeError:  # changed size while copied (event loop thread)
+            continue
+    else:
+        return []
+    held = []
+    for tag, message in items:
+        headers = getattr(message, "headers", None) or {}
+        if tag not in acked and headers.get("id") and headers.get("task"):
+            held.append(HeldDelivery(str(tag), str(headers["id"]), str(headers["task"])))
+    return held
 
 
 def active_requests() -> tuple[Any, ...]:

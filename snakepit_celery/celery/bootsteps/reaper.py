@@ -1,14 +1,23 @@
-"""The orphan reaper: tasks of dead nodes get a final state (DESIGN.md, crash path).
+"""The orphan reaper: tasks of dead nodes move on within seconds (DESIGN.md, crash path).
 
 A task that is not idempotent is acknowledged before it ends, so when its
 whole node dies (SIGKILL of the parent, OOM killer, power loss) no message
 comes back and no pool parent is left to store ``WorkerCrashedError``. Every
 ``REAP_EVERY`` heartbeats a live node claims dead node incarnations from the
-store (``Store.node_reap``: exactly one node gets each) and ends their
-early-acknowledged barrier tasks that have no final state FAILURE with
-``WorkerCrashedError`` naming the dead node, through the one crash path
-(``celery.crash``). Idempotent tasks are left to their message, which comes
-back by itself.
+store (``Store.node_reap``: exactly one node gets each; the claimed
+incarnation is fenced) and
+
+- ends their early-acknowledged barrier tasks that have no final state
+  FAILURE with ``WorkerCrashedError`` naming the dead node, through the one
+  crash path (``celery.crash``);
+- moves every message the dead node still held unacknowledged (its record
+  lists their delivery tags) back to its queue at once (``UnackedRestorer``)
+  instead of after kombu's visibility timeout: idempotent tasks run again on
+  a live node, the crash-ledger gate ends the others. Before that it settles
+  the crash ledger of barrier tasks: a run the ledger shows on the dead node
+  is counted as a crash (its lease would otherwise make the new delivery look
+  like a duplicate), and a ``start_marks`` task the ledger shows never started
+  is marked given back unstarted, so it runs normally.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from celery import Celery
 from celery.app.task import Context
 from celery.backends.base import DisabledBackend
 
-from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, orphanable
+from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, HeldDelivery, orphanable
+from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
 from snakepit_celery.celery.crash import CrashOutcome, Observer, SeenCrash, handle_crash
 from snakepit_celery.celery.ledger_gate import final_state
 from snakepit_celery.celery.task import SnakepitTask
@@ -35,21 +45,30 @@ __all__ = ["REAP_GRACE", "OrphanReaper"]
 logger = logging.getLogger(__name__)
 
 #: A node is reaped this many seconds after its record expired (a slow node may still beat).
-REAP_GRACE = 3.0
+REAP_GRACE = 0.5
 
 
 class OrphanReaper:
-    """Claims dead nodes from the store and ends their orphaned tasks FAILURE.
+    """Claims dead nodes from the store, ends their orphaned tasks FAILURE, restores their messages.
 
     ``reap()`` runs on the heartbeat thread; ``send_events()`` announces the
     reaped tasks as ``task-failed`` from the event loop.
     """
 
-    def __init__(self, app: Celery, node: str, store: Store, *, grace: float = REAP_GRACE) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        node: str,
+        store: Store,
+        *,
+        grace: float = REAP_GRACE,
+        restorer: UnackedRestorer | None = None,
+    ) -> None:
         self.app = app
         self.node = node
         self.store = store
         self.grace = grace
+        self.restorer = restorer if restorer is not None else UnackedRestorer(app)
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
 
@@ -62,7 +81,9 @@ class OrphanReaper:
         """
         failed: list[str] = []
         for record in self.store.node_reap(grace=self.grace):
-            failed.extend(self._reap_node(record))
+            reaped = self._reap_node(record)
+            failed.extend(reaped)
+            self._restore_held(str(record.get("node")), record.get("held"), set(reaped))
         return failed
 
     def send_events(self, dispatcher: Any) -> None:
@@ -106,6 +127,67 @@ class OrphanReaper:
                     extra={"node": self.node, "dead_node": dead, "task_id": task_id},
                 )
         return failed
+
+    def _restore_held(self, dead: str, held: Any, failed: set[str]) -> list[str]:
+        """Move the messages the dead node held back to their queues; their delivery tags.
+
+        ``failed``: tasks this reaper just ended FAILURE (their ledger is settled).
+        """
+        deliveries = [
+            HeldDelivery(*map(str, item))
+            for item in held or ()
+            if isinstance(item, list | tuple) and len(item) == 3
+        ]
+        if not deliveries:
+            return []
+        try:
+            unacked = set(self.restorer.unacked(d.tag for d in deliveries))
+            for delivery in deliveries:
+                if delivery.tag in unacked and delivery.task_id not in failed:
+                    self._settle_ledger(dead, delivery)
+            restored = self.restorer.restore(d.tag for d in deliveries if d.tag in unacked)
+        except StoreUnavailableError as exc:
+            report_store_error(exc, node=self.node)
+            return []
+        except Exception:
+            logger.exception(
+                "could not restore the messages of dead node %s",
+                dead,
+                extra={"node": self.node, "dead_node": dead},
+            )
+            return []
+        moved = set(restored)
+        ids = [d.task_id for d in deliveries if d.tag in moved]
+        if ids:
+            logger.warning(
+                "node %s is dead: %d message(s) it held back in their queues (%s)",
+                dead,
+                len(ids),
+                ", ".join(ids),
+                extra={"node": self.node, "dead_node": dead, "task_ids": ids},
+            )
+        return restored
+
+    def _settle_ledger(self, dead: str, delivery: HeldDelivery) -> None:
+        """Count the dead node's run of a barrier task as a crash, or mark it never started.
+
+        A run the ledger shows on the dead node holds a lease that would make
+        the restored delivery look like a duplicate: it is counted as a crash.
+        A ``start_marks`` task whose ledger shows no live run never started:
+        its next delivery runs normally (``ledger_release``).
+        """
+        task = self.app.tasks.get(delivery.name)
+        if not isinstance(task, SnakepitTask):
+            return
+        barrier = task.snakepit_runtime.barrier
+        if not barrier.enabled:
+            return
+        entry = barrier.ledger_get(delivery.task_id)
+        running_on = entry.running_on if entry is not None else None
+        if running_on is not None and running_on.startswith(f"{dead}/"):
+            barrier.ledger_crash(delivery.task_id)
+        elif running_on is None and barrier.config.start_marks:
+            barrier.ledger_release(delivery.task_id)
 
     def _fail_orphan(
         self, dead: str, task_id: str, name: str, age: float, context: Any = None

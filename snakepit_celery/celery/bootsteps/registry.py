@@ -1,14 +1,25 @@
 """The node registry record and the heartbeat thread that keeps it alive.
 
 On start a worker registers itself in the store's node registry: identity,
-devices with UUIDs, queues, pid, host, state and the tasks it is running. A
-heartbeat thread refreshes that record every ``HEARTBEAT_INTERVAL`` seconds
-(it expires after ``HEARTBEAT_TTL`` without one), re-decides the node's
-queues on each beat, runs the orphan reaper every ``REAP_EVERY`` beats, and
-writes the record again within ``IN_FLIGHT_POLL`` seconds when an
-early-acknowledged crash-barrier task starts (one write per poll at most, from
-this thread: nothing on the task's path). A thread, not the event loop's
-timer, so the heartbeat stays alive while a ``solo`` pool runs a long task.
+devices with UUIDs, queues, pid, host, state, the tasks it is running and the
+messages it holds unacknowledged (delivery tags). A heartbeat thread refreshes
+that record every ``HEARTBEAT_INTERVAL`` seconds (it expires after
+``HEARTBEAT_TTL`` without one), re-decides the node's queues on each beat,
+runs the orphan reaper every ``REAP_EVERY`` beats, and writes the record again
+within ``IN_FLIGHT_POLL`` seconds when an early-acknowledged crash-barrier
+task starts or a new message arrives (one write per poll at most, from this
+thread: nothing on the task's path). A thread, not the event loop's timer, so
+the heartbeat stays alive while a ``solo`` pool runs a long task.
+
+A dead node's tasks move on ``HEARTBEAT_TTL + REAP_GRACE`` seconds after its
+last beat, plus at most one reaper period (3 s in all with the defaults).
+False positives are kept out twice: a node is declared dead only after four
+missed beats and half a second of grace, and a node that was declared dead
+after all (paused by GC, a slow disk, a frozen VM) is fenced: its incarnation
+was marked reaped, so its next heartbeat is refused and the node stops at once
+(``on_reaped``) instead of running the tasks that moved on. A node reaps only
+after it has itself beaten without a gap for ``HEARTBEAT_TTL + REAP_GRACE``,
+so the fleet does not reap itself when the store comes back from an outage.
 """
 
 from __future__ import annotations
@@ -20,12 +31,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from snakepit_celery import hardware
 from snakepit_celery.celery.bootsteps.in_flight import (
+    HeldDelivery,
     in_flight_tasks,
     orphanable,
     orphanable_in_flight,
@@ -49,14 +61,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Seconds between two heartbeats of a node.
-HEARTBEAT_INTERVAL = 2.0
-#: A node whose record was not refreshed for this long is dead (three missed heartbeats).
-HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
-#: Seconds between two looks (heartbeat thread) for newly started early-acked tasks;
-#: the record is written again when one appeared (at most one write per look).
+HEARTBEAT_INTERVAL = 0.5
+#: A node whose record was not refreshed for this long is dead (four missed heartbeats).
+HEARTBEAT_TTL = 4 * HEARTBEAT_INTERVAL
+#: Seconds between two looks (heartbeat thread) for newly started early-acked tasks and
+#: newly delivered messages; the record is written again when one appeared (at most one
+#: write per look).
 IN_FLIGHT_POLL = 0.1
 #: The orphan reaper runs every this many heartbeats.
-REAP_EVERY = 2
+REAP_EVERY = 1
+
+
+def _nothing_held() -> Sequence[HeldDelivery] | None:
+    return None
 
 
 def never_raise(action: Callable[[], object], failure: str, node: str) -> None:
@@ -85,6 +102,7 @@ class NodeRegistry:
         *,
         interval: float = HEARTBEAT_INTERVAL,
         ttl: float = HEARTBEAT_TTL,
+        held: Callable[[], Sequence[HeldDelivery] | None] = _nothing_held,
     ) -> None:
         self.node = node
         self.store = store
@@ -95,6 +113,9 @@ class NodeRegistry:
         self.identity = _identity_of(info)
         self.state = "running"
         self._recorded_orphanable: frozenset[str] = frozenset()
+        #: The messages this node holds unacknowledged (None: the broker does not say).
+        self.held = held
+        self._recorded_tags: frozenset[str] = frozenset()
         #: Tasks in flight in the last record the store accepted (ack_on_record may ack them).
         self.recorded_in_flight: frozenset[str] = frozenset()
         #: GPU UUID -> free/total memory and health (set by the GPU health watch).
@@ -104,6 +125,8 @@ class NodeRegistry:
         """The JSON-safe record this node writes to the registry on every heartbeat."""
         in_flight = in_flight_tasks()
         self._recorded_orphanable = orphanable(in_flight)
+        held = list(self.held() or ())
+        self._recorded_tags = frozenset(delivery.tag for delivery in held)
         return {
             "node": self.node,
             "hostname": socket.gethostname(),
@@ -118,6 +141,7 @@ class NodeRegistry:
             "in_flight_tasks": in_flight,
             "incarnation": self.incarnation,
             "heartbeat_interval": self.interval,
+            "held": [list(delivery) for delivery in held],
         }
 
     def devices(self) -> list[dict[str, Any]]:
@@ -125,11 +149,17 @@ class NodeRegistry:
         status = self.gpu_status() if self.gpu_status is not None else {}
         return [{**d, **status.get(str(d.get("uuid")), {})} for d in self.queues.devices]
 
-    def register(self) -> None:
-        """Write this node's record now (refreshing its TTL)."""
+    def register(self) -> bool:
+        """Write this node's record now (refreshing its TTL).
+
+        False, writing nothing, when this incarnation was reaped: declared
+        dead, its tasks moved on (the node must stop, see ``Heartbeat``).
+        """
         record = self.record()
-        self.store.node_register(self.node, record, ttl=self.ttl)
+        if not self.store.node_register(self.node, record, ttl=self.ttl):
+            return False
         self.recorded_in_flight = frozenset(record["in_flight"])
+        return True
 
     def try_register(self) -> None:
         """``register()``, reporting an unreachable store instead of raising (fail-open)."""
@@ -142,6 +172,11 @@ class NodeRegistry:
         """True when an early-acked barrier task started since the record was last written."""
         return not orphanable_in_flight() <= self._recorded_orphanable
 
+    def new_messages_held(self) -> bool:
+        """True when a message arrived that the last record does not list."""
+        held = self.held() or ()
+        return not {delivery.tag for delivery in held} <= self._recorded_tags
+
     def leave(self) -> None:
         """Remove the node from the registry."""
         try:
@@ -153,14 +188,21 @@ class NodeRegistry:
 
 @dataclass(eq=False)
 class Heartbeat:
-    """The thread that beats every ``interval`` seconds: queues, record, and the reaper."""
+    """The thread that beats every ``interval`` seconds: queues, record, and the reaper.
+
+    ``on_reaped`` is called (from this thread) when the store refuses the
+    record because this incarnation was reaped: the node must stop.
+    """
 
     registry: NodeRegistry
     reaper: OrphanReaper
     in_flight_poll: float = IN_FLIGHT_POLL
     reap_every: int = REAP_EVERY
+    on_reaped: Callable[[], object] | None = None
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
+    #: Since when (monotonic) every write of the record succeeded; None after a failure.
+    _beating_since: float | None = field(default=None, init=False)
 
     @property
     def node(self) -> str:
@@ -183,7 +225,39 @@ class Heartbeat:
     def _beat(self, register: bool) -> None:
         self.registry.queues.decide()
         if register:
-            self.registry.register()
+            self._write()
+
+    def _write(self) -> None:
+        """Write the record; note whether beats go through; stop the node if it was reaped."""
+        try:
+            written = self.registry.register()
+        except BaseException:
+            self._beating_since = None
+            raise
+        if not written:
+            self._beating_since = None
+            logger.critical(
+                "node %s was declared dead (no heartbeat for %.1fs) and its tasks moved on: "
+                "it stops",
+                self.node,
+                self.registry.ttl,
+                extra={"node": self.node},
+            )
+            if self.on_reaped is not None:
+                self.on_reaped()
+            return
+        if self._beating_since is None:
+            self._beating_since = time.monotonic()
+
+    def may_reap(self) -> bool:
+        """True once this node's own beats went through without a gap for a TTL plus the grace.
+
+        A node that could not beat (store outage, a pause) lets the others
+        write their records first: their records may have expired alike.
+        """
+        since = self._beating_since
+        wait = self.registry.ttl + self.reaper.grace
+        return since is not None and time.monotonic() - since >= wait
 
     def start(self) -> None:
         """Start the heartbeat thread (idempotent)."""
@@ -210,10 +284,10 @@ class Heartbeat:
                 next_beat = time.monotonic() + self.interval
                 self.beat()
                 beats += 1
-                if self.reap_every > 0 and beats % self.reap_every == 0:
+                if self.reap_every > 0 and beats % self.reap_every == 0 and self.may_reap():
                     never_raise(self.reaper.reap, "orphan reaper of %s failed", self.node)
-            elif self.registry.orphanable_started():
-                never_raise(self.registry.register, "registering %s failed", self.node)
+            elif self.registry.orphanable_started() or self.registry.new_messages_held():
+                never_raise(self._write, "registering %s failed", self.node)
 
     def _until_next_look(self, next_beat: float) -> float:
         wait = max(0.0, next_beat - time.monotonic())

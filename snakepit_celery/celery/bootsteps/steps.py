@@ -23,9 +23,12 @@ from celery.worker import state as worker_state
 from snakepit_celery import signals as snakepit_signals
 from snakepit_celery.celery.app_context import app_store, taint_pools
 from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_on_record_tasks
+from snakepit_celery.celery.bootsteps.children import PoolChildWatch
 from snakepit_celery.celery.bootsteps.current import note_worker_node
+from snakepit_celery.celery.bootsteps.fence import fence_node
 from snakepit_celery.celery.bootsteps.giveback import release_unstarted
 from snakepit_celery.celery.bootsteps.gpu_watch import GpuWatchStep
+from snakepit_celery.celery.bootsteps.in_flight import held_deliveries
 from snakepit_celery.celery.bootsteps.preflight import preflight
 from snakepit_celery.celery.bootsteps.queues import (
     APPLY_INTERVAL,
@@ -61,7 +64,7 @@ class NodeServices:
         queues = QueueReconciler(
             node, info, store, pools=taint_pools(app), extra_queues=consumer_queue_names(c)
         )
-        registry = NodeRegistry(node, info, store, queues)
+        registry = NodeRegistry(node, info, store, queues, held=lambda: held_deliveries(c))
         reaper = OrphanReaper(app, node, store)
         logger.info(
             "node %s: %s, queues %s",
@@ -70,9 +73,10 @@ class NodeServices:
             ", ".join(queues.queues),
             extra={"node": node, "queues": queues.queues},
         )
-        return cls(
-            node, queues, registry, reaper, Heartbeat(registry, reaper), AckOnRecord(registry)
+        heartbeat = Heartbeat(
+            registry, reaper, on_reaped=lambda: fence_node(node, c, reaper.restorer)
         )
+        return cls(node, queues, registry, reaper, heartbeat, AckOnRecord(registry))
 
 
 class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
@@ -239,3 +243,4 @@ def install_worker(app: Celery) -> None:
     app.steps["worker"].add(SnakepitPreflightStep)
     app.steps["consumer"].add(SnakepitWorkerStep)
     app.steps["consumer"].add(GpuWatchStep)
+    app.steps["consumer"].add(PoolChildWatch)

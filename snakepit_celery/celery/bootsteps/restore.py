@@ -1,0 +1,141 @@
+"""Moving a dead node's unacknowledged messages back to their queues, at once and only once.
+
+kombu's Redis transport keeps every delivered, unacknowledged message in the
+``unacked`` hash (keyed by delivery tag, with the ``unacked_index`` zset of
+delivery times) and restores it only once the visibility timeout has passed
+(one hour by default). A node's registry record lists the delivery tags it
+holds, so when the node dies the orphan reaper hands them to
+``UnackedRestorer``: each message moves from ``unacked``/``unacked_index`` to
+the head of its queue in one Lua script, and only while its entry is still the
+one read — a message acknowledged meanwhile, or restored by kombu or another
+reaper, is left alone, so no copy is ever pushed twice. The restored message is
+marked ``redelivered`` as kombu marks its own, so the crash-ledger gate of the
+node that receives it counts the lost delivery.
+
+Other brokers need none of this: AMQP brokers (RabbitMQ) redeliver a dead
+consumer's unacknowledged messages when its connection drops.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from kombu.utils.json import dumps, loads
+
+__all__ = ["RESTORE_SCRIPT", "UnackedRestorer"]
+
+logger = logging.getLogger(__name__)
+
+#: KEYS: kombu's unacked hash, its unacked_index zset, then the queue list(s) to restore to;
+#: ARGV: delivery tag, the unacked entry as read, the message to push. 1 when moved.
+RESTORE_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+for i = 3, #KEYS do
+  redis.call('RPUSH', KEYS[i], ARGV[3])
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+class UnackedRestorer:
+    """Restores unacknowledged messages of kombu's Redis transport by delivery tag.
+
+    Holds its own broker connection (made on first use, from any thread);
+    a no-op on brokers without kombu's Redis bookkeeping.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._channel: Any = None
+
+    def restore(self, tags: Iterable[str]) -> list[str]:
+        """Move the messages of ``tags`` still unacknowledged back to their queues; their tags."""
+        wanted = list(tags)
+        if not wanted:
+            return []
+        with self._lock:
+            channel = self._redis_channel()
+            if channel is None:
+                return []
+            try:
+                return [tag for tag in wanted if self._restore_one(channel, tag)]
+            except Exception:
+                self._close()
+                raise
+
+    def unacked(self, tags: Iterable[str]) -> list[str]:
+        """The ``tags`` whose messages are still unacknowledged (in kombu's ``unacked`` hash)."""
+        wanted = list(tags)
+        if not wanted:
+            return []
+        with self._lock:
+            channel = self._redis_channel()
+            if channel is None:
+                return []
+            try:
+                pipe = channel.client.pipeline(transaction=False)
+                for tag in wanted:
+                    pipe.hget(channel.unacked_key, tag)  # HEXISTS escapes kombu's key prefix
+                found = pipe.execute()
+            except Exception:
+                self._close()
+                raise
+        return [tag for tag, raw in zip(wanted, found, strict=True) if raw is not None]
+
+    def close(self) -> None:
+        """Release the broker connection."""
+        with self._lock:
+            self._close()
+
+    def _redis_channel(self) -> Any:
+        if self._channel is None:
+            connection = self.app.connection_for_write()
+            channel = connection.default_channel
+            if not all(hasattr(channel, name) for name in ("unacked_key", "_lookup", "client")):
+                connection.release()
+                return None
+            self._connection, self._channel = connection, channel
+        return self._channel
+
+    def _close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:
+                logger.debug("could not close the restorer's broker connection", exc_info=True)
+
+    def _restore_one(self, channel: Any, tag: str) -> bool:
+        client = channel.client
+        raw = client.hget(channel.unacked_key, tag)
+        if raw is None:
+            return False  # acknowledged, or restored already
+        message, exchange, routing_key = loads(raw)  # type: ignore[no-untyped-call]
+        payload = copy.deepcopy(message)
+        payload.setdefault("headers", {})["redelivered"] = True
+        payload.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
+        priority = channel._get_message_priority(payload, reverse=False)
+        queues = [
+            channel._q_for_pri(queue, priority) for queue in channel._lookup(exchange, routing_key)
+        ]
+        if not queues:
+            logger.warning("no queue is bound for message %s: left to kombu", tag)
+            return False
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+        keys = [prefix + channel.unacked_key, prefix + channel.unacked_index_key]
+        keys += [prefix + queue for queue in queues]
+        # EVAL: kombu's prefixing client leaves its keys alone, so they are given prefixed.
+        pushed = dumps(payload)  # type: ignore[no-untyped-call]
+        moved = client.execute_command("EVAL", RESTORE_SCRIPT, len(keys), *keys, tag, raw, pushed)
+        return bool(moved)

@@ -1,0 +1,173 @@
+"""The reaper moves a dead node's unacknowledged messages back to their queues, once.
+
+A node's record lists the delivery tags of the messages it holds
+unacknowledged. When the node is reaped, each of them moves from kombu's
+``unacked`` bookkeeping to the head of its queue at once (not after kombu's
+one-hour visibility timeout), marked ``redelivered``, in one atomic step that
+only moves a message still unacknowledged: an acknowledged message, or one
+restored already (by kombu or another reaper), never gets a second copy.
+Before that, the crash ledger of barrier tasks is settled: a run the ledger
+shows on the dead node counts as a crash (its lease would make the new
+delivery look like a duplicate); a ``start_marks`` task never started is
+marked given back unstarted.
+
+These tests drive ``OrphanReaper.reap()`` in this process against real Redis
+(broker under a key prefix, result backend and store).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
+from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
+from snakepit_celery.celery.task import snakepit_task
+from snakepit_celery.store import RedisStore
+from tests.support.chaos import chaos_conf
+
+BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 2, "taint_duration": 1.0}
+QUEUE = "restore-test"
+SHORT_TTL = 0.2
+
+
+def noop(work: float = 0.0) -> None:
+    """Body of the test tasks (never run here: only their options matter)."""
+
+
+@pytest.fixture
+def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
+    app = Celery("restore_test", set_as_current=False)
+    app.conf.update(chaos_conf(redis_url, key_prefix, BARRIER))
+    snakepit_task(app=app, name="restore.idem", idempotent=True, shared=False)(noop)
+    snakepit_task(app=app, name="restore.once", shared=False)(noop)
+    snakepit_task(
+        app=app, name="restore.marked", crash_barrier={"start_marks": True}, shared=False
+    )(noop)
+    yield app
+    client = app.backend.client
+    keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    app.close()
+
+
+@pytest.fixture
+def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
+    store = RedisStore(redis_url, key_prefix=key_prefix)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def agent(app: Celery, store: RedisStore) -> Iterator[OrphanReaper]:
+    reaper = OrphanReaper(app, "reaper@test", store, grace=0.0)
+    yield reaper
+    reaper.restorer.close()
+
+
+def hold(app: Celery, name: str) -> tuple[str, str]:
+    """Publish a call of ``name`` and take it unacknowledged, as a node that then died would.
+
+    Returns its delivery tag and task id.
+    """
+    task_id = str(app.send_task(name, args=(0.0,), queue=QUEUE).id)
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        message = channel.basic_get(QUEUE, no_ack=False)
+        assert message is not None
+        channel.qos._delivered.clear()  # dead: closing this connection restores nothing
+        return str(message.delivery_tag), task_id
+
+
+def dead_node(store: RedisStore, name: str, held: list[list[str]]) -> None:
+    """A node whose last heartbeat listed ``held`` messages, and that then died."""
+    record = {"in_flight": [], "in_flight_tasks": {}, "incarnation": "x", "held": held}
+    store.node_register(name, record, ttl=SHORT_TTL)
+    time.sleep(SHORT_TTL + 0.1)
+
+
+def queued(app: Celery, key_prefix: str) -> list[dict[str, Any]]:
+    """The messages waiting in the test queue, head (next to be consumed) first."""
+    raw = app.backend.client.lrange(f"{key_prefix}:{QUEUE}", 0, -1)
+    return [json.loads(item) for item in reversed(raw)]
+
+
+def unacked_tags(app: Celery, key_prefix: str) -> set[str]:
+    return {t.decode() for t in app.backend.client.hkeys(f"{key_prefix}:unacked")}
+
+
+def test_held_message_of_a_dead_node_is_back_at_the_head_of_its_queue(
+    app: Celery, store: RedisStore, agent: OrphanReaper, key_prefix: str
+) -> None:
+    tag, task_id = hold(app, "restore.idem")
+    app.send_task("restore.idem", args=(0.0,), queue=QUEUE)  # waiting behind it
+    dead_node(store, "dead@test", [[tag, task_id, "restore.idem"]])
+    agent.reap()
+    messages = queued(app, key_prefix)
+    assert len(messages) == 2
+    assert messages[0]["headers"]["id"] == task_id
+    assert messages[0]["headers"]["redelivered"] is True
+    assert messages[0]["properties"]["delivery_info"]["redelivered"] is True
+    assert tag not in unacked_tags(app, key_prefix)
+    assert not app.backend.client.zscore(f"{key_prefix}:unacked_index", tag)
+
+
+def test_acknowledged_message_is_not_restored(
+    app: Celery, store: RedisStore, agent: OrphanReaper, key_prefix: str
+) -> None:
+    tag, task_id = hold(app, "restore.idem")
+    app.backend.client.hdel(f"{key_prefix}:unacked", tag)  # acknowledged before the death
+    dead_node(store, "dead@test", [[tag, task_id, "restore.idem"]])
+    agent.reap()
+    assert queued(app, key_prefix) == []
+
+
+def test_a_message_is_restored_once_however_often_it_is_asked(app: Celery, key_prefix: str) -> None:
+    tag, _ = hold(app, "restore.idem")
+    first, second = UnackedRestorer(app), UnackedRestorer(app)
+    try:
+        assert first.restore([tag]) == [tag]
+        assert second.restore([tag]) == []
+        assert first.restore([tag]) == []
+    finally:
+        first.close()
+        second.close()
+    assert len(queued(app, key_prefix)) == 1
+
+
+def test_run_the_ledger_shows_on_the_dead_node_is_counted_as_a_crash(
+    app: Celery, store: RedisStore, agent: OrphanReaper
+) -> None:
+    tag, task_id = hold(app, "restore.idem")
+    store.ledger_start(task_id, worker_id="dead@test/123", lease=3600.0, ttl=3600.0)
+    dead_node(store, "dead@test", [[tag, task_id, "restore.idem"]])
+    agent.reap()
+    entry = store.ledger_get(task_id)
+    assert entry is not None
+    assert (entry.crashes, entry.running_on) == (1, None)
+
+
+def test_start_marked_message_never_started_is_given_back_unstarted(
+    app: Celery, store: RedisStore, agent: OrphanReaper
+) -> None:
+    tag, task_id = hold(app, "restore.marked")
+    dead_node(store, "dead@test", [[tag, task_id, "restore.marked"]])
+    agent.reap()
+    entry = store.ledger_get(task_id)
+    assert entry is not None
+    assert (entry.released, entry.crashes) == (True, 0)
+
+
+def test_message_of_a_task_without_start_marks_leaves_the_ledger_alone(
+    app: Celery, store: RedisStore, agent: OrphanReaper
+) -> None:
+    tag, task_id = hold(app, "restore.once")
+    dead_node(store, "dead@test", [[tag, task_id, "restore.once"]])
+    agent.reap()
+    assert store.ledger_get(task_id) is None
