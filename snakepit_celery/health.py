@@ -112,7 +112,13 @@ class HealthMonitor:
             )
         except StoreUnavailableError as exc:
             self._store_failed(exc)
-        signals.worker_crash.send(sender=self, pool=self.pool, worker_id=worker_id, reason=reason)
+        signals.worker_crash.send(
+            sender=self,
+            pool=self.pool,
+            worker_id=worker_id,
+            reason=reason,
+            task_id=info.get("task_id"),
+        )
 
     def is_healthy(self) -> bool:
         """True while the pool's crashes inside the window stay below ``max_crashes``."""

@@ -88,7 +88,7 @@ class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
         super().__init__(w, **kwargs)
         w.snakepit_hardware = preflight(w.app, str(w.hostname))
         # ``-E`` sets only the worker's own flag; make it visible to the pool
-        # children, which send the per-run ``task-snakepit-run`` event only then.
+        # children, which send the per-run ``snakepit-run`` event only then.
         w.app.conf.worker_send_task_events = bool(w.task_events)
         acked_on_record = ack_on_record_tasks(w.app)
         if acked_on_record:
