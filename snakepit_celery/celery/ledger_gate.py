@@ -76,7 +76,7 @@ def crash_ledger_gate(
         return 0
     if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
         logger.warning(
-            "task %s[%s] came back after its node died; running it again (crash %d)",
+            "task %s[%s] came back after its worker crashed; running it again (crash %d)",
             task.name,
             request.id,
             crashes,
