@@ -52,7 +52,7 @@ from snakepit_celery.errors import (
     SnakepitError,
 )
 from snakepit_celery.hardware.types import Device
-from snakepit_celery.metrics.hooks import count_event
+from snakepit_celery.metrics.hooks import count_event, observe_hot_path
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.task_options import (
     SNAKEPIT_OPTIONS,
@@ -203,6 +203,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
 
     # -- running -------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         request = self.request_stack.top
         if request is None or request.called_directly:
             return self._call_directly(args, kwargs)
@@ -214,12 +215,16 @@ class SnakepitTask(Task):  # type: ignore[misc]
         # with a crash-ledger record (the rare path); a first delivery is not.
         tracked = redelivered(request) or headers.tracked
         if not (runtime.barrier.enabled and self.acks_late and tracked):
-            return self._attempt(runtime, request, headers, args, kwargs, crashes=headers.crashes)
+            return self._attempt(
+                runtime, request, headers, args, kwargs, crashes=headers.crashes, started=started
+            )
         crashes = self._crash_ledger_gate(runtime, request, headers.raw)
         # A retry of this run is a new message: the header keeps it tracked.
         headers = headers.with_crash_header()
         try:
-            return self._attempt(runtime, request, headers, args, kwargs, crashes=crashes)
+            return self._attempt(
+                runtime, request, headers, args, kwargs, crashes=crashes, started=started
+            )
         except BaseException:
             # Retry/Reject bring this task id back: close the record so its next
             # run is not taken for a duplicate or a crash. A success needs no
@@ -245,14 +250,20 @@ class SnakepitTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         *,
         crashes: int,
+        started: float,
     ) -> Any:
-        """Run the body once; ``crashes``: the task's crashes so far (ledger and header)."""
+        """Run the body once; ``crashes``: the task's crashes so far (ledger and header).
+
+        ``started``: ``perf_counter()`` when the task was called; snakepit's own
+        time until the body runs is observed as ``snakepit_hot_path_seconds``.
+        """
         if self._accepts_device and "device" not in kwargs:
             kwargs = {**kwargs, "device": self.resolved_device}
         attempt = headers.attempt
         breaker = runtime.breaker
         if runtime.task_events:
             self._send_facts(request, headers, breaker, crashes)
+        observe_hot_path("before", time.perf_counter() - started)
         try:
             if breaker is None:
                 result = self.run(*args, **kwargs)

@@ -154,7 +154,7 @@ class ProcessMetrics:
             ),
             hot_path=prom.Histogram(
                 "snakepit_hot_path_seconds",
-                "snakepit's own time per task, by stage (before, after).",
+                "snakepit's own time per task run, by stage (before: from the call to the body).",
                 ["stage"],
                 buckets=HOT_PATH_BUCKETS,
             ),
