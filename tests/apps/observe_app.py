@@ -5,7 +5,8 @@
 ``WORKER_APP_KEY_PREFIX``) plus snakepit tasks whose stories are known: one
 that runs until released, one that fails once and is retried, one behind a
 breaker, one that fails for good, one that segfaults once. Env
-``OBSERVE_BROKER_URL`` puts the broker elsewhere (RabbitMQ).
+``OBSERVE_BROKER_URL`` puts the broker elsewhere (RabbitMQ), with the default
+queue ``OBSERVE_DEFAULT_QUEUE``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from tests.worker_helpers import make_app
 
 #: The breaker of ``observe.guarded`` (the tests open it from outside).
 GATE = "observe-gate"
+#: The crash barrier of the segfaulting tasks: crashes go through snakepit's crash path.
+BARRIER = {"enabled": True, "max_restarts": 2, "backoff": [0.1]}
 
 
 def add_tasks(app: Celery) -> Celery:
@@ -64,7 +67,13 @@ def add_tasks(app: Celery) -> Celery:
     def fail() -> None:
         raise ValueError("fails for good")
 
-    @snakepit_task(app=app, name="observe.segfault_once", shared=False, idempotent=True)
+    @snakepit_task(
+        app=app,
+        name="observe.segfault_once",
+        shared=False,
+        idempotent=True,
+        crash_barrier=BARRIER,
+    )
     def segfault_once(marker: str) -> str:
         """Kill its own process the first time (``marker`` does not exist yet), then succeed."""
         path = Path(marker)
@@ -73,7 +82,7 @@ def add_tasks(app: Celery) -> Celery:
             os.kill(os.getpid(), signal.SIGSEGV)
         return "survived"
 
-    @snakepit_task(app=app, name="observe.segfault", shared=False)
+    @snakepit_task(app=app, name="observe.segfault", shared=False, crash_barrier=BARRIER)
     def segfault() -> Any:
         """Kill its own process every time (not idempotent: it ends FAILURE)."""
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -90,3 +99,4 @@ app = add_tasks(
 if os.environ.get("OBSERVE_BROKER_URL"):
     app.conf.broker_url = os.environ["OBSERVE_BROKER_URL"]
     app.conf.broker_transport_options = {}
+    app.conf.task_default_queue = os.environ["OBSERVE_DEFAULT_QUEUE"]
