@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from celery import states
+from cli_helpers import run
 from prometheus_client.parser import text_string_to_metric_families
 from worker_helpers import CPU_HARDWARE, ROOT, make_app, write_hardware
 
@@ -190,6 +191,25 @@ def test_a_task_that_segfaults_once_is_success_without_an_exception(watch: Flowe
     logs = watch.worker.logs()
     assert "SIGSEGV" in logs, logs[-3000:]
     assert "node died" not in logs
+
+
+def test_the_run_facts_flower_cannot_show_are_printed_by_the_cli(watch: FlowerWatch) -> None:
+    result = watch.app.tasks["observe.segfault_once"].delay(str(watch.tmp_path / "segv-cli"))
+    assert result.get(timeout=60) == "survived"
+    shown = run(watch.app, "task", result.id, "--json")
+    assert shown.exit_code == 0, shown.output
+    facts = json.loads(shown.output)
+    assert (facts["state"], facts["node"], facts["device"]) == ("SUCCESS", NODE, "cpu")
+    assert (facts["crashes"], facts["name"]) == (1, "observe.segfault_once")
+    human = run(watch.app, "task", result.id)
+    assert NODE in human.output
+    assert "crashes" in human.output
+
+
+def test_the_cli_exits_1_for_a_task_nobody_knows(watch: FlowerWatch) -> None:
+    shown = run(watch.app, "task", "no-such-task", "--json")
+    assert shown.exit_code == 1
+    assert json.loads(shown.output)["known"] is False
 
 
 def test_no_task_ever_shows_a_custom_state(watch: FlowerWatch) -> None:

@@ -73,6 +73,7 @@ def add_tasks(app: Celery) -> Celery:
         shared=False,
         idempotent=True,
         crash_barrier=BARRIER,
+        device=["cuda", "cpu"],
     )
     def segfault_once(marker: str) -> str:
         """Kill its own process the first time (``marker`` does not exist yet), then succeed."""
@@ -96,6 +97,8 @@ app = add_tasks(
         os.environ.get("WORKER_APP_KEY_PREFIX", "observe-app"),
     )
 )
+# The result backend keeps the node, queue and retries (``celery snakepit task`` shows them).
+app.conf.result_extended = True
 if os.environ.get("OBSERVE_BROKER_URL"):
     app.conf.broker_url = os.environ["OBSERVE_BROKER_URL"]
     app.conf.broker_transport_options = {}

@@ -31,6 +31,7 @@ from snakepit_celery.celery.cli.output import (
     suggestion,
 )
 from snakepit_celery.celery.cli.tables import breakers_table, status_text, taints_table
+from snakepit_celery.celery.cli.task import task_command
 from snakepit_celery.fleet import FleetStatus, fleet_status, read_taints
 from snakepit_celery.metrics.multiprocess import configured_port, ensure_multiprocess_dir
 
@@ -64,6 +65,7 @@ def snakepit(ctx: click.Context) -> None:
 
 
 snakepit.add_command(hardware_command)
+snakepit.add_command(task_command)
 snakepit.add_command(lock)
 
 
