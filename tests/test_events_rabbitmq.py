@@ -135,4 +135,6 @@ def test_every_crash_event_of_the_main_process_arrives(
     assert len(crashes) == CRASHES
     assert sorted(e["uuid"] for e in crashes) == sorted(task_ids)
     assert {e["pid"] for e in crashes} == {node.pid}
+    tainted = receiver.of_type("snakepit-worker-tainted")
+    assert [e["uuid"] for e in tainted] == task_ids[:1]  # the first crash tainted the node
     assert "could not publish" not in node.logs()
