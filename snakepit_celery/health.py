@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from snakepit_celery import signals
-from snakepit_celery.errors import ConfigError, StoreUnavailableError
-from snakepit_celery.policy.checks import check_int, check_seconds
+from snakepit_celery.errors import StoreUnavailableError
+from snakepit_celery.policy.settings import HealthConfig
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
 from snakepit_celery.store.base import HealthSnapshot, Store
 
@@ -78,13 +78,15 @@ class HealthMonitor:
         max_worker_crashes: int = 3,
         store: Store | str | None = None,
     ) -> None:
-        if not isinstance(pool, str) or not pool:
-            raise ConfigError("pool", pool, "a non-empty string")
-        self.pool = pool
-        self.max_crashes = check_int("max_crashes", max_crashes, minimum=1)
-        self.crash_window = check_seconds("crash_window", crash_window, positive=True)
-        self.check_interval = check_seconds("check_interval", check_interval, positive=True)
-        self.max_worker_crashes = check_int("max_worker_crashes", max_worker_crashes, minimum=1)
+        #: The checked settings of this monitor (``policy.settings.HealthConfig``).
+        self.config = HealthConfig(
+            pool, max_crashes, crash_window, check_interval, max_worker_crashes
+        )
+        self.pool: str = self.config.pool
+        self.max_crashes: int = self.config.max_crashes
+        self.crash_window: float = self.config.crash_window
+        self.check_interval: float = self.config.check_interval
+        self.max_worker_crashes: int = self.config.max_worker_crashes
         self.max_entries = max(10 * self.max_crashes, MIN_MAX_ENTRIES)
         self._store = StoreBinding(store)
 
@@ -99,7 +101,10 @@ class HealthMonitor:
         return f"HealthMonitor({fields}, store={self._store.describe()!r})"
 
     def record_crash(self, worker_id: str, reason: Any = None, **info: Any) -> None:
-        """Record one crash of ``worker_id`` and send ``worker_crash(pool, worker_id, reason)``."""
+        """Record one crash of ``worker_id`` and send ``worker_crash(pool, worker_id, reason)``.
+
+        A ``task_id`` in ``info`` (the task the crash killed) goes with the signal.
+        """
         worker_id = str(worker_id)
         try:
             self.store.health_record(
@@ -112,12 +117,9 @@ class HealthMonitor:
             )
         except StoreUnavailableError as exc:
             self._store_failed(exc)
+        about = {"task_id": info["task_id"]} if info.get("task_id") else {}
         signals.worker_crash.send(
-            sender=self,
-            pool=self.pool,
-            worker_id=worker_id,
-            reason=reason,
-            task_id=info.get("task_id"),
+            sender=self, pool=self.pool, worker_id=worker_id, reason=reason, **about
         )
 
     def is_healthy(self) -> bool:

