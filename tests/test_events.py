@@ -241,17 +241,15 @@ def test_event_fields_are_json_safe(fleet: Fleet) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_each_run_reports_its_device_and_crash_count_when_task_events_are_on(
-    fleet: Fleet,
-) -> None:
+def test_a_first_run_sends_no_run_event_even_with_task_events(fleet: Fleet) -> None:
+    """Celery's own task-started gives a first run's node: no extra message per task."""
     fleet.start("cpu@test", CPU_HARDWARE, args=("-E",))
     with Capture(fleet.app) as capture:
-        result = fleet.app.tasks["worker_app.device_used"].apply_async()
-        assert result.get(timeout=20)["device"] == "cpu"
-        event = capture.wait_for(TASK_FACTS_EVENT)
-    assert event["uuid"] == result.id
-    assert (event["node"], event["device"], event["breaker"]) == ("cpu@test", "cpu", None)
-    assert (event["crashes"], event["attempt"]) == (0, 1)
+        fleet.app.tasks["worker_app.device_used"].apply_async().get(timeout=20)
+        emit = fleet.app.tasks["worker_app.emit"]
+        emit.apply_async(("retry_attempt", {"attempt": 1, "delay": 0.1}), queue="celery").get(20)
+        capture.wait_for("snakepit-retry-attempt")  # later than the run's would be
+    assert not [e for e in capture.events if e["type"] == TASK_FACTS_EVENT]
 
 
 @pytest.mark.integration

@@ -23,9 +23,11 @@ import pytest
 from celery import states
 from cli_helpers import run
 from prometheus_client.parser import text_string_to_metric_families
+from test_events import Capture
 from worker_helpers import CPU_HARDWARE, ROOT, make_app, write_hardware
 
 from snakepit_celery.breaker import CircuitBreaker
+from snakepit_celery.celery.task import TASK_FACTS_EVENT
 from snakepit_celery.store import Store, store_from_url
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.workers import WorkerNode
@@ -206,6 +208,25 @@ def test_the_run_facts_flower_cannot_show_are_printed_by_the_cli(watch: FlowerWa
     assert "crashes" in human.output
 
 
+def test_a_rerun_after_a_crash_reports_its_crash_count(watch: FlowerWatch) -> None:
+    with Capture(watch.app) as capture:
+        result = watch.app.tasks["observe.segfault_once"].delay(str(watch.tmp_path / "segv-ev"))
+        assert result.get(timeout=60) == "survived"
+        event = capture.wait_for(TASK_FACTS_EVENT)
+    assert (event["uuid"], event["node"], event["device"]) == (result.id, NODE, "cpu")
+    assert event["crashes"] == 1
+    crash = next(e for e in capture.events if e["type"] == "snakepit-worker-crash")
+    assert crash["uuid"] == result.id
+
+
+def test_a_retry_reports_its_attempt(watch: FlowerWatch) -> None:
+    with Capture(watch.app) as capture:
+        result = watch.app.tasks["observe.flaky"].delay(str(watch.tmp_path / "flaky-ev"))
+        assert result.get(timeout=60) == "second attempt"
+        event = capture.wait_for(TASK_FACTS_EVENT)
+    assert (event["uuid"], event["attempt"], event["crashes"]) == (result.id, 2, 0)
+
+
 def test_the_cli_exits_1_for_a_task_nobody_knows(watch: FlowerWatch) -> None:
     shown = run(watch.app, "task", "no-such-task", "--json")
     assert shown.exit_code == 1
@@ -220,7 +241,7 @@ def test_no_task_ever_shows_a_custom_state(watch: FlowerWatch) -> None:
 
 
 def test_flower_counts_celery_and_snakepit_events(watch: FlowerWatch) -> None:
-    result = watch.app.tasks["observe.ok"].delay()
+    result = watch.app.tasks["observe.flaky"].delay(str(watch.tmp_path / "flaky-count"))
     result.get(timeout=30)
     watch.state_of(result.id, states.SUCCESS)
 

@@ -56,13 +56,13 @@ logger = logging.getLogger(__name__)
 #: Every event type of the package starts with this and a hyphen.
 EVENT_PREFIX = "snakepit"
 
-#: The per-run event of a snakepit task (with ``-E``): ``uuid``, ``node``, ``device``,
-#: ``breaker``, ``crashes``, ``deferrals``, ``attempt``.
+#: The per-run event of a snakepit task that is not a first delivery (with ``-E``):
+#: ``uuid``, ``node``, ``device``, ``breaker``, ``crashes``, ``deferrals``, ``attempt``.
 RUN_EVENT = f"{EVENT_PREFIX}-run"
 
 #: Every event type the package sends, and when (fields: see docs/API.md "Events").
 EVENT_TYPES: dict[str, str] = {
-    RUN_EVENT: "a snakepit task starts a run (worker with -E)",
+    RUN_EVENT: "a retry, deferral or crash re-run of a snakepit task starts (worker with -E)",
     "snakepit-breaker-opened": "a breaker opened (once per transition, cluster-wide)",
     "snakepit-breaker-half-open": "a breaker went half-open",
     "snakepit-breaker-closed": "a breaker closed (a probe succeeded, or reset())",

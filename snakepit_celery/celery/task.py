@@ -261,7 +261,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
             kwargs = {**kwargs, "device": self.resolved_device}
         attempt = headers.attempt
         breaker = runtime.breaker
-        if runtime.task_events:
+        if runtime.task_events and (crashes or attempt > 1 or headers.deferrals):
             self._send_facts(request, headers, breaker, crashes)
         observe_hot_path("before", time.perf_counter() - started)
         try:
@@ -300,7 +300,10 @@ class SnakepitTask(Task):  # type: ignore[misc]
         """``snakepit-run``: the node, device, breaker, crash count and attempt of this run.
 
         Sent only when the worker sends task events (``-E``), like Celery's own
-        per-task events; never raises into the task (a lost event is counted).
+        per-task events, and only for a run that is not a first delivery (a
+        retry, a deferral, a re-run after a crash): a first run costs no extra
+        message, Celery's own ``task-started`` gives its node. Never raises
+        into the task (a lost event is counted).
         """
         device = self._device_or_none((request.delivery_info or {}).get("routing_key"))
         try:
