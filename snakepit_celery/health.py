@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from snakepit_celery.policy.settings import HealthConfig
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
 from snakepit_celery.store.base import HealthSnapshot, Store
 
-__all__ = ["HealthMonitor", "HealthStats", "WorkerHealth"]
+__all__ = ["HealthMonitor", "HealthStats", "PoolLimits", "WorkerHealth"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,22 @@ class HealthStats:
     max_crashes: int
     crash_window: float
     is_healthy: bool
+    #: This process's numbers differ from the pool's stored ones (which are the ones used).
+    config_conflict: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain types; keys equal the field names."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """The numbers a pool is judged by: stored with its state, else this monitor's own."""
+
+    max_crashes: int
+    crash_window: float
+    max_worker_crashes: int
+    conflict: bool = False
 
 
 _EMPTY = HealthSnapshot(total_crashes=0, crashes_in_window=0)
@@ -114,6 +127,7 @@ class HealthMonitor:
                 max_entries=self.max_entries,
                 reason=None if reason is None else str(reason),
                 info=info or None,
+                config=self.stored_config(),
             )
         except StoreUnavailableError as exc:
             self._store_failed(exc)
@@ -122,9 +136,36 @@ class HealthMonitor:
             sender=self, pool=self.pool, worker_id=worker_id, reason=reason, **about
         )
 
+    def stored_config(self) -> dict[str, Any]:
+        """The numbers this monitor stores with its pool's state (the first stored wins)."""
+        return {
+            "crash_window": self.crash_window,
+            "max_crashes": self.max_crashes,
+            "max_worker_crashes": self.max_worker_crashes,
+        }
+
+    def limits(self, stored: Mapping[str, Any] | None) -> PoolLimits:
+        """The numbers the pool is judged by: its ``stored`` ones, else this monitor's.
+
+        Every process judges a pool by the configuration stored with it (the
+        first one recorded); a monitor built with other numbers is warned once.
+        """
+        own = self.stored_config()
+        judged = {key: (stored or {}).get(key, value) for key, value in own.items()}
+        conflict = judged != own
+        if conflict:
+            _warn_conflict(self.store, self.pool, own, judged)
+        return PoolLimits(
+            max_crashes=int(judged["max_crashes"]),
+            crash_window=float(judged["crash_window"]),
+            max_worker_crashes=int(judged["max_worker_crashes"]),
+            conflict=conflict,
+        )
+
     def is_healthy(self) -> bool:
         """True while the pool's crashes inside the window stay below ``max_crashes``."""
-        return self._snapshot().crashes_in_window < self.max_crashes
+        snap = self._snapshot()
+        return snap.crashes_in_window < self.limits(snap.config).max_crashes
 
     def worker_health(self, worker_id: str) -> WorkerHealth:
         """Crashes of one worker inside the window (an unknown worker is healthy, 0 crashes)."""
@@ -134,7 +175,7 @@ class HealthMonitor:
             self._store_failed(exc)
             return WorkerHealth(healthy=True, crash_count=0, last_crash_time=None)
         return WorkerHealth(
-            healthy=crashes.count < self.max_worker_crashes,
+            healthy=crashes.count < self.limits(crashes.config).max_worker_crashes,
             crash_count=crashes.count,
             last_crash_time=crashes.last_time,
         )
@@ -142,14 +183,16 @@ class HealthMonitor:
     def stats(self) -> HealthStats:
         """The pool's lifetime and windowed crash counts."""
         snap = self._snapshot()
+        limits = self.limits(snap.config)
         return HealthStats(
             pool=self.pool,
             total_crashes=snap.total_crashes,
             crashes_in_window=snap.crashes_in_window,
             workers_with_crashes=snap.workers_with_crashes,
-            max_crashes=self.max_crashes,
-            crash_window=self.crash_window,
-            is_healthy=snap.crashes_in_window < self.max_crashes,
+            max_crashes=limits.max_crashes,
+            crash_window=limits.crash_window,
+            is_healthy=snap.crashes_in_window < limits.max_crashes,
+            config_conflict=limits.conflict,
         )
 
     def _snapshot(self) -> HealthSnapshot:
@@ -163,3 +206,24 @@ class HealthMonitor:
         if not fail_open():
             raise exc
         report_store_error(exc)
+
+
+_warned: set[tuple[int, str, str]] = set()
+
+
+def _warn_conflict(
+    store: Store, pool: str, own: Mapping[str, Any], stored: Mapping[str, Any]
+) -> None:
+    """Log once per process, store and stored configuration that a pool uses other numbers."""
+    key = (id(store), pool, repr(sorted(stored.items())))
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger.warning(
+        "health pool %s is judged by its stored configuration %s, not this process's %s "
+        "(the first configuration recorded wins)",
+        pool,
+        dict(stored),
+        dict(own),
+        extra={"snakepit_pool": pool, "stored_config": dict(stored), "own_config": dict(own)},
+    )

@@ -104,6 +104,8 @@ class WorkerCrashes:
 
     count: int
     last_time: float | None
+    #: The pool's stored configuration (``health_record``'s ``config``), None when none.
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,9 @@ class HealthSnapshot:
     crashes_in_window: int
     workers: Mapping[str, WorkerCrashes] = field(default_factory=dict)
     workers_with_crashes: int = 0
+    #: The pool's stored configuration, None when none: the first ``config`` recorded wins
+    #: and its ``crash_window`` is the window counted.
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,12 +216,16 @@ class Store(Protocol):
         max_entries: int,
         reason: str | None = None,
         info: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> HealthSnapshot:
         """Record one crash, prune entries older than ``window`` (and beyond ``max_entries``).
 
         The result's ``workers`` holds only ``worker_id`` (its crashes inside
         the window), so recording stays O(log n) under a crash storm; use
         ``health_stats`` for every worker. ``reason``/``info`` are not stored.
+        ``config`` (the pool's settings) is stored with the pool's state unless
+        one is stored already: the first wins, and its ``crash_window`` replaces
+        ``window`` here and in ``health_stats``/``health_worker``.
         """
         ...
 

@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from snakepit_celery.store.base import (
@@ -191,18 +192,26 @@ class MemoryStore:
         max_entries: int,
         reason: str | None = None,
         info: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> HealthSnapshot:
-        """Record one crash; the result's ``workers`` holds only ``worker_id``."""
+        """Record one crash; the result's ``workers`` holds only ``worker_id``.
+
+        ``config`` is stored with the pool unless one is (the first wins).
+        """
         with self._lock:
             now = self.now()
             log = self._pools.get(pool)
             if log is None or log.expires_at <= now:
                 log = self._pools[pool] = CrashLog()
+            if log.config is None and config is not None:
+                log.config = json.loads(json.dumps(dict(config)))
+            window = log.window(window)
             log.add(now, worker_id)
             log.expires_at = now + max(2 * window, TOTAL_TTL)
             log.prune(now - window, max(max_entries, 1))
-            workers = {worker_id: log.worker(worker_id, now - window)}
-            return HealthSnapshot(log.total, log.kept, workers, log.workers)
+            crashes = log.worker(worker_id, now - window)
+            workers = {worker_id: replace(crashes, config=log.config)}
+            return HealthSnapshot(log.total, log.kept, workers, log.workers, log.config)
 
     def _crash_log(self, pool: str, now: float) -> CrashLog | None:
         log = self._pools.get(pool)
@@ -215,9 +224,12 @@ class MemoryStore:
             log = self._crash_log(pool, now)
             if log is None:
                 return HealthSnapshot(0, 0)
-            cutoff = now - window
+            cutoff = now - log.window(window)
             return HealthSnapshot(
-                log.total, log.in_window(cutoff), workers_with_crashes=log.workers_in_window(cutoff)
+                log.total,
+                log.in_window(cutoff),
+                workers_with_crashes=log.workers_in_window(cutoff),
+                config=log.config,
             )
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
@@ -225,7 +237,10 @@ class MemoryStore:
         with self._lock:
             now = self.now()
             log = self._crash_log(pool, now)
-            return WorkerCrashes(0, None) if log is None else log.worker(worker_id, now - window)
+            if log is None:
+                return WorkerCrashes(0, None)
+            crashes = log.worker(worker_id, now - log.window(window))
+            return replace(crashes, config=log.config)
 
     # -- taints ---------------------------------------------------------------
     def taint_set(

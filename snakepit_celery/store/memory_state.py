@@ -105,6 +105,12 @@ class CrashLog:
         self._by_worker: dict[str, _Queue] = {}
         #: Each worker's latest kept crash, sorted: workers with a crash after a cutoff.
         self._latest: list[Crash] = []
+        #: The pool's configuration, stored by its first ``health_record`` that gave one.
+        self.config: dict[str, Any] | None = None
+
+    def window(self, given: float) -> float:
+        """The stored configuration's ``crash_window``, else ``given``."""
+        return float(self.config["crash_window"]) if self.config else given
 
     def add(self, now: float, worker: str) -> None:
         """Record one crash of ``worker`` at ``now``."""

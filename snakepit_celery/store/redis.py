@@ -281,9 +281,13 @@ class RedisStore:
         max_entries: int,
         reason: str | None = None,
         info: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> HealthSnapshot:
-        """Record one crash (``reason``/``info`` not stored); ``workers`` holds ``worker_id``."""
-        total, in_window, mine, now, workers = self._run(
+        """Record one crash (``reason``/``info`` not stored); ``workers`` holds ``worker_id``.
+
+        ``config`` is stored with the pool unless one is (the first wins).
+        """
+        total, in_window, mine, now, workers, stored = self._run(
             "health_record",
             self._health_keys(pool),
             [
@@ -291,27 +295,31 @@ class RedisStore:
                 seconds_arg("window", window),
                 count_arg("max_entries", max_entries),
                 int(HEALTH_TOTAL_TTL * 1000),
+                "" if config is None else json.dumps(dict(config), sort_keys=True),
             ],
         )
-        mine_crashes = {worker_id: WorkerCrashes(int(mine), float(now))}
-        return HealthSnapshot(int(total), int(in_window), mine_crashes, int(workers))
+        pool_config = _config(stored)
+        mine_crashes = {worker_id: WorkerCrashes(int(mine), float(now), pool_config)}
+        return HealthSnapshot(int(total), int(in_window), mine_crashes, int(workers), pool_config)
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
         """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
         meta, crashes, _, workers_key = self._health_keys(pool)
-        total, in_window, workers = self._run(
+        total, in_window, workers, stored = self._run(
             "health_stats", [meta, crashes, workers_key], [seconds_arg("window", window)]
         )
-        return HealthSnapshot(int(total), int(in_window), workers_with_crashes=int(workers))
+        return HealthSnapshot(
+            int(total), int(in_window), workers_with_crashes=int(workers), config=_config(stored)
+        )
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
         """Crashes of one worker inside the window (no write; O(log n))."""
-        count, last = self._run(
+        count, last, stored = self._run(
             "health_worker",
-            [self.key("hm", pool, "by_worker")],
+            [self.key("hm", pool, "by_worker"), self.key("hm", pool)],
             [worker_id, seconds_arg("window", window)],
         )
-        return WorkerCrashes(int(count), None if last is None else float(last))
+        return WorkerCrashes(int(count), None if last is None else float(last), _config(stored))
 
     # -- taints ---------------------------------------------------------------
     def _taint_keys(self, pool: str) -> list[str]:
@@ -441,3 +449,8 @@ class RedisStore:
             node, _, incarnation = text(reply[i]).rpartition("|")
             records.append({**node_record(node, reply[i + 1], now), "incarnation": incarnation})
         return sorted(records, key=lambda r: (str(r["node"]), -float(r["heartbeat_age"])))
+
+
+def _config(stored: Any) -> dict[str, Any] | None:
+    """A stored configuration (JSON reply of a health script), None when there is none."""
+    return None if stored is None else dict(json.loads(text(stored)))

@@ -42,7 +42,8 @@ KEY_SCHEMA: Mapping[str, str] = {
     "breaker": "{br:<name>}",
     # zset: half-open probe lease token -> lease expiry (epoch s)
     "breaker_probes": "{br:<name>}:probes",
-    # hash: total (lifetime crash count), seq (crash id counter)
+    # hash: total (lifetime crash count), seq (crash id counter),
+    # config (JSON of max_crashes, crash_window, max_worker_crashes: the first written wins)
     "health": "{hm:<pool>}",
     # zset: '<seq>|<len(worker_id)>|<worker_id>|' -> crash time; trimmed to window and max_entries
     "health_crashes": "{hm:<pool>}:crashes",
