@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snakepit_celery import signals
+from snakepit_celery.breaker.stored_config import warn_config_conflict
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.settings import HealthConfig
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
@@ -154,7 +155,7 @@ class HealthMonitor:
         judged = {key: (stored or {}).get(key, value) for key, value in own.items()}
         conflict = judged != own
         if conflict:
-            _warn_conflict(self.store, self.pool, own, judged)
+            warn_config_conflict("health pool", self.pool, self.store, own, judged)
         return PoolLimits(
             max_crashes=int(judged["max_crashes"]),
             crash_window=float(judged["crash_window"]),
@@ -206,24 +207,3 @@ class HealthMonitor:
         if not fail_open():
             raise exc
         report_store_error(exc)
-
-
-_warned: set[tuple[int, str, str]] = set()
-
-
-def _warn_conflict(
-    store: Store, pool: str, own: Mapping[str, Any], stored: Mapping[str, Any]
-) -> None:
-    """Log once per process, store and stored configuration that a pool uses other numbers."""
-    key = (id(store), pool, repr(sorted(stored.items())))
-    if key in _warned:
-        return
-    _warned.add(key)
-    logger.warning(
-        "health pool %s is judged by its stored configuration %s, not this process's %s "
-        "(the first configuration recorded wins)",
-        pool,
-        dict(stored),
-        dict(own),
-        extra={"snakepit_pool": pool, "stored_config": dict(stored), "own_config": dict(own)},
-    )

@@ -13,6 +13,7 @@ import pytest
 from celery import Celery
 from cli_helpers import app, run_json  # noqa: F401 - the ``app`` fixture
 
+from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import Store, store_from_url
 
@@ -47,7 +48,7 @@ def test_a_worker_limit_follows_the_stored_configuration(any_store: Store) -> No
 def test_a_conflict_is_logged_once(any_store: Store, caplog: pytest.LogCaptureFixture) -> None:
     HealthMonitor("logged", max_crashes=4, store=any_store).record_crash("w1")
     other = HealthMonitor("logged", max_crashes=9, store=any_store)
-    with caplog.at_level(logging.WARNING, logger="snakepit_celery.health"):
+    with caplog.at_level(logging.WARNING, logger="snakepit_celery.breaker.stored_config"):
         other.stats()
         other.is_healthy()
     warnings = [r for r in caplog.records if "judged by its stored configuration" in r.message]
@@ -62,3 +63,51 @@ def test_the_cli_shows_a_pool_by_its_stored_numbers(app: Celery, redis_store: St
     pool = {h["pool"]: h for h in data["health"]}["gpu"]
     assert code == 1
     assert (pool["is_healthy"], pool["max_crashes"], pool["config_conflict"]) == (False, 3, True)
+
+
+# -- breakers ------------------------------------------------------------------------------
+
+
+def test_a_breaker_is_judged_by_the_configuration_stored_with_it(any_store: Store) -> None:
+    worker = CircuitBreaker("model", failure_threshold=2, reset_timeout=120, store=any_store)
+    worker.record_failure()
+    worker.record_failure()
+    defaults = CircuitBreaker("model", store=any_store)  # failure_threshold=5, reset_timeout=30
+    stats = defaults.stats()
+    assert (stats.state, stats.failure_threshold, stats.config_conflict) == ("open", 2, True)
+    assert defaults.allow_call() is False
+    assert worker.stats().config_conflict is False
+
+
+def test_the_stored_threshold_opens_the_breaker_for_everyone(any_store: Store) -> None:
+    CircuitBreaker("strict-br", failure_threshold=1, store=any_store).record_success()
+    lenient = CircuitBreaker("strict-br", failure_threshold=50, store=any_store)
+    lenient.record_failure()
+    assert lenient.state == "open"
+
+
+def test_a_reset_forgets_the_stored_configuration(any_store: Store) -> None:
+    CircuitBreaker("reset-br", failure_threshold=1, store=any_store).record_failure()
+    CircuitBreaker("reset-br", store=any_store).reset()
+    fresh = CircuitBreaker("reset-br", failure_threshold=3, store=any_store)
+    fresh.record_failure()
+    assert fresh.stats().failure_threshold == 3
+    assert fresh.state == "closed"
+
+
+def test_breakers_json_shows_the_stored_numbers_and_the_conflict(
+    app: Celery,  # noqa: F811
+    redis_store: Store,
+) -> None:
+    breaker = CircuitBreaker(
+        "model-server", failure_threshold=2, reset_timeout=120, store=redis_store
+    )
+    breaker.record_failure()
+    breaker.record_failure()
+    _, data = run_json(app, "breakers", "--breaker", "model-server")
+    shown = {b["name"]: b for b in data}["model-server"]
+    assert (shown["state"], shown["failure_threshold"], shown["config_conflict"]) == (
+        "open",
+        2,
+        True,
+    )

@@ -85,6 +85,8 @@ class BreakerRecord:
     state: str
     failures: int
     transition: str | None = None
+    #: The breaker's stored configuration (the first ``config`` recorded), None when none.
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,8 @@ class BreakerSnapshot:
     successes: int
     half_open_calls: int
     retry_after: float
+    #: The breaker's stored configuration, None when none (its numbers are the ones used).
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +175,11 @@ class Store(Protocol):
     def breaker_acquire(
         self, name: str, *, reset_timeout: float, half_open_max_calls: int, probe_ttl: float
     ) -> BreakerDecision:
-        """Ask to make a call; in half-open this takes a probe slot (lease of ``probe_ttl``)."""
+        """Ask to make a call; in half-open this takes a probe slot (lease of ``probe_ttl``).
+
+        The breaker's stored configuration, when it has one, gives
+        ``reset_timeout`` and ``half_open_max_calls`` instead of the arguments.
+        """
         ...
 
     def breaker_record(
@@ -182,8 +190,15 @@ class Store(Protocol):
         failure_threshold: int,
         probe: str | None = None,
         count: int = 1,
+        config: Mapping[str, Any] | None = None,
     ) -> BreakerRecord:
-        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
+        """Record ``count`` successes or failures (releasing ``probe`` if given).
+
+        ``config`` (``failure_threshold``, ``reset_timeout``,
+        ``half_open_max_calls``) is stored with the breaker's state unless one
+        is stored already: the first wins, and its numbers replace the
+        arguments here, in ``breaker_acquire`` and in ``breaker_peek``.
+        """
         ...
 
     def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:

@@ -100,7 +100,7 @@ class MemoryStore:
                 return BreakerDecision(True, "closed", failures=br.failures if br else 0)
             transition = None
             if br.state == "open":
-                remaining = br.opened_at + reset_timeout - now
+                remaining = br.opened_at + br.judged("reset_timeout", reset_timeout) - now
                 if remaining > 0:
                     return BreakerDecision(
                         False, "open", retry_after=remaining, failures=br.failures
@@ -109,7 +109,7 @@ class MemoryStore:
                 br.leases.clear()
                 transition = "half_open"
             br.purge_leases(now)
-            if len(br.leases) < half_open_max_calls:
+            if len(br.leases) < br.judged("half_open_max_calls", half_open_max_calls):
                 token = f"{now:.6f}:{next(self._tokens)}"
                 br.leases[token] = now + probe_ttl
                 return BreakerDecision(
@@ -132,11 +132,17 @@ class MemoryStore:
         failure_threshold: int,
         probe: str | None = None,
         count: int = 1,
+        config: Mapping[str, Any] | None = None,
     ) -> BreakerRecord:
-        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
+        """Record ``count`` successes or failures (releasing ``probe`` if given).
+
+        ``config`` is stored with the breaker unless one is (the first wins).
+        """
         with self._lock:
             now = self.now()
             br = self._breakers.setdefault(name, BreakerState())
+            if br.config is None and config is not None:
+                br.config = json.loads(json.dumps(dict(config)))
             if probe is not None:
                 br.leases.pop(probe, None)
             transition = None
@@ -150,14 +156,13 @@ class MemoryStore:
                     br.failures = 0
             else:
                 br.failures += count
-                if (br.state == "closed" and br.failures >= failure_threshold) or (
-                    br.state == "half_open"
-                ):
+                threshold = br.judged("failure_threshold", failure_threshold)
+                if (br.state == "closed" and br.failures >= threshold) or (br.state == "half_open"):
                     br.state = "open"
                     br.opened_at = now
                     br.leases.clear()
                     transition = "opened"
-            return BreakerRecord(br.state, br.failures, transition)
+            return BreakerRecord(br.state, br.failures, transition, br.config)
 
     def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
         """Current state without side effects (open past its timeout reads half_open)."""
@@ -168,13 +173,13 @@ class MemoryStore:
                 return BreakerSnapshot("closed", 0, 0, 0, 0.0)
             state, retry_after = br.state, 0.0
             if state == "open":
-                retry_after = br.opened_at + reset_timeout - now
+                retry_after = br.opened_at + br.judged("reset_timeout", reset_timeout) - now
                 if retry_after <= 0:
                     state, retry_after = "half_open", 0.0
             live = (
                 sum(1 for exp in br.leases.values() if exp > now) if br.state == "half_open" else 0
             )
-            return BreakerSnapshot(state, br.failures, br.successes, live, retry_after)
+            return BreakerSnapshot(state, br.failures, br.successes, live, retry_after, br.config)
 
     def breaker_reset(self, name: str) -> str:
         """Forget everything about the breaker (closed, zero counts); return its state before."""

@@ -29,6 +29,12 @@ class BreakerState:
     successes: int = 0
     opened_at: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)
+    #: The breaker's configuration, stored by its first ``breaker_record`` that gave one.
+    config: dict[str, Any] | None = None
+
+    def judged(self, name: str, given: float) -> float:
+        """The stored configuration's number ``name``, else ``given``."""
+        return float(self.config[name]) if self.config and name in self.config else given
 
     def purge_leases(self, now: float) -> None:
         """Drop probe leases that expired by ``now``."""

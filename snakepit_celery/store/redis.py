@@ -234,9 +234,13 @@ class RedisStore:
         failure_threshold: int,
         probe: str | None = None,
         count: int = 1,
+        config: Mapping[str, Any] | None = None,
     ) -> BreakerRecord:
-        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
-        state, failures, transition = self._run(
+        """Record ``count`` successes or failures (releasing ``probe`` if given).
+
+        ``config`` is stored with the breaker unless one is (the first wins).
+        """
+        state, failures, transition, stored = self._run(
             "breaker_record",
             self._breaker_keys(name),
             [
@@ -245,17 +249,23 @@ class RedisStore:
                 probe or "",
                 count_arg("count", count),
                 int(BREAKER_TTL * 1000),
+                "" if config is None else json.dumps(dict(config), sort_keys=True),
             ],
         )
-        return BreakerRecord(text(state), int(failures), opt_text(transition))
+        return BreakerRecord(text(state), int(failures), opt_text(transition), _config(stored))
 
     def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
         """Current state without side effects (open past its timeout reads half_open)."""
-        state, failures, successes, live, retry_after = self._run(
+        state, failures, successes, live, retry_after, stored = self._run(
             "breaker_peek", self._breaker_keys(name), [seconds_arg("reset_timeout", reset_timeout)]
         )
         return BreakerSnapshot(
-            text(state), int(failures), int(successes), int(live), float(retry_after)
+            text(state),
+            int(failures),
+            int(successes),
+            int(live),
+            float(retry_after),
+            _config(stored),
         )
 
     def breaker_reset(self, name: str) -> str:
@@ -452,5 +462,5 @@ class RedisStore:
 
 
 def _config(stored: Any) -> dict[str, Any] | None:
-    """A stored configuration (JSON reply of a health script), None when there is none."""
+    """A stored configuration (JSON reply of a breaker or health script), None when none."""
     return None if stored is None else dict(json.loads(text(stored)))
