@@ -106,6 +106,17 @@ def test_breaker_transitions_are_counted_and_the_last_state_kept(
     assert value(samples, "snakepit_breaker_state", breaker=name) == 2.0
 
 
+def test_the_state_gauge_follows_a_reset(server: metrics.MetricsServer, store: Store) -> None:
+    name = unique("reset-gauge")
+    breaker = CircuitBreaker(name, failure_threshold=1, store=store)
+    breaker.record_failure()
+    assert value(scrape(server.port), "snakepit_breaker_state", breaker=name) == 2.0
+    CircuitBreaker(name, store=store).reset()  # another process's breaker object
+    samples = scrape(server.port)
+    assert value(samples, "snakepit_breaker_state", breaker=name) == 0.0
+    assert value(samples, "snakepit_breaker_transitions_total", breaker=name, state="closed") == 1
+
+
 def test_a_real_breaker_tripping_on_redis_is_counted_once(
     server: metrics.MetricsServer, store: Store
 ) -> None:
