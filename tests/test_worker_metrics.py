@@ -7,7 +7,10 @@ the prefork children's counts must still reach the scrape.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +19,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from worker_helpers import CPU_HARDWARE, ROOT, make_app, write_hardware
 
+from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.workers import WorkerNode
 from tests.apps.observe_app import add_tasks
+from tests.cli_helpers import CELERY, gpu_host
+
+#: The fixture this module takes from cli_helpers (named here so linters see it used).
+__all__ = ["gpu_host"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -129,3 +137,38 @@ def test_nodes_of_one_host_share_the_port_and_their_samples(nodes: MetricsNodes)
         20,
         what="the second node's retry on the first node's endpoint",
     )
+
+
+def test_per_device_nodes_of_a_host_serve_one_endpoint(
+    redis_url: str, key_prefix: str, gpu_host: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``snakepit worker --per-device``: one node binds the port, the others say who serves."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    port = free_port()
+    env = {
+        **os.environ,
+        "SNAKEPIT_STORE_URL": redis_url,
+        "SNAKEPIT_KEY_PREFIX": key_prefix,
+        "SNAKEPIT_HARDWARE": str(gpu_host),
+        "SNAKEPIT_METRICS_PORT": str(port),
+        "PYTHONPATH": str(ROOT),
+    }
+    argv = [str(CELERY), "-A", "tests.apps.cli_app", "snakepit", "worker", "--per-device"]
+    launcher = subprocess.Popen(
+        [*argv, "--pool=solo", "--without-mingle", "--without-gossip", "-l", "INFO"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = store_from_url(redis_url, key_prefix=key_prefix)
+    try:
+        wait_until(lambda: len(store.node_list()) == 3, 90, what="3 per-device nodes")
+        samples = wait_until(lambda: scrape(port), 20, what="the host's metrics endpoint")
+        assert ("snakepit_store_script_errors_total", ()) in samples
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, stderr[-2000:]
+    assert stderr.count("another node of this host serves it") == 2, stderr[-3000:]
