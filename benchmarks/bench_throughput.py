@@ -4,6 +4,7 @@ One prefork worker node (concurrency 2) of ``benchmarks/apps/bench_app.py`` on
 a private Redis (broker, result backend and store) runs interleaved batches of
 each task of a pair, round after round, the order alternating between rounds;
 each round gives one paired ratio, so load from elsewhere on the machine hits
+both sides alike. The worker sends task events (``-E``, as under Flower), for
 both sides alike. Reported per pair: throughput ratio (snakepit tasks/s over
 plain tasks/s) and CPU ratio (plain CPU seconds per task over snakepit's,
 worker processes + redis-server, read with psutil); 1.0 means free, the
@@ -68,7 +69,8 @@ def report(rounds: dict[str, list[tuple[Batch, Batch]]], machine: str) -> str:
     lines = [
         machine,
         "",
-        f"No-op tasks, one prefork worker node (concurrency 2), Redis broker and result "
+        f"No-op tasks, one prefork worker node (concurrency 2, task events on: -E), "
+        "Redis broker and result "
         f"backend; {ROUNDS} rounds x {TASKS} tasks of each kind, interleaved (order alternating). "
         "Ratios are per round (paired), shown as min / median; throughput ratio = measured "
         "tasks/s / baseline tasks/s, CPU ratio = baseline CPU per task / measured CPU per task "
@@ -98,7 +100,7 @@ def report(rounds: dict[str, list[tuple[Batch, Batch]]], machine: str) -> str:
 
 def main() -> str:
     """Run the rounds on a private Redis and worker node; return the Markdown section."""
-    with BenchFleet(concurrency=2) as fleet:
+    with BenchFleet(concurrency=2, worker_args=("-E",)) as fleet:
         machine = machine_details(fleet.redis)
         rounds = measure(fleet)
     return report(rounds, machine)

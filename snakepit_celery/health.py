@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from snakepit_celery import signals
-from snakepit_celery.errors import ConfigError, StoreUnavailableError
-from snakepit_celery.policy.checks import check_int, check_seconds
+from snakepit_celery.breaker.stored_config import warn_config_conflict
+from snakepit_celery.errors import StoreUnavailableError
+from snakepit_celery.policy.settings import HealthConfig
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
 from snakepit_celery.store.base import HealthSnapshot, Store
 
-__all__ = ["HealthMonitor", "HealthStats", "WorkerHealth"]
+__all__ = ["HealthMonitor", "HealthStats", "PoolLimits", "WorkerHealth"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +54,22 @@ class HealthStats:
     max_crashes: int
     crash_window: float
     is_healthy: bool
+    #: This process's numbers differ from the pool's stored ones (which are the ones used).
+    config_conflict: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain types; keys equal the field names."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """The numbers a pool is judged by: stored with its state, else this monitor's own."""
+
+    max_crashes: int
+    crash_window: float
+    max_worker_crashes: int
+    conflict: bool = False
 
 
 _EMPTY = HealthSnapshot(total_crashes=0, crashes_in_window=0)
@@ -78,13 +92,15 @@ class HealthMonitor:
         max_worker_crashes: int = 3,
         store: Store | str | None = None,
     ) -> None:
-        if not isinstance(pool, str) or not pool:
-            raise ConfigError("pool", pool, "a non-empty string")
-        self.pool = pool
-        self.max_crashes = check_int("max_crashes", max_crashes, minimum=1)
-        self.crash_window = check_seconds("crash_window", crash_window, positive=True)
-        self.check_interval = check_seconds("check_interval", check_interval, positive=True)
-        self.max_worker_crashes = check_int("max_worker_crashes", max_worker_crashes, minimum=1)
+        #: The checked settings of this monitor (``policy.settings.HealthConfig``).
+        self.config = HealthConfig(
+            pool, max_crashes, crash_window, check_interval, max_worker_crashes
+        )
+        self.pool: str = self.config.pool
+        self.max_crashes: int = self.config.max_crashes
+        self.crash_window: float = self.config.crash_window
+        self.check_interval: float = self.config.check_interval
+        self.max_worker_crashes: int = self.config.max_worker_crashes
         self.max_entries = max(10 * self.max_crashes, MIN_MAX_ENTRIES)
         self._store = StoreBinding(store)
 
@@ -99,7 +115,10 @@ class HealthMonitor:
         return f"HealthMonitor({fields}, store={self._store.describe()!r})"
 
     def record_crash(self, worker_id: str, reason: Any = None, **info: Any) -> None:
-        """Record one crash of ``worker_id`` and send ``worker_crash(pool, worker_id, reason)``."""
+        """Record one crash of ``worker_id`` and send ``worker_crash(pool, worker_id, reason)``.
+
+        A ``task_id`` in ``info`` (the task the crash killed) goes with the signal.
+        """
         worker_id = str(worker_id)
         try:
             self.store.health_record(
@@ -109,14 +128,45 @@ class HealthMonitor:
                 max_entries=self.max_entries,
                 reason=None if reason is None else str(reason),
                 info=info or None,
+                config=self.stored_config(),
             )
         except StoreUnavailableError as exc:
             self._store_failed(exc)
-        signals.worker_crash.send(sender=self, pool=self.pool, worker_id=worker_id, reason=reason)
+        about = {"task_id": info["task_id"]} if info.get("task_id") else {}
+        signals.worker_crash.send(
+            sender=self, pool=self.pool, worker_id=worker_id, reason=reason, **about
+        )
+
+    def stored_config(self) -> dict[str, Any]:
+        """The numbers this monitor stores with its pool's state (the first stored wins)."""
+        return {
+            "crash_window": self.crash_window,
+            "max_crashes": self.max_crashes,
+            "max_worker_crashes": self.max_worker_crashes,
+        }
+
+    def limits(self, stored: Mapping[str, Any] | None) -> PoolLimits:
+        """The numbers the pool is judged by: its ``stored`` ones, else this monitor's.
+
+        Every process judges a pool by the configuration stored with it (the
+        first one recorded); a monitor built with other numbers is warned once.
+        """
+        own = self.stored_config()
+        judged = {key: (stored or {}).get(key, value) for key, value in own.items()}
+        conflict = judged != own
+        if conflict:
+            warn_config_conflict("health pool", self.pool, self.store, own, judged)
+        return PoolLimits(
+            max_crashes=int(judged["max_crashes"]),
+            crash_window=float(judged["crash_window"]),
+            max_worker_crashes=int(judged["max_worker_crashes"]),
+            conflict=conflict,
+        )
 
     def is_healthy(self) -> bool:
         """True while the pool's crashes inside the window stay below ``max_crashes``."""
-        return self._snapshot().crashes_in_window < self.max_crashes
+        snap = self._snapshot()
+        return snap.crashes_in_window < self.limits(snap.config).max_crashes
 
     def worker_health(self, worker_id: str) -> WorkerHealth:
         """Crashes of one worker inside the window (an unknown worker is healthy, 0 crashes)."""
@@ -126,7 +176,7 @@ class HealthMonitor:
             self._store_failed(exc)
             return WorkerHealth(healthy=True, crash_count=0, last_crash_time=None)
         return WorkerHealth(
-            healthy=crashes.count < self.max_worker_crashes,
+            healthy=crashes.count < self.limits(crashes.config).max_worker_crashes,
             crash_count=crashes.count,
             last_crash_time=crashes.last_time,
         )
@@ -134,14 +184,16 @@ class HealthMonitor:
     def stats(self) -> HealthStats:
         """The pool's lifetime and windowed crash counts."""
         snap = self._snapshot()
+        limits = self.limits(snap.config)
         return HealthStats(
             pool=self.pool,
             total_crashes=snap.total_crashes,
             crashes_in_window=snap.crashes_in_window,
             workers_with_crashes=snap.workers_with_crashes,
-            max_crashes=self.max_crashes,
-            crash_window=self.crash_window,
-            is_healthy=snap.crashes_in_window < self.max_crashes,
+            max_crashes=limits.max_crashes,
+            crash_window=limits.crash_window,
+            is_healthy=snap.crashes_in_window < limits.max_crashes,
+            config_conflict=limits.conflict,
         )
 
     def _snapshot(self) -> HealthSnapshot:

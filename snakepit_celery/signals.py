@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, dataclass_transform
 
@@ -42,6 +44,7 @@ __all__ = [
     "Tainted",
     "WorkerCrash",
     "WorkerTainted",
+    "about_task",
     "breaker_closed",
     "breaker_half_open",
     "breaker_opened",
@@ -89,6 +92,20 @@ ALL_SIGNALS: dict[str, Signal] = {
         gpu_health,
     )
 }
+
+#: The task the signals sent in this context are about (``about_task``).
+_ABOUT_TASK: ContextVar[str | None] = ContextVar("snakepit_about_task", default=None)
+
+
+@contextmanager
+def about_task(task_id: str | None) -> Iterator[None]:
+    """Tie every signal sent inside the block without its own ``task_id`` to ``task_id``."""
+    token = _ABOUT_TASK.set(None if task_id is None else str(task_id))
+    try:
+        yield
+    finally:
+        _ABOUT_TASK.reset(token)
+
 
 #: Keyword names every payload knows besides its own fields.
 _COMMON_FIELDS = frozenset({"sender", "task_id", "extra"})
@@ -242,7 +259,7 @@ def payload_of(signal: Signal, sender: Any, kwargs: Mapping[str, Any]) -> Signal
     known = {f.name for f in dataclasses.fields(cls)} - _COMMON_FIELDS
     own = {key: value for key, value in kwargs.items() if key in known}
     extra = {key: value for key, value in kwargs.items() if key not in known | {"task_id"}}
-    task_id = kwargs.get("task_id")
+    task_id = kwargs.get("task_id") or _ABOUT_TASK.get()
     return cls(
         sender=sender,
         task_id=None if task_id is None else str(task_id),

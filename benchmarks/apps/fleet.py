@@ -69,10 +69,17 @@ def machine_details(redis_client: redis.Redis | None = None) -> str:
 
 
 class BenchFleet:
-    """Private Redis + one ``bench_app`` worker node (prefork, ``concurrency`` children)."""
+    """Private Redis + one ``bench_app`` worker node (prefork, ``concurrency`` children).
+
+    ``worker_args`` go to ``celery worker`` (``-E``: task events on).
+    """
 
     def __init__(
-        self, concurrency: int = 2, env: dict[str, str] | None = None, delay: float = 0.0
+        self,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        worker_args: tuple[str, ...] = (),
+        delay: float = 0.0,
     ) -> None:
         binary = find_redis_server_binary()
         if binary is None:
@@ -98,6 +105,7 @@ class BenchFleet:
             queues=(IDLE_QUEUE,),
             concurrency=concurrency,
             env={ENV_URL: node_url, "PYTHONPATH": str(ROOT), **(env or {})},
+            extra_args=worker_args,
             cwd=str(ROOT),
         )
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from types import GeneratorType, TracebackType
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from snakepit_celery.breaker.shared import SharedView
 from snakepit_celery.breaker.state import Admission, BreakerState, BreakerStats
+from snakepit_celery.breaker.stored_config import warn_config_conflict
 from snakepit_celery.errors import CircuitOpenError, ConfigError
-from snakepit_celery.policy.checks import check_int, check_seconds
+from snakepit_celery.policy.checks import check_name, check_seconds
+from snakepit_celery.policy.settings import BreakerConfig
 from snakepit_celery.store import StoreBinding, store_from_url
 from snakepit_celery.store.base import Store
 from snakepit_celery.testing import is_testing
@@ -51,18 +53,20 @@ class CircuitBreaker:
         *,
         probe_ttl: float | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigError("name", name, "a non-empty string")
-        self.name = name
-        self.failure_threshold = check_int("failure_threshold", failure_threshold, minimum=1)
-        self.reset_timeout = check_seconds("reset_timeout", reset_timeout)
-        self.half_open_max_calls = check_int("half_open_max_calls", half_open_max_calls, minimum=1)
+        self.name = check_name("name", name)
+        #: The checked numbers of this breaker (``policy.settings.BreakerConfig``).
+        self.config = BreakerConfig(
+            failure_threshold, reset_timeout, half_open_max_calls, max_staleness
+        )
+        self.failure_threshold: int = self.config.failure_threshold
+        self.reset_timeout: float = self.config.reset_timeout
+        self.half_open_max_calls: int = self.config.half_open_max_calls
+        self.max_staleness: float = self.config.max_staleness
         if isinstance(exclude, type):
             exclude = (exclude,)
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in exclude):
             raise ConfigError("exclude", exclude, "exception classes")
         self.exclude: tuple[type[BaseException], ...] = tuple(exclude)
-        self.max_staleness = check_seconds("max_staleness", max_staleness)
         if probe_ttl is None:
             probe_ttl = max(self.reset_timeout, MIN_PROBE_TTL)
         self.probe_ttl = check_seconds("probe_ttl", probe_ttl)
@@ -253,13 +257,33 @@ class CircuitBreaker:
         """State and counters read from the store (this process's batched successes included)."""
         self._view.flush()
         snap = self._view.peek()
+        judged, conflict = self.judged(snap.config)
         return BreakerStats(
             state=BreakerState(snap.state),
             failure_count=snap.failures,
             success_count=snap.successes,
-            failure_threshold=self.failure_threshold,
+            failure_threshold=int(judged["failure_threshold"]),
             half_open_calls=snap.half_open_calls,
+            config_conflict=conflict,
         )
+
+    def stored_config(self) -> dict[str, Any]:
+        """The numbers this breaker stores with its state (the first stored wins)."""
+        return {
+            "failure_threshold": self.failure_threshold,
+            "half_open_max_calls": self.half_open_max_calls,
+            "reset_timeout": self.reset_timeout,
+        }
+
+    def judged(self, stored: Mapping[str, Any] | None) -> tuple[dict[str, Any], bool]:
+        """The numbers the breaker is judged by (its ``stored`` ones, else this one's), and
+        whether they differ from this process's (logged once per store and configuration)."""
+        own = self.stored_config()
+        judged = {key: (stored or {}).get(key, value) for key, value in own.items()}
+        conflict = judged != own
+        if conflict:
+            warn_config_conflict("breaker", self.name, self.store, own, judged)
+        return judged, conflict
 
     def allow_call(self) -> bool:
         """Whether a call made now would be admitted (reads the store, takes no probe slot)."""
@@ -269,7 +293,7 @@ class CircuitBreaker:
         if snap.state == BreakerState.CLOSED:
             return True
         if snap.state == BreakerState.HALF_OPEN:
-            return snap.half_open_calls < self.half_open_max_calls
+            return snap.half_open_calls < int(self.judged(snap.config)[0]["half_open_max_calls"])
         return False
 
     def retry_delay(self, exc: CircuitOpenError) -> float:

@@ -175,7 +175,11 @@ class SharedView:
         if not count:
             return None
         record = owner.store.breaker_record(
-            self.name, success=True, failure_threshold=owner.failure_threshold, count=count
+            self.name,
+            success=True,
+            failure_threshold=owner.failure_threshold,
+            count=count,
+            config=owner.stored_config(),
         )
         self._apply(record)
         return record.state
@@ -186,7 +190,11 @@ class SharedView:
         try:
             self._flush_batch(owner)
             record = owner.store.breaker_record(
-                self.name, success=success, failure_threshold=owner.failure_threshold, probe=probe
+                self.name,
+                success=success,
+                failure_threshold=owner.failure_threshold,
+                probe=probe,
+                config=owner.stored_config(),
             )
         except StoreUnavailableError as exc:
             if reraise:
@@ -199,7 +207,8 @@ class SharedView:
     def _apply(self, record: BreakerRecord) -> None:
         """Update the view from a store answer and send the transition's signal."""
         opened = record.transition == "opened"
-        self._learn(record.state, self.owner.reset_timeout if opened else None)
+        judged, _ = self.owner.judged(record.config)
+        self._learn(record.state, float(judged["reset_timeout"]) if opened else None)
         if record.state == BreakerState.CLOSED:
             self._refresh_closed()
         else:

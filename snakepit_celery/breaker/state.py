@@ -26,6 +26,8 @@ class BreakerStats:
     success_count: int
     failure_threshold: int
     half_open_calls: int
+    #: This process's numbers differ from the breaker's stored ones (which are the ones used).
+    config_conflict: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe plain types; keys equal the field names."""
@@ -35,6 +37,7 @@ class BreakerStats:
             "success_count": self.success_count,
             "failure_threshold": self.failure_threshold,
             "half_open_calls": self.half_open_calls,
+            "config_conflict": self.config_conflict,
         }
 
 

@@ -24,6 +24,7 @@ from celery import states
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.policy.crash import Classification, CrashInfo, describe_crash
 from snakepit_celery.policy.gpu_errors import gpu_error_action
+from snakepit_celery.signals import about_task
 
 if TYPE_CHECKING:
     from snakepit_celery.barrier import CrashBarrier
@@ -109,6 +110,16 @@ def handle_crash(
     not know: only ``end`` runs). Returns None, doing nothing, when the
     observer has no crash to handle (a GPU error that needs no recycling).
     """
+    with about_task(seen.task_id):
+        return _handle_crash(seen, barrier, health, end)
+
+
+def _handle_crash(
+    seen: SeenCrash,
+    barrier: CrashBarrier | None,
+    health: HealthMonitor | None,
+    end: Callable[[CrashOutcome], None],
+) -> CrashOutcome | None:
     rules = _RULES[seen.observer]
     info = _classify(seen, barrier)
     if info is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from celery import Celery, states
 from celery.backends.base import DisabledBackend
@@ -49,9 +49,10 @@ class GatedTask(Protocol):
 
 def crash_ledger_gate(
     task: GatedTask, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any]
-) -> None:
+) -> int:
     """Record this run of a message that came back; stop it past ``max_restarts``.
 
+    Returns the task's crashes so far (the ledger's plus the header's).
     Raises ``Ignore`` for a duplicate delivery or a task that already ended,
     ``WorkerCrashedError`` when the barrier allows no further run.
     """
@@ -73,20 +74,20 @@ def crash_ledger_gate(
     if crashes == 0:
         if before.released:
             drop_if_ended(task, runtime, request)
-        return
+        return 0
     if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
         logger.warning(
-            "task %s[%s] came back after its node died; running it again (crash %d)",
+            "task %s[%s] came back after its worker crashed; running it again (crash %d)",
             task.name,
             request.id,
             crashes,
             extra={"task_id": request.id, "crashes": crashes},
         )
-        return
+        return crashes
     _give_up(task, runtime, request, crashes)
 
 
-def _give_up(task: GatedTask, runtime: TaskRuntime, request: Any, crashes: int) -> None:
+def _give_up(task: GatedTask, runtime: TaskRuntime, request: Any, crashes: int) -> NoReturn:
     """Close the ledger and raise ``WorkerCrashedError``: the task is not run again."""
     barrier = runtime.barrier
     drop_if_ended(task, runtime, request)

@@ -57,6 +57,17 @@ _NODE_QUEUE_PREFIX = "snakepit.node."
 class SnakepitRequest(Request):  # type: ignore[misc]
     """Celery ``Request`` whose failure path applies the task's crash barrier."""
 
+    def send_event(self, type: str, **fields: Any) -> None:
+        """Celery's, but the success of a run re-published after a crash clears its error.
+
+        Monitors (Flower, ``celery.events.state``) keep the ``exception`` of the
+        crash's ``task-retried`` event on the task otherwise, so a task that
+        crashed once and then succeeded would show SUCCESS with an exception.
+        """
+        if type == "task-succeeded" and HEADER_CRASHES in self._request_dict:
+            fields = {"exception": None, "traceback": None, **fields}
+        super().send_event(type, **fields)
+
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> Any:

@@ -87,7 +87,7 @@ class TaskRuntime:
     health: HealthMonitor
     defer_on_open: bool
     lease: float
-    #: The worker sends task events (``-E``): each run also sends ``task-snakepit-run``.
+    #: The worker sends task events (``-E``): each run also sends ``snakepit-run``.
     task_events: bool
 
 

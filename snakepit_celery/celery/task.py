@@ -27,6 +27,7 @@ from celery import Celery, Task, shared_task
 from snakepit_celery import signals
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.crash import note_gpu_fatal
+from snakepit_celery.celery.events import RUN_EVENT
 from snakepit_celery.celery.headers import (
     HEADER_DEFERRALS,
     HEADER_FIRST_TRY,
@@ -51,6 +52,7 @@ from snakepit_celery.errors import (
     SnakepitError,
 )
 from snakepit_celery.hardware.types import Device
+from snakepit_celery.metrics.hooks import count_event, observe_hot_path
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.task_options import (
     SNAKEPIT_OPTIONS,
@@ -67,8 +69,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Task event carrying a run's device, breaker, crash count and attempt (with ``-E``).
-TASK_FACTS_EVENT = "task-snakepit-run"
+#: The event carrying a run's node, device, breaker, crash count and attempt (with ``-E``).
+TASK_FACTS_EVENT = RUN_EVENT
 #: Shortest countdown of a task re-queued by an open breaker (s).
 MIN_DEFER_COUNTDOWN = 0.1
 
@@ -203,6 +205,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
 
     # -- running -------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         request = self.request_stack.top
         if request is None or request.called_directly:
             return self._call_directly(args, kwargs)
@@ -215,12 +218,16 @@ class SnakepitTask(Task):  # type: ignore[misc]
         # unless the task asked for start marks (one round trip per run).
         tracked = redelivered(request) or headers.tracked or runtime.barrier.config.start_marks
         if not (runtime.barrier.enabled and self.acks_late and tracked):
-            return self._attempt(runtime, request, headers, args, kwargs)
-        self._crash_ledger_gate(runtime, request, headers.raw)
+            return self._attempt(
+                runtime, request, headers, args, kwargs, crashes=headers.crashes, started=started
+            )
+        crashes = self._crash_ledger_gate(runtime, request, headers.raw)
         # A retry of this run is a new message: the header keeps it tracked.
         headers = headers.with_crash_header()
         try:
-            return self._attempt(runtime, request, headers, args, kwargs)
+            return self._attempt(
+                runtime, request, headers, args, kwargs, crashes=crashes, started=started
+            )
         except BaseException:
             # Retry/Reject bring this task id back: close the record so its next
             # run is not taken for a duplicate or a crash. A success needs no
@@ -244,13 +251,22 @@ class SnakepitTask(Task):  # type: ignore[misc]
         headers: MessageHeaders,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        crashes: int,
+        started: float,
     ) -> Any:
+        """Run the body once; ``crashes``: the task's crashes so far (ledger and header).
+
+        ``started``: ``perf_counter()`` when the task was called; snakepit's own
+        time until the body runs is observed as ``snakepit_hot_path_seconds``.
+        """
         if self._accepts_device and "device" not in kwargs:
             kwargs = {**kwargs, "device": self.resolved_device}
         attempt = headers.attempt
         breaker = runtime.breaker
-        if runtime.task_events:
-            self._send_facts(request, headers, breaker, attempt)
+        if runtime.task_events and (crashes or attempt > 1 or headers.deferrals):
+            self._send_facts(request, headers, breaker, crashes)
+        observe_hot_path("before", time.perf_counter() - started)
         try:
             if breaker is None:
                 result = self.run(*args, **kwargs)
@@ -282,26 +298,32 @@ class SnakepitTask(Task):  # type: ignore[misc]
         request: Any,
         headers: MessageHeaders,
         breaker: CircuitBreaker | None,
-        attempt: int,
+        crashes: int,
     ) -> None:
-        """``task-snakepit-run``: the device, breaker and crash count of this run, for Flower.
+        """``snakepit-run``: the node, device, breaker, crash count and attempt of this run.
 
         Sent only when the worker sends task events (``-E``), like Celery's own
-        per-task events; never raises into the task.
+        per-task events, and only for a run that is not a first delivery (a
+        retry, a deferral, a re-run after a crash): a first run costs no extra
+        message, Celery's own ``task-started`` gives its node. Never raises
+        into the task (a lost event is counted).
         """
         device = self._device_or_none((request.delivery_info or {}).get("routing_key"))
         try:
             self.send_event(
                 TASK_FACTS_EVENT,
+                node=request.hostname,
                 device=None if device is None else str(device),
                 breaker=None if breaker is None else breaker.name,
-                crashes=headers.crashes,
+                crashes=crashes,
                 deferrals=headers.deferrals,
-                attempt=attempt,
-                retry=False,
+                attempt=headers.attempt,
             )
         except Exception:
-            logger.debug("could not send %s", TASK_FACTS_EVENT, exc_info=True)
+            count_event(TASK_FACTS_EVENT, lost=True)
+            logger.warning("could not send %s", TASK_FACTS_EVENT, exc_info=True)
+        else:
+            count_event(TASK_FACTS_EVENT, lost=False)
 
     def _defer(
         self,
@@ -362,9 +384,9 @@ class SnakepitTask(Task):  # type: ignore[misc]
     # -- crashes seen from inside the child ---------------------------------------------
     def _crash_ledger_gate(
         self, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any]
-    ) -> None:
+    ) -> int:
         """Count the crashes behind a message that came back; stop it past ``max_restarts``."""
-        crash_ledger_gate(self, runtime, request, headers)
+        return crash_ledger_gate(self, runtime, request, headers)
 
 
 @overload

@@ -4,17 +4,18 @@ Two sources, after stamina's instrumentation hooks:
 
 - **Process metrics** (``hooks``), fed by a hook on ``snakepit_celery.signals``
   (``enable_metrics()``): breaker transitions and last state seen, retries,
-  crashes by classification, taints, store errors, and the hot-path latency
-  histogram (``observe_hot_path()``, a no-op until metrics are enabled).
-  Under Celery's prefork pool set ``PROMETHEUS_MULTIPROC_DIR`` so the
+  crashes by classification, taints, store and script errors, events sent and
+  lost (``count_event()``), and the hot-path latency histogram
+  (``observe_hot_path()``); both no-ops until metrics are enabled. A serving
+  worker turns on prometheus-client's multiprocess mode so the prefork
   children's samples are summed by the server in the parent (``multiprocess``).
 - **Fleet metrics** (``collector.FleetCollector``), read from the shared store at
   scrape time: breaker states and failures, active taints, crashes in the
   window, live nodes. ``celery snakepit metrics`` serves both.
 
 ``start_metrics_server(port)`` serves a registry over HTTP (``server``);
-``install_metrics(app)`` is what the worker calls when ``snakepit_metrics_port``
-is set.
+``install_metrics(app)`` is what the worker's metrics bootstep
+(``celery.bootsteps.metrics``) calls when ``snakepit_metrics_port`` is set.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from snakepit_celery.metrics.collector import FleetCollector
 from snakepit_celery.metrics.hooks import (
     BREAKER_STATE_VALUES,
     CRASH_CLASSIFICATIONS,
+    count_event,
     disable_metrics,
     enable_metrics,
     metrics_enabled,
@@ -43,6 +45,7 @@ __all__ = [
     "FleetCollector",
     "MetricsServer",
     "build_registry",
+    "count_event",
     "disable_metrics",
     "enable_metrics",
     "exposition",

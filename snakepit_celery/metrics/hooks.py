@@ -2,8 +2,10 @@
 
 ``enable_metrics()`` creates the metric objects once (on the default
 registry) and connects ``PrometheusHook`` to every signal; each payload only
-touches in-process metric objects. ``observe_hot_path()`` is a no-op until
-metrics are enabled.
+touches in-process metric objects. ``observe_hot_path()`` and
+``count_event()`` are no-ops until metrics are enabled. The store's error
+counts (``store_error_count``, ``script_error_count``) are carried over to
+counters on every signal and every scrape (``sync_store_errors``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "HOT_PATH_BUCKETS",
     "ProcessMetrics",
     "PrometheusHook",
+    "count_event",
     "disable_metrics",
     "enable_metrics",
     "metrics_enabled",
@@ -93,6 +96,24 @@ _COUNTERS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "Shared-store failures tolerated under fail-open.",
         (),
     ),
+    (
+        "script_errors",
+        "snakepit_store_script_errors",
+        "Store scripts that failed on the server (a bug or a broken server, never load).",
+        (),
+    ),
+    (
+        "events",
+        "snakepit_events",
+        "snakepit Celery events published by this process, by type.",
+        ("type",),
+    ),
+    (
+        "events_lost",
+        "snakepit_events_lost",
+        "snakepit Celery events that could not be published, by type.",
+        ("type",),
+    ),
 )
 
 #: ``dispatch_uid`` of the hook on the signals.
@@ -109,8 +130,12 @@ class ProcessMetrics:
     crashes: Any
     taints: Any
     store_errors: Any
+    script_errors: Any
+    events: Any
+    events_lost: Any
     hot_path: Any
     store_errors_seen: int = 0
+    script_errors_seen: int = 0
 
     @classmethod
     def create(cls) -> ProcessMetrics:
@@ -129,7 +154,7 @@ class ProcessMetrics:
             ),
             hot_path=prom.Histogram(
                 "snakepit_hot_path_seconds",
-                "snakepit's own time per task, by stage (before, after).",
+                "snakepit's own time per task run, by stage (before: from the call to the body).",
                 ["stage"],
                 buckets=HOT_PATH_BUCKETS,
             ),
@@ -137,13 +162,17 @@ class ProcessMetrics:
         )
 
     def sync_store_errors(self) -> None:
-        """Carry the store module's error count over to the counter (cheap: one int compare)."""
-        from snakepit_celery.store import store_error_count  # noqa: PLC0415
+        """Carry the store module's error counts over to the counters (cheap: two int compares)."""
+        from snakepit_celery.store import script_error_count, store_error_count  # noqa: PLC0415
 
         count = store_error_count()
         if count > self.store_errors_seen:
             self.store_errors.inc(count - self.store_errors_seen)
             self.store_errors_seen = count
+        scripts = script_error_count()
+        if scripts > self.script_errors_seen:
+            self.script_errors.inc(scripts - self.script_errors_seen)
+            self.script_errors_seen = scripts
 
 
 def _classification(reason: Any) -> str:
@@ -230,6 +259,13 @@ def observe_hot_path(stage: str, seconds: float) -> None:
         return
     metrics.hot_path.labels(stage).observe(seconds)
     metrics.sync_store_errors()
+
+
+def count_event(type_: str, *, lost: bool) -> None:
+    """Count one snakepit Celery event, published or ``lost``; no-op while metrics are off."""
+    metrics = _metrics
+    if metrics is not None:
+        (metrics.events_lost if lost else metrics.events).labels(type_).inc()
 
 
 def sync_store_errors() -> None:

@@ -2,7 +2,15 @@
 
 Serving turns on prometheus-client's multiprocess mode first (a fresh
 ``PROMETHEUS_MULTIPROC_DIR`` unless one is set), so the counts of every
-prefork child are summed by the server in the worker's main process.
+prefork child are summed by the server in the worker's main process. That
+works even when prometheus-client was imported before (Flower's ``celery``
+command plugin imports it before any app code runs): the value class of the
+metrics made from then on is switched to the multiprocess one.
+
+One host, several nodes (``snakepit worker --per-device``): the launcher
+gives every node one shared directory, the first node to bind the port
+serves the sum of all of them, the others serve nothing and say so in their
+log.
 """
 
 from __future__ import annotations
@@ -18,12 +26,16 @@ from typing import Any
 from snakepit_celery.metrics.hooks import enable_metrics
 from snakepit_celery.metrics.server import MetricsServer, start_metrics_server
 
-__all__ = ["ensure_multiprocess_dir", "install_metrics"]
+__all__ = ["MULTIPROC_ENV", "configured_port", "ensure_multiprocess_dir", "install_metrics"]
 
 logger = logging.getLogger(__name__)
 
+#: The environment variable prometheus-client reads its multiprocess directory from.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-def _configured_port(app: Any) -> int | None:
+
+def configured_port(app: Any) -> int | None:
+    """``snakepit_metrics_port`` of ``app`` (app.conf or env), None when unset."""
     from snakepit_celery.config import load_settings  # noqa: PLC0415
 
     port = load_settings(app.conf).metrics_port
@@ -34,14 +46,14 @@ def install_metrics(app: Any, port: int | None = None) -> MetricsServer | None:
     """Enable metrics in a worker and serve them when ``snakepit_metrics_port`` is set.
 
     ``port`` overrides the setting. Call it in the worker's main process
-    before the pool forks: when serving, it turns on prometheus-client's
-    multiprocess mode (a fresh ``PROMETHEUS_MULTIPROC_DIR`` unless one is set)
-    so the counts of every prefork child are summed. Returns the server, or
-    None when no port is configured or the port is taken (logged; the worker
-    keeps running without its endpoint, e.g. the second ``--per-device`` node
-    of a host, whose samples the first one serves when they share the directory).
+    before the pool forks (``bootsteps.metrics`` does): when serving, it
+    turns on prometheus-client's multiprocess mode so the counts of every
+    prefork child are summed. Returns the server, or None when no port is
+    configured or the port is taken (logged; the worker keeps running
+    without its endpoint, e.g. a second ``--per-device`` node of a host,
+    whose samples the first one serves from the shared directory).
     """
-    port = port if port is not None else _configured_port(app)
+    port = port if port is not None else configured_port(app)
     if port is not None:
         ensure_multiprocess_dir()
     enable_metrics()
@@ -50,26 +62,36 @@ def install_metrics(app: Any, port: int | None = None) -> MetricsServer | None:
     try:
         return start_metrics_server(port)
     except OSError as exc:
-        logger.warning("snakepit metrics port %s unavailable: %s", port, exc, extra={"port": port})
+        logger.info(
+            "snakepit metrics port %s taken (%s): another node of this host serves it",
+            port,
+            exc,
+            extra={"port": port},
+        )
         return None
 
 
-def ensure_multiprocess_dir() -> None:
-    """Give prefork children a shared sample directory, if prometheus-client allows it still."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return
+def ensure_multiprocess_dir() -> str:
+    """Give prefork children a shared sample directory; returns it.
+
+    Uses ``PROMETHEUS_MULTIPROC_DIR`` when set, else makes one (removed when
+    this process exits). When prometheus-client is already imported, its
+    value class is switched so metrics made from now on write there too.
+    """
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        path = tempfile.mkdtemp(prefix="snakepit-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+        owner = os.getpid()
+
+        def remove() -> None:
+            if os.getpid() == owner:
+                shutil.rmtree(path, ignore_errors=True)
+
+        atexit.register(remove)
     if "prometheus_client" in sys.modules:
-        logger.warning(
-            "prometheus_client was imported before install_metrics(): set "
-            "PROMETHEUS_MULTIPROC_DIR to serve the metrics of prefork children too"
-        )
-        return
-    path = tempfile.mkdtemp(prefix="snakepit-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    owner = os.getpid()
+        from prometheus_client import values  # noqa: PLC0415
 
-    def remove() -> None:
-        if os.getpid() == owner:
-            shutil.rmtree(path, ignore_errors=True)
-
-    atexit.register(remove)
+        if values.ValueClass is values.MutexValue:
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return path

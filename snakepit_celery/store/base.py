@@ -74,6 +74,8 @@ class BreakerRecord:
     state: str
     failures: int
     transition: str | None = None
+    #: The breaker's stored configuration (the first ``config`` recorded), None when none.
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ class BreakerSnapshot:
     successes: int
     half_open_calls: int
     retry_after: float
+    #: The breaker's stored configuration, None when none (its numbers are the ones used).
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,8 @@ class WorkerCrashes:
 
     count: int
     last_time: float | None
+    #: The pool's stored configuration (``health_record``'s ``config``), None when none.
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,9 @@ class HealthSnapshot:
     crashes_in_window: int
     workers: Mapping[str, WorkerCrashes] = field(default_factory=dict)
     workers_with_crashes: int = 0
+    #: The pool's stored configuration, None when none: the first ``config`` recorded wins
+    #: and its ``crash_window`` is the window counted.
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +164,11 @@ class Store(Protocol):
     def breaker_acquire(
         self, name: str, *, reset_timeout: float, half_open_max_calls: int, probe_ttl: float
     ) -> BreakerDecision:
-        """Ask to make a call; in half-open this takes a probe slot (lease of ``probe_ttl``)."""
+        """Ask to make a call; in half-open this takes a probe slot (lease of ``probe_ttl``).
+
+        The breaker's stored configuration, when it has one, gives
+        ``reset_timeout`` and ``half_open_max_calls`` instead of the arguments.
+        """
         ...
 
     def breaker_record(
@@ -166,8 +179,15 @@ class Store(Protocol):
         failure_threshold: int,
         probe: str | None = None,
         count: int = 1,
+        config: Mapping[str, Any] | None = None,
     ) -> BreakerRecord:
-        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
+        """Record ``count`` successes or failures (releasing ``probe`` if given).
+
+        ``config`` (``failure_threshold``, ``reset_timeout``,
+        ``half_open_max_calls``) is stored with the breaker's state unless one
+        is stored already: the first wins, and its numbers replace the
+        arguments here, in ``breaker_acquire`` and in ``breaker_peek``.
+        """
         ...
 
     def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
@@ -200,12 +220,16 @@ class Store(Protocol):
         max_entries: int,
         reason: str | None = None,
         info: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> HealthSnapshot:
         """Record one crash, prune entries older than ``window`` (and beyond ``max_entries``).
 
         The result's ``workers`` holds only ``worker_id`` (its crashes inside
         the window), so recording stays O(log n) under a crash storm; use
         ``health_stats`` for every worker. ``reason``/``info`` are not stored.
+        ``config`` (the pool's settings) is stored with the pool's state unless
+        one is stored already: the first wins, and its ``crash_window`` replaces
+        ``window`` here and in ``health_stats``/``health_worker``.
         """
         ...
 

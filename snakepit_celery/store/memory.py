@@ -12,6 +12,7 @@ import itertools
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from snakepit_celery.store.base import (
@@ -101,7 +102,7 @@ class MemoryStore:
                 return BreakerDecision(True, "closed", failures=br.failures if br else 0)
             transition = None
             if br.state == "open":
-                remaining = br.opened_at + reset_timeout - now
+                remaining = br.opened_at + br.judged("reset_timeout", reset_timeout) - now
                 if remaining > 0:
                     return BreakerDecision(
                         False, "open", retry_after=remaining, failures=br.failures
@@ -110,7 +111,7 @@ class MemoryStore:
                 br.leases.clear()
                 transition = "half_open"
             br.purge_leases(now)
-            if len(br.leases) < half_open_max_calls:
+            if len(br.leases) < br.judged("half_open_max_calls", half_open_max_calls):
                 token = f"{now:.6f}:{next(self._tokens)}"
                 br.leases[token] = now + probe_ttl
                 return BreakerDecision(
@@ -133,11 +134,17 @@ class MemoryStore:
         failure_threshold: int,
         probe: str | None = None,
         count: int = 1,
+        config: Mapping[str, Any] | None = None,
     ) -> BreakerRecord:
-        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
+        """Record ``count`` successes or failures (releasing ``probe`` if given).
+
+        ``config`` is stored with the breaker unless one is (the first wins).
+        """
         with self._lock:
             now = self.now()
             br = self._breakers.setdefault(name, BreakerState())
+            if br.config is None and config is not None:
+                br.config = json.loads(json.dumps(dict(config)))
             if probe is not None:
                 br.leases.pop(probe, None)
             transition = None
@@ -151,14 +158,13 @@ class MemoryStore:
                     br.failures = 0
             else:
                 br.failures += count
-                if (br.state == "closed" and br.failures >= failure_threshold) or (
-                    br.state == "half_open"
-                ):
+                threshold = br.judged("failure_threshold", failure_threshold)
+                if (br.state == "closed" and br.failures >= threshold) or (br.state == "half_open"):
                     br.state = "open"
                     br.opened_at = now
                     br.leases.clear()
                     transition = "opened"
-            return BreakerRecord(br.state, br.failures, transition)
+            return BreakerRecord(br.state, br.failures, transition, br.config)
 
     def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
         """Current state without side effects (open past its timeout reads half_open)."""
@@ -169,13 +175,13 @@ class MemoryStore:
                 return BreakerSnapshot("closed", 0, 0, 0, 0.0)
             state, retry_after = br.state, 0.0
             if state == "open":
-                retry_after = br.opened_at + reset_timeout - now
+                retry_after = br.opened_at + br.judged("reset_timeout", reset_timeout) - now
                 if retry_after <= 0:
                     state, retry_after = "half_open", 0.0
             live = (
                 sum(1 for exp in br.leases.values() if exp > now) if br.state == "half_open" else 0
             )
-            return BreakerSnapshot(state, br.failures, br.successes, live, retry_after)
+            return BreakerSnapshot(state, br.failures, br.successes, live, retry_after, br.config)
 
     def breaker_reset(self, name: str) -> str:
         """Forget everything about the breaker (closed, zero counts); return its state before."""
@@ -193,18 +199,26 @@ class MemoryStore:
         max_entries: int,
         reason: str | None = None,
         info: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> HealthSnapshot:
-        """Record one crash; the result's ``workers`` holds only ``worker_id``."""
+        """Record one crash; the result's ``workers`` holds only ``worker_id``.
+
+        ``config`` is stored with the pool unless one is (the first wins).
+        """
         with self._lock:
             now = self.now()
             log = self._pools.get(pool)
             if log is None or log.expires_at <= now:
                 log = self._pools[pool] = CrashLog()
+            if log.config is None and config is not None:
+                log.config = json.loads(json.dumps(dict(config)))
+            window = log.window(window)
             log.add(now, worker_id)
             log.expires_at = now + max(2 * window, TOTAL_TTL)
             log.prune(now - window, max(max_entries, 1))
-            workers = {worker_id: log.worker(worker_id, now - window)}
-            return HealthSnapshot(log.total, log.kept, workers, log.workers)
+            crashes = log.worker(worker_id, now - window)
+            workers = {worker_id: replace(crashes, config=log.config)}
+            return HealthSnapshot(log.total, log.kept, workers, log.workers, log.config)
 
     def _crash_log(self, pool: str, now: float) -> CrashLog | None:
         log = self._pools.get(pool)
@@ -217,9 +231,12 @@ class MemoryStore:
             log = self._crash_log(pool, now)
             if log is None:
                 return HealthSnapshot(0, 0)
-            cutoff = now - window
+            cutoff = now - log.window(window)
             return HealthSnapshot(
-                log.total, log.in_window(cutoff), workers_with_crashes=log.workers_in_window(cutoff)
+                log.total,
+                log.in_window(cutoff),
+                workers_with_crashes=log.workers_in_window(cutoff),
+                config=log.config,
             )
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
@@ -227,7 +244,10 @@ class MemoryStore:
         with self._lock:
             now = self.now()
             log = self._crash_log(pool, now)
-            return WorkerCrashes(0, None) if log is None else log.worker(worker_id, now - window)
+            if log is None:
+                return WorkerCrashes(0, None)
+            crashes = log.worker(worker_id, now - log.window(window))
+            return replace(crashes, config=log.config)
 
     # -- taints ---------------------------------------------------------------
     def taint_set(

@@ -64,6 +64,12 @@ class BreakerState:
     successes: int = 0
     opened_at: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)
+    #: The breaker's configuration, stored by its first ``breaker_record`` that gave one.
+    config: dict[str, Any] | None = None
+
+    def judged(self, name: str, given: float) -> float:
+        """The stored configuration's number ``name``, else ``given``."""
+        return float(self.config[name]) if self.config and name in self.config else given
 
     def purge_leases(self, now: float) -> None:
         """Drop probe leases that expired by ``now``."""
@@ -140,6 +146,12 @@ class CrashLog:
         self._by_worker: dict[str, _Queue] = {}
         #: Each worker's latest kept crash, sorted: workers with a crash after a cutoff.
         self._latest: list[Crash] = []
+        #: The pool's configuration, stored by its first ``health_record`` that gave one.
+        self.config: dict[str, Any] | None = None
+
+    def window(self, given: float) -> float:
+        """The stored configuration's ``crash_window``, else ``given``."""
+        return float(self.config["crash_window"]) if self.config else given
 
     def add(self, now: float, worker: str) -> None:
         """Record one crash of ``worker`` at ``now``."""

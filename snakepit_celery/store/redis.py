@@ -166,9 +166,13 @@ class RedisStore(RedisConnection):
         failure_threshold: int,
         probe: str | None = None,
         count: int = 1,
+        config: Mapping[str, Any] | None = None,
     ) -> BreakerRecord:
-        """Record ``count`` successes or failures (releasing ``probe`` if given)."""
-        state, failures, transition = self._run(
+        """Record ``count`` successes or failures (releasing ``probe`` if given).
+
+        ``config`` is stored with the breaker unless one is (the first wins).
+        """
+        state, failures, transition, stored = self._run(
             "breaker_record",
             self._breaker_keys(name),
             [
@@ -177,17 +181,23 @@ class RedisStore(RedisConnection):
                 probe or "",
                 count_arg("count", count),
                 int(BREAKER_TTL * 1000),
+                "" if config is None else json.dumps(dict(config), sort_keys=True),
             ],
         )
-        return BreakerRecord(text(state), int(failures), opt_text(transition))
+        return BreakerRecord(text(state), int(failures), opt_text(transition), _config(stored))
 
     def breaker_peek(self, name: str, *, reset_timeout: float) -> BreakerSnapshot:
         """Current state without side effects (open past its timeout reads half_open)."""
-        state, failures, successes, live, retry_after = self._run(
+        state, failures, successes, live, retry_after, stored = self._run(
             "breaker_peek", self._breaker_keys(name), [seconds_arg("reset_timeout", reset_timeout)]
         )
         return BreakerSnapshot(
-            text(state), int(failures), int(successes), int(live), float(retry_after)
+            text(state),
+            int(failures),
+            int(successes),
+            int(live),
+            float(retry_after),
+            _config(stored),
         )
 
     def breaker_reset(self, name: str) -> str:
@@ -213,9 +223,13 @@ class RedisStore(RedisConnection):
         max_entries: int,
         reason: str | None = None,
         info: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> HealthSnapshot:
-        """Record one crash (``reason``/``info`` not stored); ``workers`` holds ``worker_id``."""
-        total, in_window, mine, now, workers = self._run(
+        """Record one crash (``reason``/``info`` not stored); ``workers`` holds ``worker_id``.
+
+        ``config`` is stored with the pool unless one is (the first wins).
+        """
+        total, in_window, mine, now, workers, stored = self._run(
             "health_record",
             self._health_keys(pool),
             [
@@ -223,27 +237,31 @@ class RedisStore(RedisConnection):
                 seconds_arg("window", window),
                 count_arg("max_entries", max_entries),
                 int(HEALTH_TOTAL_TTL * 1000),
+                "" if config is None else json.dumps(dict(config), sort_keys=True),
             ],
         )
-        mine_crashes = {worker_id: WorkerCrashes(int(mine), float(now))}
-        return HealthSnapshot(int(total), int(in_window), mine_crashes, int(workers))
+        pool_config = _config(stored)
+        mine_crashes = {worker_id: WorkerCrashes(int(mine), float(now), pool_config)}
+        return HealthSnapshot(int(total), int(in_window), mine_crashes, int(workers), pool_config)
 
     def health_stats(self, pool: str, *, window: float) -> HealthSnapshot:
         """Crash counts of ``pool`` inside the window (no write; O(log n), ``workers`` empty)."""
         meta, crashes, _, workers_key = self._health_keys(pool)
-        total, in_window, workers = self._run(
+        total, in_window, workers, stored = self._run(
             "health_stats", [meta, crashes, workers_key], [seconds_arg("window", window)]
         )
-        return HealthSnapshot(int(total), int(in_window), workers_with_crashes=int(workers))
+        return HealthSnapshot(
+            int(total), int(in_window), workers_with_crashes=int(workers), config=_config(stored)
+        )
 
     def health_worker(self, pool: str, worker_id: str, *, window: float) -> WorkerCrashes:
         """Crashes of one worker inside the window (no write; O(log n))."""
-        count, last = self._run(
+        count, last, stored = self._run(
             "health_worker",
-            [self.key("hm", pool, "by_worker")],
+            [self.key("hm", pool, "by_worker"), self.key("hm", pool)],
             [worker_id, seconds_arg("window", window)],
         )
-        return WorkerCrashes(int(count), None if last is None else float(last))
+        return WorkerCrashes(int(count), None if last is None else float(last), _config(stored))
 
     # -- taints ---------------------------------------------------------------
     def _taint_keys(self, pool: str) -> list[str]:
@@ -401,3 +419,8 @@ class RedisStore(RedisConnection):
         """MB reserved per GPU over live reservations."""
         reply = self._run("gpu_reservations", self._gpu_keys(), [])
         return {text(reply[i]): int(float(reply[i + 1])) for i in range(0, len(reply), 2)}
+
+
+def _config(stored: Any) -> dict[str, Any] | None:
+    """A stored configuration (JSON reply of a breaker or health script), None when none."""
+    return None if stored is None else dict(json.loads(text(stored)))

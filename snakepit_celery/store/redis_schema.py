@@ -38,11 +38,13 @@ __all__ = [
 #: Every key the store writes, relative to ``<key_prefix>:`` (built by ``RedisStore.key``).
 #: ``{...}`` is the Redis Cluster hash tag: all keys of one object live in one slot.
 KEY_SCHEMA: Mapping[str, str] = {
-    # hash: state, failures, successes, opened_at, seq (probe token counter)
+    # hash: state, failures, successes, opened_at, seq (probe token counter), config (JSON of
+    # failure_threshold, reset_timeout, half_open_max_calls: the first written wins)
     "breaker": "{br:<name>}",
     # zset: half-open probe lease token -> lease expiry (epoch s)
     "breaker_probes": "{br:<name>}:probes",
-    # hash: total (lifetime crash count), seq (crash id counter)
+    # hash: total (lifetime crash count), seq (crash id counter),
+    # config (JSON of max_crashes, crash_window, max_worker_crashes: the first written wins)
     "health": "{hm:<pool>}",
     # zset: '<seq>|<len(worker_id)>|<worker_id>|' -> crash time; trimmed to window and max_entries
     "health_crashes": "{hm:<pool>}:crashes",

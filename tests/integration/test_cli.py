@@ -169,6 +169,7 @@ def test_reset_closes_an_open_breaker_for_everyone(app: Celery, store: Store) ->
         "success_count": 0,
         "failure_threshold": 2,
         "half_open_calls": 0,
+        "config_conflict": False,
     }
     assert CircuitBreaker("payments", store=store).state == "closed"
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,22 +10,62 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.events.state import State
 
 from snakepit_celery import signals
-from snakepit_celery.celery.events import EventBridge, event_type, json_safe, signal_event
+from snakepit_celery.celery.events import (
+    EVENT_TYPES,
+    EventBridge,
+    event_type,
+    json_safe,
+    lost_events,
+    signal_event,
+)
 from snakepit_celery.celery.task import TASK_FACTS_EVENT
 from snakepit_celery.testing import wait_until
+from tests.support.events import Capture
 from tests.support.fleet import CPU_HARDWARE, Fleet, fleet_fixture
 
 # -- pure parts --------------------------------------------------------------------------
 
 
-def test_fleet_event_type_uses_hyphens() -> None:
-    assert event_type("breaker_opened", task_level=False) == "snakepit-breaker-opened"
+def test_event_type_uses_hyphens() -> None:
+    assert event_type("breaker_opened") == "snakepit-breaker-opened"
 
 
-def test_task_event_type_has_the_task_prefix() -> None:
-    assert event_type("retry_attempt", task_level=True) == "task-snakepit-retry-attempt"
+def test_no_event_type_is_a_celery_task_event() -> None:
+    """Celery's state machine turns any unknown ``task-<x>`` event into a custom state X."""
+    types = {event_type(name) for name in signals.ALL_SIGNALS} | {TASK_FACTS_EVENT}
+    assert types == set(EVENT_TYPES)
+    assert not [type_ for type_ in types if type_.startswith("task-")]
+
+
+def test_a_snakepit_event_leaves_the_celery_task_state_alone() -> None:
+    state = State()
+    state.event(
+        {
+            "type": "task-started",
+            "uuid": "t1",
+            "hostname": "w",
+            "timestamp": 1.0,
+            "local_received": 1.0,
+            "clock": 1,
+        }
+    )
+    _, fields = signal_event(
+        Celery("t", set_as_current=False), "retry_attempt", {"task_id": "t1", "attempt": 1}
+    )
+    state.event(
+        {
+            "type": event_type("retry_attempt"),
+            "hostname": "w",
+            "timestamp": 2.0,
+            "local_received": 2.0,
+            "clock": 2,
+            **fields,
+        }
+    )
+    assert state.tasks["t1"].state == "STARTED"
 
 
 class Color(enum.StrEnum):
@@ -69,10 +107,10 @@ def test_signal_event_without_task_is_fleet_level() -> None:
     assert fields == {"failure_count": 5, "pool": "db", "signal": "breaker_opened"}
 
 
-def test_signal_event_with_task_id_is_task_level_and_carries_uuid() -> None:
+def test_signal_event_with_task_id_carries_uuid() -> None:
     app = Celery("t", set_as_current=False)
     type_, fields = signal_event(app, "worker_crash", {"task_id": "abc", "pool": "p"})
-    assert type_ == "task-snakepit-worker-crash"
+    assert type_ == "snakepit-worker-crash"
     assert fields["uuid"] == "abc"
     assert "task_id" not in fields
 
@@ -91,12 +129,24 @@ def test_bridge_is_silent_outside_a_worker() -> None:
     assert published == []
 
 
-def test_bridge_never_raises_into_the_sender() -> None:
+def test_bridge_never_raises_into_the_sender_and_counts_the_lost_event() -> None:
     def broken(*_: Any) -> None:
         raise ConnectionError("broker down")
 
+    before = lost_events().get("snakepit-breaker-closed", 0)
     bridge = EventBridge(Celery("t", set_as_current=False), always=True, publish=broken)
     bridge(sender=None, signal=signals.breaker_closed, pool="db")
+    assert lost_events()["snakepit-breaker-closed"] == before + 1
+
+
+def test_signals_sent_about_a_task_carry_its_id() -> None:
+    published: list[Any] = []
+    bridge = EventBridge(
+        Celery("t", set_as_current=False), always=True, publish=lambda *a: published.append(a)
+    )
+    with signals.about_task("crashed-task"):
+        bridge(sender=None, signal=signals.worker_tainted, pool="p", worker_id="w")
+    assert published[0][2]["uuid"] == "crashed-task"
 
 
 # -- a real worker, a real receiver --------------------------------------------------------
@@ -105,39 +155,6 @@ def test_bridge_never_raises_into_the_sender() -> None:
 @pytest.fixture
 def fleet(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Fleet]:
     yield from fleet_fixture(redis_url, key_prefix, tmp_path)
-
-
-class Capture:
-    """An ``app.events.Receiver`` collecting every snakepit event in a background thread."""
-
-    def __init__(self, app: Celery) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.ready = threading.Event()
-        self.connection = app.connection_for_read()
-        self.receiver = app.events.Receiver(self.connection, handlers={"*": self._on_event})
-        self.receiver.on_consume_ready = self._on_ready
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        if "snakepit" in event.get("type", ""):
-            self.events.append(event)
-
-    def _on_ready(self, *_: Any, **__: Any) -> None:
-        self.ready.set()
-
-    def _run(self) -> None:
-        with contextlib.suppress(Exception):  # the connection is closed under it at teardown
-            self.receiver.capture(limit=None, timeout=None, wakeup=False)
-
-    def __enter__(self) -> Capture:
-        self.thread.start()
-        assert self.ready.wait(10), "the receiver did not start"
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.receiver.should_stop = True
-        self.thread.join(5)
-        self.connection.close()
 
     def wait_for(self, type_: str) -> dict[str, Any]:
         return wait_until(
@@ -150,13 +167,13 @@ class Capture:
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
-def test_signal_inside_a_task_is_a_task_event_with_its_uuid(fleet: Fleet, pool: str) -> None:
+def test_signal_inside_a_task_is_an_event_with_its_uuid(fleet: Fleet, pool: str) -> None:
     fleet.start("cpu@test", CPU_HARDWARE, pool=pool, concurrency=1)
     emit = fleet.app.tasks["worker_app.emit"]
     with Capture(fleet.app) as capture:
         result = emit.apply_async(("retry_attempt", {"attempt": 2, "delay": 0.2}), queue="celery")
         task_id = result.get(timeout=20)
-        event = capture.wait_for("task-snakepit-retry-attempt")
+        event = capture.wait_for("snakepit-retry-attempt")
     assert event["uuid"] == task_id
     assert (event["attempt"], event["delay"]) == (2, 0.2)
     assert event["hostname"] == "cpu@test"
@@ -184,27 +201,21 @@ def test_event_fields_are_json_safe(fleet: Fleet) -> None:
     fields = {"attempts": 3, "total_duration": 1.5}
     with Capture(fleet.app) as capture:
         emit.apply_async(("retry_exhausted", fields), {"error": "boom"}, queue="celery").get(20)
-        event = capture.wait_for("task-snakepit-retry-exhausted")
+        event = capture.wait_for("snakepit-retry-exhausted")
     assert event["last_error"] == "RuntimeError('boom')"
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_each_run_reports_its_device_and_crash_count_when_task_events_are_on(
-    fleet: Fleet,
-) -> None:
+def test_a_first_run_sends_no_run_event_even_with_task_events(fleet: Fleet) -> None:
+    """Celery's own task-started gives a first run's node: no extra message per task."""
     fleet.start("cpu@test", CPU_HARDWARE, args=("-E",))
     with Capture(fleet.app) as capture:
-        result = fleet.app.tasks["worker_app.device_used"].apply_async()
-        assert result.get(timeout=20)["device"] == "cpu"
-        event = capture.wait_for(TASK_FACTS_EVENT)
-    assert event["uuid"] == result.id
-    assert (event["device"], event["breaker"], event["crashes"], event["attempt"]) == (
-        "cpu",
-        None,
-        0,
-        1,
-    )
+        fleet.app.tasks["worker_app.device_used"].apply_async().get(timeout=20)
+        emit = fleet.app.tasks["worker_app.emit"]
+        emit.apply_async(("retry_attempt", {"attempt": 1, "delay": 0.1}), queue="celery").get(20)
+        capture.wait_for("snakepit-retry-attempt")  # later than the run's would be
+    assert not [e for e in capture.events if e["type"] == TASK_FACTS_EVENT]
 
 
 @pytest.mark.integration
@@ -215,5 +226,5 @@ def test_no_per_run_event_without_task_events(fleet: Fleet) -> None:
         fleet.app.tasks["worker_app.device_used"].apply_async().get(timeout=20)
         emit = fleet.app.tasks["worker_app.emit"]
         emit.apply_async(("retry_attempt", {"attempt": 1, "delay": 0.1}), queue="celery").get(20)
-        capture.wait_for("task-snakepit-retry-attempt")  # later than the run's would be
+        capture.wait_for("snakepit-retry-attempt")  # later than the run's would be
     assert not [e for e in capture.events if e["type"] == TASK_FACTS_EVENT]

@@ -106,6 +106,30 @@ def test_breaker_transitions_are_counted_and_the_last_state_kept(
     assert value(samples, "snakepit_breaker_state", breaker=name) == 2.0
 
 
+def test_a_lost_event_is_counted(server: metrics.MetricsServer) -> None:
+    from snakepit_celery.celery.events import EventBridge
+
+    def broken(*_: Any) -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    before = value(scrape(server.port), "snakepit_events_lost_total", type="snakepit-worker-crash")
+    bridge = EventBridge(Celery("lost", set_as_current=False), always=True, publish=broken)
+    bridge(sender=None, signal=signals.worker_crash, pool=unique("lost"), worker_id="w")
+    after = value(scrape(server.port), "snakepit_events_lost_total", type="snakepit-worker-crash")
+    assert after == before + 1
+
+
+def test_the_state_gauge_follows_a_reset(server: metrics.MetricsServer, store: Store) -> None:
+    name = unique("reset-gauge")
+    breaker = CircuitBreaker(name, failure_threshold=1, store=store)
+    breaker.record_failure()
+    assert value(scrape(server.port), "snakepit_breaker_state", breaker=name) == 2.0
+    CircuitBreaker(name, store=store).reset()  # another process's breaker object
+    samples = scrape(server.port)
+    assert value(samples, "snakepit_breaker_state", breaker=name) == 0.0
+    assert value(samples, "snakepit_breaker_transitions_total", breaker=name, state="closed") == 1
+
+
 def test_a_real_breaker_tripping_on_redis_is_counted_once(
     server: metrics.MetricsServer, store: Store
 ) -> None:

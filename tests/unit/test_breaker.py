@@ -136,6 +136,7 @@ def test_stats_as_dict_is_json_safe_with_field_names() -> None:
         "success_count": 7,
         "failure_threshold": 5,
         "half_open_calls": 0,
+        "config_conflict": False,
     }
 
 

@@ -11,5 +11,6 @@
 - ``giveback``: marking the messages a warm shutdown gives back unstarted;
 - ``in_flight``: what the node is running, as its record lists it;
 - ``current``: which node this process belongs to (read by the event bridge);
+- ``metrics``: serving Prometheus metrics when ``snakepit_metrics_port`` is set;
 - ``steps``: the thin Celery steps that start and stop these services, and ``install_worker``.
 """

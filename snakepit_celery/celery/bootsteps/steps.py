@@ -29,6 +29,7 @@ from snakepit_celery.celery.bootsteps.fence import fence_node
 from snakepit_celery.celery.bootsteps.giveback import release_unstarted
 from snakepit_celery.celery.bootsteps.gpu_watch import GpuWatchStep
 from snakepit_celery.celery.bootsteps.in_flight import held_deliveries
+from snakepit_celery.celery.bootsteps.metrics import SnakepitMetricsStep
 from snakepit_celery.celery.bootsteps.preflight import preflight
 from snakepit_celery.celery.bootsteps.queues import (
     APPLY_INTERVAL,
@@ -93,7 +94,7 @@ class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
         super().__init__(w, **kwargs)
         w.snakepit_hardware = preflight(w.app, str(w.hostname))
         # ``-E`` sets only the worker's own flag; make it visible to the pool
-        # children, which send the per-run ``task-snakepit-run`` event only then.
+        # children, which send the per-run ``snakepit-run`` event only then.
         w.app.conf.worker_send_task_events = bool(w.task_events)
         acked_on_record = ack_on_record_tasks(w.app)
         if acked_on_record:
@@ -241,6 +242,7 @@ def _connect_taint_watch(c: Any, step: SnakepitWorkerStep) -> None:
 def install_worker(app: Celery) -> None:
     """Add the snakepit bootsteps to ``app``'s worker (preflight) and consumer (idempotent)."""
     app.steps["worker"].add(SnakepitPreflightStep)
+    app.steps["worker"].add(SnakepitMetricsStep)
     app.steps["consumer"].add(SnakepitWorkerStep)
     app.steps["consumer"].add(GpuWatchStep)
     app.steps["consumer"].add(PoolChildWatch)

@@ -31,7 +31,9 @@ from snakepit_celery.celery.cli.output import (
     suggestion,
 )
 from snakepit_celery.celery.cli.tables import breakers_table, status_text, taints_table
+from snakepit_celery.celery.cli.task import task_command
 from snakepit_celery.fleet import FleetStatus, fleet_status, read_taints
+from snakepit_celery.metrics.multiprocess import configured_port, ensure_multiprocess_dir
 
 __all__ = ["snakepit"]
 
@@ -63,6 +65,7 @@ def snakepit(ctx: click.Context) -> None:
 
 
 snakepit.add_command(hardware_command)
+snakepit.add_command(task_command)
 snakepit.add_command(lock)
 
 
@@ -280,7 +283,9 @@ def worker(
 ) -> None:
     """Start a Celery worker; ``--per-device`` starts one node per GPU of this host.
 
-    Other arguments go to ``celery worker`` unchanged.
+    Other arguments go to ``celery worker`` unchanged. With
+    ``snakepit_metrics_port``, the nodes of one host share one metrics
+    directory: the first to bind the port serves the sum of all of them.
     """
     app_name = _app_name(ctx)
     if not per_device:
@@ -289,6 +294,9 @@ def worker(
     from snakepit_celery.celery.perdevice import run_per_device  # noqa: PLC0415
 
     configure_hardware(ctx)
+    if configured_port(_app(ctx)) is not None:
+        # One sample directory for the host: the node that binds the port serves them all.
+        ensure_multiprocess_dir()
     code = run_per_device(app_name, worker_args, hardware.devices(), cpu_node=not no_cpu_node)
     ctx.exit(code)
 

@@ -3,12 +3,14 @@
 -- -> {allowed 0/1, state, retry_after, probe token|nil, transition|nil, failures}
 check_writes(KEYS, {'DEL', 'HINCRBY', 'HSET', 'PEXPIRE', 'ZADD', 'ZREMRANGEBYSCORE'})
 local now = store_now()
-local reset_timeout = tonumber(ARGV[1])
-local max_calls = tonumber(ARGV[2])
 local probe_ttl = tonumber(ARGV[3])
-local h = redis.call('HMGET', KEYS[1], 'state', 'failures', 'opened_at')
+local h = redis.call('HMGET', KEYS[1], 'state', 'failures', 'opened_at', 'config')
 local state = h[1] or 'closed'
 local failures = tonumber(h[2]) or 0
+-- the breaker's stored config (breaker_record) wins over the caller's numbers
+local config = h[4] and cjson.decode(h[4]) or {}
+local reset_timeout = tonumber(config.reset_timeout) or tonumber(ARGV[1])
+local max_calls = tonumber(config.half_open_max_calls) or tonumber(ARGV[2])
 if state == 'closed' then
   return {1, 'closed', '0', false, false, failures}
 end

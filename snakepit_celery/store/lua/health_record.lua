@@ -1,12 +1,20 @@
 -- KEYS: pool meta hash (total, seq), crashes zset ('<seq>|<len>|<worker>' -> time),
 --       by-worker zset ('<len>|<worker>|<stamp>|<seq>', lex; stamp: fixed-width time),
 --       workers zset (worker -> time of its latest kept crash)
--- ARGV: worker_id, window, max_entries, meta_ttl_ms
--- -> {total, crashes_in_window, worker crashes in window, now, workers with crashes}
+-- ARGV: worker_id, window, max_entries, meta_ttl_ms, config JSON ('' = none)
+-- -> {total, crashes_in_window, worker crashes in window, now, workers with crashes,
+--     the pool's stored config JSON}
+-- The first config written is the pool's (kept with its state); its window is used.
 -- Every step is O(log n) in the crashes kept (plus O(log n) per pruned crash).
-check_writes(KEYS, {'HINCRBY', 'ZADD', 'ZREM', 'ZREMRANGEBYSCORE', 'ZREMRANGEBYRANK', 'PEXPIRE'})
+check_writes(KEYS, {'HINCRBY', 'HSET', 'ZADD', 'ZREM', 'ZREMRANGEBYSCORE', 'ZREMRANGEBYRANK',
+  'PEXPIRE'})
 local now = store_now()
-local window = tonumber(ARGV[2])
+local config = redis.call('HGET', KEYS[1], 'config')
+if not config and ARGV[5] and ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'config', ARGV[5])
+  config = ARGV[5]
+end
+local window = config and tonumber(cjson.decode(config).crash_window) or tonumber(ARGV[2])
 local cap = math.max(1, tonumber(ARGV[3]))
 local prefix = worker_prefix(ARGV[1])
 local seq = string.format('%012d', redis.call('HINCRBY', KEYS[1], 'seq', 1))
@@ -46,4 +54,5 @@ redis.call('PEXPIRE', KEYS[2], window_ms)
 redis.call('PEXPIRE', KEYS[3], window_ms)
 redis.call('PEXPIRE', KEYS[4], window_ms)
 redis.call('PEXPIRE', KEYS[1], math.max(window_ms, tonumber(ARGV[4])))
-return {total, redis.call('ZCARD', KEYS[2]), mine, fmt(now), redis.call('ZCARD', KEYS[4])}
+return {total, redis.call('ZCARD', KEYS[2]), mine, fmt(now), redis.call('ZCARD', KEYS[4]),
+  config}

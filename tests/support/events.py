@@ -1,0 +1,42 @@
+"""A real ``app.events.Receiver`` in a thread, collecting the snakepit events a test causes."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+from celery import Celery
+
+
+class Capture:
+    """An ``app.events.Receiver`` collecting every snakepit event in a background thread."""
+
+    def __init__(self, app: Celery) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.connection = app.connection_for_read()
+        self.receiver = app.events.Receiver(self.connection, handlers={"*": self._on_event})
+        self.receiver.on_consume_ready = self._on_ready
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if "snakepit" in event.get("type", ""):
+            self.events.append(event)
+
+    def _on_ready(self, *_: Any, **__: Any) -> None:
+        self.ready.set()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # the connection is closed under it at teardown
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> Capture:
+        self.thread.start()
+        assert self.ready.wait(10), "the receiver did not start"
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(5)
+        self.connection.close()
