@@ -22,7 +22,6 @@ from snakepit_celery.celery.events import (
     signal_event,
 )
 from snakepit_celery.celery.task import TASK_FACTS_EVENT
-from snakepit_celery.testing import wait_until
 from tests.support.events import Capture
 from tests.support.fleet import CPU_HARDWARE, Fleet, fleet_fixture
 
@@ -155,13 +154,6 @@ def test_signals_sent_about_a_task_carry_its_id() -> None:
 @pytest.fixture
 def fleet(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Fleet]:
     yield from fleet_fixture(redis_url, key_prefix, tmp_path)
-
-    def wait_for(self, type_: str) -> dict[str, Any]:
-        return wait_until(
-            lambda: next((e for e in self.events if e["type"] == type_), None),
-            20,
-            what=f"event {type_}",
-        )
 
 
 @pytest.mark.integration

@@ -8,6 +8,8 @@ from typing import Any
 
 from celery import Celery
 
+from snakepit_celery.testing import wait_until
+
 
 class Capture:
     """An ``app.events.Receiver`` collecting every snakepit event in a background thread."""
@@ -40,3 +42,10 @@ class Capture:
         self.receiver.should_stop = True
         self.thread.join(5)
         self.connection.close()
+
+    def wait_for(self, type_: str) -> dict[str, Any]:
+        return wait_until(
+            lambda: next((e for e in self.events if e["type"] == type_), None),
+            20,
+            what=f"event {type_}",
+        )
