@@ -39,6 +39,7 @@ __all__ = [
     "SignalHook",
     "SignalPayload",
     "Tainted",
+    "TaskQuarantined",
     "WorkerCrash",
     "WorkerTainted",
     "breaker_closed",
@@ -49,6 +50,7 @@ __all__ = [
     "retry_attempt",
     "retry_exhausted",
     "retry_success",
+    "task_quarantined",
     "worker_crash",
     "worker_tainted",
 ]
@@ -64,6 +66,9 @@ retry_exhausted = Signal(
 worker_crash = Signal(name="worker_crash", providing_args={"pool", "worker_id", "reason"})
 worker_tainted = Signal(name="worker_tainted", providing_args={"pool", "worker_id", "info"})
 device_tainted = Signal(name="device_tainted", providing_args={"pool", "node", "device", "info"})
+task_quarantined = Signal(
+    name="task_quarantined", providing_args={"entry_id", "task_name", "reason", "crashes", "node"}
+)
 
 #: Every signal of the package, by name (used by the event bridge and metrics).
 ALL_SIGNALS: dict[str, Signal] = {
@@ -78,6 +83,7 @@ ALL_SIGNALS: dict[str, Signal] = {
         worker_crash,
         worker_tainted,
         device_tainted,
+        task_quarantined,
     )
 }
 
@@ -191,6 +197,20 @@ class DeviceTainted(Tainted, signal="device_tainted"):
     device: str | None = None
 
 
+class TaskQuarantined(SignalPayload, signal="task_quarantined"):
+    """A message went into the quarantine (``reason``: ``max_restarts`` or ``malformed``).
+
+    ``entry_id``: its id there (the task id, or a digest without one);
+    ``crashes``: the crashes counted; ``node``: the node that quarantined it.
+    """
+
+    entry_id: str | None = None
+    task_name: str | None = None
+    reason: str | None = None
+    crashes: int | None = None
+    node: str | None = None
+
+
 #: The payload type of every signal, by signal name.
 PAYLOADS: dict[str, type[SignalPayload]] = {
     cls.signal_name: cls
@@ -204,6 +224,7 @@ PAYLOADS: dict[str, type[SignalPayload]] = {
         WorkerCrash,
         WorkerTainted,
         DeviceTainted,
+        TaskQuarantined,
     )
 }
 

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from snakepit_celery.errors import ConfigError
+from snakepit_celery.store.base import QuarantineEntry
 
 __all__ = [
     "BREAKER_TTL",
@@ -30,6 +31,7 @@ __all__ = [
     "count_arg",
     "node_record",
     "opt_text",
+    "quarantine_entry",
     "seconds_arg",
     "text",
     "ttl_ms_arg",
@@ -66,6 +68,12 @@ KEY_SCHEMA: Mapping[str, str] = {
     "node_incarnations": "{nodes}:incarnations",
     # hash: '<node>|<incarnation>' -> its last record, same format as node_records (node_reap)
     "node_incarnation_records": "{nodes}:incarnation_records",
+    # zset: quarantined message id (task id, or digest of a message without one) -> expiry
+    "quarantine": "{quarantine}",
+    # hash: quarantined message id -> '<quarantined at>|<record JSON>' (message, crashes)
+    "quarantine_records": "{quarantine}:records",
+    # list: crash JSON of one task, newest last, for its quarantine record (TTL: quarantine ttl)
+    "crash_history": "{task:<task_id>}:crashes",
 }
 
 #: One script per atomic operation, ``store/lua/<name>.lua`` (``_common.lua`` is prepended).
@@ -91,6 +99,12 @@ SCRIPTS: Mapping[str, str] = {
     "node_list": "prune dead nodes, list the live records",
     "node_remove": "drop a node record and its current incarnation's",
     "node_reap": "claim (return and drop) incarnations expired more than grace ago",
+    "quarantine_add": "keep a message until now+ttl; drop expired ones, then the oldest over cap",
+    "quarantine_list": "the live quarantined messages (or one); no writes",
+    "quarantine_remove": "take one message out of the quarantine, returning it",
+    "quarantine_note": "append a crash to a task's capped crash history",
+    "quarantine_history": "a task's crash history; no writes",
+    "quarantine_forget": "drop a task's crash ledger and history: a replay counts afresh",
 }
 
 #: A breaker's keys vanish this long after its last write (seconds).
@@ -157,3 +171,10 @@ def node_record(node: str, raw: Any, now: float) -> dict[str, Any]:
     record["node"] = node
     record["heartbeat_age"] = max(0.0, now - float(beat))
     return record
+
+
+def quarantine_entry(reply: Any) -> QuarantineEntry:
+    """Parse ``[id, expiry, '<quarantined at>|<JSON>']`` of the quarantine scripts."""
+    entry_id, expires, raw = reply
+    since, _, payload = text(raw).partition("|")
+    return QuarantineEntry(text(entry_id), float(since), float(expires), json.loads(payload))

@@ -25,6 +25,7 @@ from snakepit_celery.celery.app_context import app_store, taint_pools
 from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_on_record_tasks
 from snakepit_celery.celery.bootsteps.current import note_worker_node
 from snakepit_celery.celery.bootsteps.giveback import release_unstarted
+from snakepit_celery.celery.bootsteps.message_guard import MessageGuardStep
 from snakepit_celery.celery.bootsteps.preflight import preflight
 from snakepit_celery.celery.bootsteps.queues import (
     APPLY_INTERVAL,
@@ -237,3 +238,4 @@ def install_worker(app: Celery) -> None:
     """Add the snakepit bootsteps to ``app``'s worker (preflight) and consumer (idempotent)."""
     app.steps["worker"].add(SnakepitPreflightStep)
     app.steps["consumer"].add(SnakepitWorkerStep)
+    app.steps["consumer"].add(MessageGuardStep)
