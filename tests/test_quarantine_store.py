@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from celery import Celery
+from celery.app.task import Context
+from celery.worker.request import Request
+from kombu import Connection, Exchange, Queue
 
 from snakepit_celery import signals
+from snakepit_celery.celery.poison import kombu_message, request_message
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.quarantine import Quarantine, QuarantinedMessage, message_digest
@@ -97,3 +103,33 @@ def test_message_digest_is_stable_and_tells_messages_apart() -> None:
 def test_invalid_quarantine_setting_names_itself(setting: str, value: object) -> None:
     with pytest.raises(ConfigError, match=setting):
         CrashBarrierConfig.from_dict({setting: value})
+
+
+def test_message_rebuilt_from_a_task_request_matches_the_delivered_one() -> None:
+    """The crash-ledger gate runs in a pool child: it rebuilds the message from the request."""
+    app = Celery("rebuild", broker="memory://", set_as_current=False)
+
+    @app.task(name="rebuild.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with Connection("memory://") as conn:
+        channel = conn.channel()
+        queue = Queue("q", Exchange("q"), routing_key="q", channel=channel)
+        queue.declare()
+        with app.producer_or_acquire(conn.Producer()) as producer:
+            app.amqp.send_task_message(
+                producer,
+                "rebuild.add",
+                app.amqp.as_task_v2("id-1", "rebuild.add", (1, 2), {}),
+                exchange="q",
+                routing_key="q",
+            )
+        delivered = queue.get(no_ack=True)
+    assert delivered is not None
+    request = Request(delivered, app=app, task=add)
+    rebuilt = request_message(add, Context(request.request_dict, args=(1, 2), kwargs={}))
+    original = kombu_message(delivered)
+    assert rebuilt.headers["id"] == original.headers["id"] == "id-1"
+    assert rebuilt.headers["task"] == "rebuild.add"
+    assert json.loads(rebuilt.body)[:2] == json.loads(original.body)[:2] == [[1, 2], {}]

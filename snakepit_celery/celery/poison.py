@@ -161,7 +161,8 @@ def replay(app: Celery, quarantine: Quarantine, entry: QuarantineEntry, queue: s
     """Publish ``entry``'s message again with a fresh crash count; returns the queue used.
 
     The task's crash ledger, crash history and stored result are forgotten
-    first, so it runs as new; the entry leaves the quarantine once published.
+    first, so it runs as new; the entry leaves the quarantine before the
+    publish (a fast crash may bring it back) and is put back if that fails.
     """
     message = QuarantinedMessage.from_dict(entry.record.get("message") or {})
     task_id = entry.record.get("task_id")
@@ -171,20 +172,34 @@ def replay(app: Celery, quarantine: Quarantine, entry: QuarantineEntry, queue: s
     target = queue or _replay_queue(app, message)
     headers = {k: v for k, v in message.headers.items() if k not in _CRASH_HEADERS}
     declared = app.amqp.queues[target]  # a queue Celery does not know is made like its own
+    quarantine.drop(entry.entry_id)  # first: the replay may come back here within ms
+    try:
+        _publish(app, message, declared, headers)
+    except Exception:
+        ttl = max(1.0, entry.expires_at - entry.quarantined_at)
+        quarantine.store.quarantine_add(
+            entry.entry_id,
+            entry.record,
+            ttl=ttl,
+            max_entries=quarantine.config.quarantine_max_entries,
+        )
+        raise
+    return target
+
+
+def _publish(app: Celery, message: QuarantinedMessage, queue: Any, headers: Any) -> None:
     with app.producer_or_acquire() as producer:
         producer.publish(
             message.raw_body(),
-            exchange=declared.exchange,
-            routing_key=target,
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
             headers=headers,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
-            declare=[declared],
+            declare=[queue],
             retry=True,
             **dict(message.properties),
         )
-    quarantine.drop(entry.entry_id)
-    return target
 
 
 def _replay_queue(app: Celery, message: QuarantinedMessage) -> str:
