@@ -500,7 +500,7 @@ class RedisStore:
     def quarantine_history(self, task_id: str) -> list[dict[str, Any]]:
         """``task_id``'s crash history, oldest first."""
         reply = self._run("quarantine_history", [self.key("task", task_id, "crashes")], [])
-        return [json.loads(text(item)) for item in reply]
+        return [json.loads(text(item).partition("|")[2]) for item in reply]
 
     def quarantine_forget(self, task_id: str) -> None:
         """Drop ``task_id``'s crash ledger and crash history (its replay counts afresh)."""

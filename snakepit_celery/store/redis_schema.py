@@ -72,7 +72,7 @@ KEY_SCHEMA: Mapping[str, str] = {
     "quarantine": "{quarantine}",
     # hash: quarantined message id -> '<quarantined at>|<record JSON>' (message, crashes)
     "quarantine_records": "{quarantine}:records",
-    # list: crash JSON of one task, newest last, for its quarantine record (TTL: quarantine ttl)
+    # zset: '<time>|<crash JSON>' of one task by time, newest kept, for its quarantine record
     "crash_history": "{task:<task_id>}:crashes",
 }
 

@@ -14,7 +14,7 @@ end
 local ACL_SAMPLE = {
   DEL = {}, HDEL = {'f'}, HINCRBY = {'f', '1'}, HSET = {'f', 'v'}, PEXPIRE = {'1'},
   PEXPIREAT = {'1'}, ZADD = {'0', 'm'}, ZREM = {'m'}, ZREMRANGEBYRANK = {'0', '0'},
-  ZREMRANGEBYSCORE = {'0', '0'}, RPUSH = {'v'}, LTRIM = {'0', '0'},
+  ZREMRANGEBYSCORE = {'0', '0'},
 }
 -- Refuse before the first write when this Redis user may not run one of `commands` on
 -- `keys` (Redis 7+): a script stopped half-way would leave keys without their TTL.
