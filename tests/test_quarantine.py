@@ -134,3 +134,26 @@ def test_messages_that_kill_celery_main_process_are_quarantined_and_nodes_keep_c
     no_id = [e for e in entries.values() if e["id"].startswith("msg-")]
     assert len(no_id) == 1 and no_id[0]["reason"] == "malformed"
     assert "timelimit" in entries[bad_limit]["error"]
+
+
+@pytest.mark.slow
+def test_task_whose_node_dies_past_max_restarts_is_quarantined_by_the_ledger_gate(
+    redis_base_url: str,
+) -> None:
+    """Two whole-node deaths (SIGKILL) with a long task: the gate stops and quarantines it."""
+    fleet = ChaosFleet.create(redis_base_url, "spquargate", BARRIER)
+    try:
+        name = fleet.node_name(0)
+        fleet.start(name, concurrency=1).wait_ready(60)
+        task_id = fleet.send("chaos.idempotent", 30.0)
+        for runs in (1, 2):
+            wait_until(lambda n=runs: fleet.executions()[task_id] >= n, 45, what=f"run {runs}")
+            fleet.nodes[name].kill()
+            fleet.start(name, concurrency=1).wait_ready(60)
+        assert _final(fleet, task_id, timeout=60)["result"]["exc_type"] == "WorkerCrashedError"
+        entry = wait_until(lambda: _entries(fleet).get(task_id), 10, what="the quarantine entry")
+        assert (entry["reason"], entry["crashes"]) == ("stopped", 2)
+        assert json.loads(entry["message"]["body"])[0] == [30.0]
+        assert fleet.executions()[task_id] == 2
+    finally:
+        fleet.close()
