@@ -13,6 +13,7 @@ that cannot be written is logged, and the task still ends as it would have.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -210,7 +211,8 @@ def _replay_queue(app: Celery, message: QuarantinedMessage) -> str:
     return routing_key
 
 
-def _never_raise(action: Any, task_id: str) -> None:
+def _never_raise(action: Callable[[], object], task_id: str) -> None:
+    """Run ``action``; log (never raise) what it raises: the task still ends as it would."""
     try:
         action()
     except Exception:
