@@ -305,7 +305,8 @@ def chaos(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[Chaos
                 out.write(run.logs)
         if size is LARGE:
             broker = f"broker: {BROKER}, whole-node kills asked: {KILLS or 'none'}"
-            record("chaos", f"{machine_details(fleet.redis)}\n{broker}\n\n{run.report(seed)}")
+            section = "chaos" if BROKER == "redis" else f"chaos-{BROKER}"
+            record(section, f"{machine_details(fleet.redis)}\n{broker}\n\n{run.report(seed)}")
         yield run
     finally:
         fleet.close()
