@@ -169,7 +169,7 @@ class Channel(kombu_redis.Channel):
             for name, *args in commands:
                 batch.add(name, *args)
             return
-        with self.conn_or_acquire() as client, client.pipeline() as pipe:
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             for name, *args in commands:
                 getattr(pipe, name)(*args)
             pipe.execute()
