@@ -124,3 +124,25 @@ def test_installed_app_publishes_and_consumes_through_the_transport(redis_url: s
     install(app)
     with app.connection_for_write() as conn:
         assert type(conn.default_channel).__module__ == "snakepit_celery.transport.redis"
+
+
+def test_pop_reply_is_delivered_even_when_credit_ran_out_meanwhile(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """A recorded pop never waits unread (the visibility timeout would restore it meanwhile)."""
+    queue = _queue(connection)
+    received: list[object] = []
+    channel = connection.default_channel
+    with connection.Consumer(queue, callbacks=[lambda body, _m: received.append(body)]):
+        channel.basic_qos(0, 1, False)
+        _publish(connection, {"n": 7})
+        poller = connection.transport.cycle
+        poller.on_poll_start()  # sends the atomic pop: credit is there
+        channel.qos._delivered["held-elsewhere"] = None  # credit runs out before the reply
+        assert not channel.qos.can_consume()
+        fileno = channel.client.connection._sock.fileno()
+        time.sleep(0.1)
+        with contextlib.suppress(Exception):
+            poller.on_readable(fileno)
+    assert received == [{"n": 7}]
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 1

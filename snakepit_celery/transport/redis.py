@@ -40,7 +40,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import NoScriptError
 
-__all__ = ["BELL_PREFIX", "POP_SCRIPT", "Channel", "QoS", "Transport", "bell_key"]
+__all__ = ["BELL_PREFIX", "POP_SCRIPT", "Channel", "Poller", "QoS", "Transport", "bell_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,36 @@ class Channel(kombu_redis.Channel):
             pipe.execute()
 
 
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, except that a reply of the atomic pop is read at once, credit or not.
+
+    kombu leaves a ``BRPOP`` reply unread while its channel has no credit
+    (prefetch full). The atomic pop already recorded that message as
+    unacknowledged, so an unread reply could outlive the visibility timeout and
+    be restored to another node while this one still holds it: it is
+    delivered now instead (at most one message over the prefetch limit).
+    """
+
+    def on_readable(self, fileno: int) -> Any:
+        """Read a pending pop of this transport's channel even without credit."""
+        found = self._fd_to_chan.get(fileno)
+        if found is not None and fileno not in self._paused_brpop:
+            channel, kind = found
+            if (
+                kind == "BRPOP"
+                and isinstance(channel, Channel)
+                and channel._in_poll
+                and not channel.qos.can_consume()
+            ):
+                return channel.handlers[kind]()
+        return super().on_readable(fileno)
+
+
 class Transport(kombu_redis.Transport):
     """kombu's Redis transport, with the atomic pop of :class:`Channel`."""
 
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()  # type: ignore[assignment]
