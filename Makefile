@@ -30,8 +30,12 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+# `make chaos CHAOS_KILLS=300 CHAOS_BROKER=amqp`: go on until 300 whole-node kills, on RabbitMQ.
+CHAOS_KILLS ?= 0
+CHAOS_BROKER ?= redis
 chaos: $(STAMP)
-	SNAKEPIT_CHAOS_FULL=1 $(BIN)/pytest -q -m slow tests
+	SNAKEPIT_CHAOS_FULL=1 SNAKEPIT_CHAOS_KILLS=$(CHAOS_KILLS) SNAKEPIT_CHAOS_BROKER=$(CHAOS_BROKER) \
+		$(BIN)/pytest -q -m slow tests
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -42,6 +42,7 @@ __all__ = [
     "SignalHook",
     "SignalPayload",
     "Tainted",
+    "TaskQuarantined",
     "WorkerCrash",
     "WorkerTainted",
     "about_task",
@@ -54,6 +55,7 @@ __all__ = [
     "retry_attempt",
     "retry_exhausted",
     "retry_success",
+    "task_quarantined",
     "worker_crash",
     "worker_tainted",
 ]
@@ -75,6 +77,9 @@ gpu_health = Signal(
         *("node", "gpu_uuid", "device", "finding", "health_class", "xid", "action", "detail")
     },
 )
+task_quarantined = Signal(
+    name="task_quarantined", providing_args={"entry_id", "task_name", "reason", "crashes", "node"}
+)
 
 #: Every signal of the package, by name (used by the event bridge and metrics).
 ALL_SIGNALS: dict[str, Signal] = {
@@ -90,6 +95,7 @@ ALL_SIGNALS: dict[str, Signal] = {
         worker_tainted,
         device_tainted,
         gpu_health,
+        task_quarantined,
     )
 }
 
@@ -235,6 +241,20 @@ class GpuHealth(SignalPayload, signal="gpu_health"):
     detail: str | None = None
 
 
+class TaskQuarantined(SignalPayload, signal="task_quarantined"):
+    """A message went into the quarantine (``reason``: ``max_restarts`` or ``malformed``).
+
+    ``entry_id``: its id there (the task id, or a digest without one);
+    ``crashes``: the crashes counted; ``node``: the node that quarantined it.
+    """
+
+    entry_id: str | None = None
+    task_name: str | None = None
+    reason: str | None = None
+    crashes: int | None = None
+    node: str | None = None
+
+
 #: The payload type of every signal, by signal name.
 PAYLOADS: dict[str, type[SignalPayload]] = {
     cls.signal_name: cls
@@ -249,6 +269,7 @@ PAYLOADS: dict[str, type[SignalPayload]] = {
         WorkerTainted,
         DeviceTainted,
         GpuHealth,
+        TaskQuarantined,
     )
 }
 

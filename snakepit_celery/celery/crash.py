@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from celery import signals as celery_signals
 from celery import states
 
+from snakepit_celery.celery.poison import note_crash
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.policy.crash import Classification, CrashInfo, describe_crash
 from snakepit_celery.policy.gpu_errors import gpu_error_action
@@ -139,6 +140,7 @@ def _handle_crash(
             entry = barrier.ledger_crash(seen.task_id)
             unrecorded = seen.unrecorded(entry.released)
             crashes = unrecorded + entry.crashes
+            note_crash(barrier, seen, info)
     retry = (
         rules.may_retry
         and barrier is not None

@@ -73,6 +73,7 @@ EVENT_TYPES: dict[str, str] = {
     "snakepit-worker-tainted": "a worker node was taken out of rotation",
     "snakepit-device-tainted": "a device was taken out of rotation",
     "snakepit-gpu-health": "the GPU health watch found something on a GPU",
+    "snakepit-task-quarantined": "a task or malformed message went into the quarantine",
 }
 
 #: How a publish retries on a dead connection (kombu ``Connection.ensure`` options).

@@ -4,7 +4,9 @@ One call validates the ``snakepit_*`` settings (``ConfigError`` on a typo or a
 bad value), picks the store (``snakepit_store_url``, else the broker, else the
 result backend when Redis), makes it this process's default store, and hooks
 the worker bootstep, the device router and the signal → event bridge into the
-app. Calling it again is a no-op.
+app, and for a Redis broker makes ``snakepit_celery.transport.redis`` the
+transport (no message lost between pop and acknowledgement record; set
+``broker_transport = "redis"`` to keep kombu's). Calling it again is a no-op.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.store import set_default_store, set_fail_open
 from snakepit_celery.store.urls import redact
 
-__all__ = ["install", "is_installed"]
+__all__ = ["REDIS_TRANSPORT", "install", "is_installed", "use_redis_transport"]
 
 logger = logging.getLogger(__name__)
 
+#: The transport ``install()`` picks for a Redis broker (kombu's, with an atomic pop).
+REDIS_TRANSPORT = "snakepit_celery.transport.redis:Transport"
 #: Marker set on an app once ``install()`` has run.
 _INSTALLED_ATTR = "_snakepit_installed"
 
@@ -46,6 +50,7 @@ def install(app: Celery) -> SnakepitSettings:
     set_fail_open(settings.fail_open)
     set_default_store(app_store(app))
 
+    use_redis_transport(app)
     install_worker(app)
     install_router(app)
     install_events(app)
@@ -55,6 +60,22 @@ def install(app: Celery) -> SnakepitSettings:
         extra={"snakepit_store": _redacted(settings.store_url), "snakepit_app": app.main},
     )
     return settings
+
+
+def use_redis_transport(app: Celery) -> bool:
+    """Make ``snakepit_celery.transport.redis`` the app's transport for a Redis broker.
+
+    Only when ``broker_url`` is ``redis://``/``rediss://`` and the app names
+    no ``broker_transport`` of its own (``broker_transport = "redis"`` keeps
+    kombu's). True when it did.
+    """
+    url = app.conf.broker_url
+    first = url[0] if isinstance(url, list | tuple) and url else url
+    scheme = str(first or "").partition("://")[0].lower()
+    if scheme not in ("redis", "rediss") or app.conf.broker_transport:
+        return False
+    app.conf.broker_transport = REDIS_TRANSPORT
+    return True
 
 
 def _redacted(url: str | None) -> str | None:

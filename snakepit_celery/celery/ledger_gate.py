@@ -24,6 +24,7 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 
 from snakepit_celery.celery.headers import parse_headers
+from snakepit_celery.celery.poison import quarantine_gave_up
 from snakepit_celery.celery.runtime import TaskRuntime
 from snakepit_celery.errors import WorkerCrashedError
 
@@ -92,6 +93,7 @@ def _give_up(task: GatedTask, runtime: TaskRuntime, request: Any, crashes: int) 
     barrier = runtime.barrier
     drop_if_ended(task, runtime, request)
     barrier.ledger_finish(request.id)
+    quarantine_gave_up(task, barrier, request, crashes)
     logger.error(
         "task %s[%s] crashed its worker %d time(s) (max_restarts=%d): not run again",
         task.name,

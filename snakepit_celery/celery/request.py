@@ -39,6 +39,7 @@ from snakepit_celery.celery.crash import (
 )
 from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded
 from snakepit_celery.celery.ledger_gate import unrecorded_crashes
+from snakepit_celery.celery.poison import quarantine_crashed
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
@@ -115,6 +116,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
                 task, outcome.error, exc_info, outcome.countdown, outcome.unrecorded
             ):
                 return
+            quarantine_crashed(self, runtime.barrier, outcome)
             self._fail(outcome.error, exc)
 
         handle_crash(seen, runtime.barrier, runtime.health, end)

@@ -215,6 +215,13 @@ class CrashBarrierConfig:
     #: message its dead node had prefetched but never started runs normally instead of
     #: ending ``WorkerCrashedError`` unrun.
     start_marks: bool = False
+    #: Keep each task the barrier stops for good (and each message that kills its node)
+    #: in the store's quarantine, for ``celery snakepit quarantine``.
+    quarantine: bool = True
+    #: How long (s) a quarantined message is kept.
+    quarantine_ttl: float = 7 * 24 * 3600.0
+    #: Most messages kept in the quarantine; the oldest go first.
+    quarantine_max_entries: int = 1000
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -238,6 +245,12 @@ class CrashBarrierConfig:
             check_bool("taint_device_on_cuda_fatal", self.taint_device_on_cuda_fatal),
         )
         put("start_marks", check_bool("start_marks", self.start_marks))
+        put("quarantine", check_bool("quarantine", self.quarantine))
+        put("quarantine_ttl", check_seconds("quarantine_ttl", self.quarantine_ttl, positive=True))
+        put(
+            "quarantine_max_entries",
+            check_int("quarantine_max_entries", self.quarantine_max_entries, minimum=1),
+        )
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any] | None) -> CrashBarrierConfig:
@@ -270,6 +283,9 @@ class CrashBarrierConfig:
             "taint_on_error_types": [_error_type_name(t) for t in self.taint_on_error_types],
             "taint_device_on_cuda_fatal": self.taint_device_on_cuda_fatal,
             "start_marks": self.start_marks,
+            "quarantine": self.quarantine,
+            "quarantine_ttl": self.quarantine_ttl,
+            "quarantine_max_entries": self.quarantine_max_entries,
         }
 
     def retry_allowed(self, idempotent: bool, attempt: int) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "BreakerSnapshot",
     "HealthSnapshot",
     "LedgerEntry",
+    "QuarantineEntry",
     "Store",
     "TaintRecord",
     "WorkerCrashes",
@@ -144,6 +145,20 @@ class LedgerEntry:
     crashes: int
     running_on: str | None = None
     released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """One quarantined message: its id, when it came in and goes, and its record.
+
+    ``entry_id`` is the task id, or a digest of a message without a usable
+    one; ``record`` is the JSON-safe dict given to ``quarantine_add``.
+    """
+
+    entry_id: str
+    quarantined_at: float
+    expires_at: float
+    record: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -352,4 +367,40 @@ class Store(Protocol):
 
     def gpu_reservations(self) -> dict[str, int]:
         """MB reserved per GPU UUID over live (unexpired) reservations."""
+
+    # -- quarantine -----------------------------------------------------------
+    def quarantine_add(
+        self, entry_id: str, record: Mapping[str, Any], *, ttl: float, max_entries: int
+    ) -> list[str]:
+        """Keep ``record`` (JSON-safe) as ``entry_id`` for ``ttl``; returns the ids evicted.
+
+        Adding an id again replaces its record. Expired entries go first, then
+        the oldest beyond ``max_entries``.
+        """
+        ...
+
+    def quarantine_list(self) -> list[QuarantineEntry]:
+        """The live quarantined messages, oldest first (no write)."""
+        ...
+
+    def quarantine_get(self, entry_id: str) -> QuarantineEntry | None:
+        """One live quarantined message, or None (no write)."""
+        ...
+
+    def quarantine_remove(self, entry_id: str) -> QuarantineEntry | None:
+        """Take one message out of the quarantine; returns it (None when it was not there)."""
+        ...
+
+    def quarantine_note(
+        self, task_id: str, crash: Mapping[str, Any], *, ttl: float, max_entries: int
+    ) -> None:
+        """Append one crash (JSON-safe) to ``task_id``'s history, newest ``max_entries`` kept."""
+        ...
+
+    def quarantine_history(self, task_id: str) -> list[dict[str, Any]]:
+        """``task_id``'s crash history, oldest first (no write)."""
+        ...
+
+    def quarantine_forget(self, task_id: str) -> None:
+        """Drop ``task_id``'s crash ledger and crash history: a replay counts its crashes afresh."""
         ...

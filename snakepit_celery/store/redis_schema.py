@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from snakepit_celery.errors import ConfigError
+from snakepit_celery.store.base import QuarantineEntry
 
 __all__ = [
     "BREAKER_TTL",
@@ -30,6 +31,7 @@ __all__ = [
     "count_arg",
     "node_record",
     "opt_text",
+    "quarantine_entry",
     "seconds_arg",
     "text",
     "ttl_ms_arg",
@@ -74,6 +76,12 @@ KEY_SCHEMA: Mapping[str, str] = {
     "gpu_reservation_sizes": "{gpumem}:mb",
     # zset: '<node>|<incarnation>' -> when node_reap claimed it (fenced; kept NODE_RETENTION)
     "node_reaped": "{nodes}:reaped",
+    # zset: quarantined message id (task id, or digest of a message without one) -> expiry
+    "quarantine": "{quarantine}",
+    # hash: quarantined message id -> '<quarantined at>|<record JSON>' (message, crashes)
+    "quarantine_records": "{quarantine}:records",
+    # zset: '<time>|<crash JSON>' of one task by time, newest kept, for its quarantine record
+    "crash_history": "{task:<task_id>}:crashes",
 }
 
 #: One script per atomic operation, ``store/lua/<name>.lua`` (``_common.lua`` is prepended).
@@ -101,6 +109,12 @@ SCRIPTS: Mapping[str, str] = {
     "node_reap": "claim (return, drop, mark reaped) incarnations expired more than grace ago",
     "gpu_reserve": "reserve MB on a GPU when its live reservations leave room; prune expired",
     "gpu_reservations": "MB reserved per GPU over live reservations; no writes",
+    "quarantine_add": "keep a message until now+ttl; drop expired ones, then the oldest over cap",
+    "quarantine_list": "the live quarantined messages (or one); no writes",
+    "quarantine_remove": "take one message out of the quarantine, returning it",
+    "quarantine_note": "append a crash to a task's capped crash history",
+    "quarantine_history": "a task's crash history; no writes",
+    "quarantine_forget": "drop a task's crash ledger and history: a replay counts afresh",
 }
 
 #: A breaker's keys vanish this long after its last write (seconds).
@@ -167,3 +181,10 @@ def node_record(node: str, raw: Any, now: float) -> dict[str, Any]:
     record["node"] = node
     record["heartbeat_age"] = max(0.0, now - float(beat))
     return record
+
+
+def quarantine_entry(reply: Any) -> QuarantineEntry:
+    """Parse ``[id, expiry, '<quarantined at>|<JSON>']`` of the quarantine scripts."""
+    entry_id, expires, raw = reply
+    since, _, payload = text(raw).partition("|")
+    return QuarantineEntry(text(entry_id), float(since), float(expires), json.loads(payload))

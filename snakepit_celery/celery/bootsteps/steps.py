@@ -29,6 +29,7 @@ from snakepit_celery.celery.bootsteps.fence import fence_node
 from snakepit_celery.celery.bootsteps.giveback import release_unstarted
 from snakepit_celery.celery.bootsteps.gpu_watch import GpuWatchStep
 from snakepit_celery.celery.bootsteps.in_flight import held_deliveries
+from snakepit_celery.celery.bootsteps.message_guard import MessageGuardStep
 from snakepit_celery.celery.bootsteps.metrics import SnakepitMetricsStep
 from snakepit_celery.celery.bootsteps.preflight import preflight
 from snakepit_celery.celery.bootsteps.queues import (
@@ -246,3 +247,4 @@ def install_worker(app: Celery) -> None:
     app.steps["consumer"].add(SnakepitWorkerStep)
     app.steps["consumer"].add(GpuWatchStep)
     app.steps["consumer"].add(PoolChildWatch)
+    app.steps["consumer"].add(MessageGuardStep)

@@ -30,6 +30,7 @@ from snakepit_celery.celery.cli.output import (
     json_option,
     suggestion,
 )
+from snakepit_celery.celery.cli.quarantine import quarantine
 from snakepit_celery.celery.cli.tables import breakers_table, status_text, taints_table
 from snakepit_celery.celery.cli.task import task_command
 from snakepit_celery.fleet import FleetStatus, fleet_status, read_taints
@@ -67,6 +68,7 @@ def snakepit(ctx: click.Context) -> None:
 snakepit.add_command(hardware_command)
 snakepit.add_command(task_command)
 snakepit.add_command(lock)
+snakepit.add_command(quarantine)
 
 
 @snakepit.command()

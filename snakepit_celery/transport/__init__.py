@@ -1,0 +1,1 @@
+"""Broker transports: kombu's, with the message-loss windows closed (``transport.redis``)."""

@@ -1,0 +1,210 @@
+# mypy: disallow-untyped-calls=False
+"""kombu's Redis transport with the pop and its unacknowledged record in one atomic step.
+
+kombu's Redis transport takes a message off its queue with ``BRPOP`` and then,
+in a second round trip, writes it to the unacknowledged hash
+(``unacked``/``unacked_index``) from which a dead consumer's messages are
+restored. A consumer killed between the two holds the only copy, and the
+message is lost (kombu #305). Redis cannot block inside a script, and its
+only atomic blocking move (``BLMOVE``) takes one source list, while a
+worker consumes several queues, so this transport splits the two jobs:
+
+- taking a message is one Lua script (``store/lua/broker_pop.lua``): ``RPOP``
+  from the queues in ``BRPOP``'s order and write kombu's own unacknowledged
+  record of it, atomically; kombu's restore, Celery's warm-shutdown give-back
+  (``qos._delivered``), the snakepit reaper and queue release see the very
+  format they know;
+- waiting while every queue is empty is a ``BRPOP`` on per-queue "bell"
+  lists, never on the queues: this transport's publishers ring the bell of
+  the queue they publish to (in the same round trip), so an idle consumer
+  wakes at once; a message from a publisher on stock kombu waits at most
+  ``idle_poll_interval`` seconds (transport option, default 0.25).
+
+Per delivery this costs one round trip instead of two. Select it with
+``broker_transport = "snakepit_celery.transport.redis:Transport"``;
+``install()`` does so for ``redis://``/``rediss://`` brokers unless the app
+names its own transport (``snakepit_broker_transport=False`` opts out).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from queue import Empty
+from time import monotonic
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Channel as VirtualChannel
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from redis.exceptions import NoScriptError
+
+__all__ = ["BELL_PREFIX", "POP_SCRIPT", "Channel", "Poller", "QoS", "Transport", "bell_key"]
+
+logger = logging.getLogger(__name__)
+
+#: The atomic pop (see the module docstring).
+POP_SCRIPT = (
+    resources.files("snakepit_celery.store")
+    .joinpath("lua", "broker_pop.lua")
+    .read_text(encoding="utf-8")
+)
+#: Bell lists are named ``<BELL_PREFIX><queue>``.
+BELL_PREFIX = "_snakepit.bell."
+#: How long (ms) an unrung bell list lives.
+_BELL_TTL_MS = 60_000
+
+
+def bell_key(queue: str) -> str:
+    """The bell list of ``queue``: one element per message published to it, since emptied."""
+    return f"{BELL_PREFIX}{queue}"
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS that does not write again what the atomic pop recorded."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        """Record a delivery (the pop script already wrote its unacknowledged record)."""
+        if self.channel.recorded_tag is not None and delivery_tag == self.channel.recorded_tag:
+            self.channel.recorded_tag = None
+            VirtualChannel.QoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+
+class Channel(kombu_redis.Channel):
+    """Redis channel that pops with ``broker_pop.lua`` and waits on bells."""
+
+    QoS = QoS
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.Channel.from_transport_options,
+        "idle_poll_interval",
+    )
+
+    #: Seconds an idle consumer waits on its bells before it looks at the queues again.
+    idle_poll_interval = 0.25
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Delivery tag whose unacknowledged record the last pop wrote (for ``QoS.append``).
+        self.recorded_tag: str | None = None
+        self._idle = False
+        self._sent: str | None = None
+        self._pop_sha: str | None = None
+        super().__init__(*args, **kwargs)
+
+    def _prefixed(self, key: str) -> str:
+        return f"{self.global_keyprefix or ''}{key}"
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """Send the next step: the atomic pop, or (queues were empty) a wait on the bells."""
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        if self._pop_sha is None:
+            self._pop_sha = str(bytes_to_str(self.client.script_load(POP_SCRIPT)))
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        if self._idle:
+            bells = [self._prefixed(bell_key(queue)) for queue in queues]
+            wait = min(self.idle_poll_interval, timeout or self.brpop_timeout or 1)
+            self._sent = "BRPOP"
+            self.client.connection.send_command("BRPOP", *bells, wait)
+            return
+        keys = [
+            self._prefixed(self._q_for_pri(queue, pri))
+            for pri in self.priority_steps
+            for queue in queues
+        ]
+        unacked = [self._prefixed(self.unacked_key), self._prefixed(self.unacked_index_key)]
+        bells = [self._prefixed(bell_key(queue)) for queue in queues]
+        self._sent = "EVALSHA"
+        self.client.connection.send_command(
+            "EVALSHA", self._pop_sha, len(keys) + len(bells) + 2, *unacked, *keys, *bells, len(keys)
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """Read the step's reply: deliver a popped message, or switch between pop and wait."""
+        sent, self._sent = self._sent, None
+        try:
+            try:
+                reply = self.client.parse_response(
+                    self.client.connection, sent or "BRPOP", **options
+                )
+            except NoScriptError:
+                self._pop_sha = None  # the server lost its scripts: load again, then pop
+                raise Empty() from None
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if sent != "EVALSHA" or not reply:
+                self._idle = sent == "EVALSHA"
+                raise Empty()
+            return self._deliver_popped(reply)
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()
+
+    def _deliver_popped(self, reply: Any) -> bool:
+        key, item, recorded = reply
+        dest = bytes_to_str(key)[len(self.global_keyprefix or "") :].rsplit(self.sep, 1)[0]
+        payload = loads(bytes_to_str(item))
+        if int(recorded):
+            self.recorded_tag = payload["properties"]["delivery_tag"]
+        self._queue_cycle.rotate(dest)
+        self.connection._deliver(payload, dest)
+        return True
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """Publish as kombu does, and ring the queue's bell, in one round trip."""
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        bell = bell_key(queue)
+        commands: list[tuple[Any, ...]] = [("lpush", key, dumps(message))]
+        if self._expires and queue in self._expires:
+            ttl = self._expires[queue]
+            commands += [("pexpire", self._q_for_pri(queue, p), ttl) for p in self.priority_steps]
+        commands += [("rpush", bell, 1), ("pexpire", bell, _BELL_TTL_MS)]
+        batch = kwargs.get("_publish_batch")
+        if batch is not None:
+            for name, *args in commands:
+                batch.add(name, *args)
+            return
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for name, *args in commands:
+                getattr(pipe, name)(*args)
+            pipe.execute()
+
+
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, except that a reply of the atomic pop is read at once, credit or not.
+
+    kombu leaves a ``BRPOP`` reply unread while its channel has no credit
+    (prefetch full). The atomic pop already recorded that message as
+    unacknowledged, so an unread reply could outlive the visibility timeout and
+    be restored to another node while this one still holds it: it is
+    delivered now instead (at most one message over the prefetch limit).
+    """
+
+    def on_readable(self, fileno: int) -> Any:
+        """Read a pending pop of this transport's channel even without credit."""
+        found = self._fd_to_chan.get(fileno)
+        if found is not None and fileno not in self._paused_brpop:
+            channel, kind = found
+            if (
+                kind == "BRPOP"
+                and isinstance(channel, Channel)
+                and channel._in_poll
+                and not channel.qos.can_consume()
+            ):
+                return channel.handlers[kind]()
+        return super().on_readable(fileno)
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport, with the atomic pop of :class:`Channel`."""
+
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()  # type: ignore[assignment]

@@ -1,0 +1,148 @@
+"""``snakepit_celery.transport.redis``: no message is lost between its pop and its unacked record.
+
+kombu's Redis transport pops a message (BRPOP) and writes its unacknowledged
+record in a second round trip; a consumer killed in between loses it (kombu
+#305). Here the pop writes the record in the same atomic step, so a consumer
+that dies right after the pop leaves a message kombu's own restore brings
+back. Real Redis, real kombu connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+from snakepit_celery.celery.install import REDIS_TRANSPORT, install, use_redis_transport
+from snakepit_celery.transport.redis import POP_SCRIPT, Channel, bell_key
+
+
+@pytest.fixture
+def connection(redis_url: str, key_prefix: str) -> Iterator[Connection]:
+    """A kombu connection on this transport, every key under the test's prefix."""
+    conn = Connection(
+        redis_url,
+        transport=REDIS_TRANSPORT,
+        transport_options={"global_keyprefix": f"{key_prefix}:", "visibility_timeout": 0.5},
+    )
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _queue(conn: Connection) -> Queue:
+    queue = Queue("work", Exchange("work"), routing_key="work", channel=conn.default_channel)
+    queue.declare()
+    return queue
+
+
+def _publish(conn: Connection, body: dict[str, int]) -> None:
+    conn.Producer().publish(body, exchange="work", routing_key="work", serializer="json")
+
+
+def test_popped_message_is_in_the_unacked_hash_before_any_client_code_runs(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    _queue(connection)
+    _publish(connection, {"n": 1})
+    p = f"{key_prefix}:"
+    keys = [f"{p}unacked", f"{p}unacked_index", f"{p}work", f"{p}{bell_key('work')}"]
+    dest, item, recorded = redis_client.eval(POP_SCRIPT, 4, *keys, 1)  # the pop, then "death"
+    assert (dest.decode(), recorded) == (f"{p}work", 1)
+    assert redis_client.llen(f"{p}work") == 0
+    tag = json.loads(item)["properties"]["delivery_tag"]
+    message, exchange, routing_key = json.loads(redis_client.hget(f"{p}unacked", tag))
+    assert (message["body"], exchange, routing_key) == (json.loads(item)["body"], "work", "work")
+    assert redis_client.zscore(f"{p}unacked_index", tag) is not None
+
+
+def test_message_of_a_consumer_dead_after_the_pop_is_restored_and_delivered_again(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    queue = _queue(connection)
+    _publish(connection, {"n": 2})
+    p = f"{key_prefix}:"
+    redis_client.eval(POP_SCRIPT, 3, f"{p}unacked", f"{p}unacked_index", f"{p}work", 1)
+    assert queue.get(no_ack=True) is None  # the consumer died holding it
+    time.sleep(0.6)  # past the visibility timeout
+    connection.default_channel.qos.restore_visible(num=10, interval=1)
+    again = queue.get(no_ack=True)
+    assert again is not None and again.payload == {"n": 2} and again.delivery_info["redelivered"]
+
+
+def test_consumer_receives_acks_and_leaves_nothing_unacked(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    queue = _queue(connection)
+    received: list[object] = []
+
+    def on_message(body: object, message: object) -> None:
+        received.append(body)
+        message.ack()  # type: ignore[attr-defined]
+
+    with connection.Consumer(queue, callbacks=[on_message]):
+        for n in range(3):
+            _publish(connection, {"n": n})
+        for _ in range(30):
+            if len(received) == 3:
+                break
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=0.5)
+    assert received == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 0
+    assert isinstance(connection.default_channel, Channel)
+
+
+@pytest.mark.parametrize(
+    ("conf", "picked"),
+    [
+        ({"broker_url": "redis://127.0.0.1:6379/0"}, True),
+        ({"broker_url": "rediss://127.0.0.1:6379/0"}, True),
+        ({"broker_url": "redis://127.0.0.1:6379/0", "broker_transport": "redis"}, False),
+        ({"broker_url": "amqp://guest@127.0.0.1//"}, False),
+    ],
+)
+def test_install_picks_the_transport_for_redis_brokers_unless_one_is_named(
+    conf: dict[str, str], picked: bool
+) -> None:
+    app = Celery("t", set_as_current=False)
+    app.conf.update(conf)
+    assert use_redis_transport(app) is picked
+    assert (app.conf.broker_transport == REDIS_TRANSPORT) is picked
+
+
+def test_installed_app_publishes_and_consumes_through_the_transport(redis_url: str) -> None:
+    app = Celery("t", set_as_current=False)
+    app.conf.update(broker_url=redis_url, snakepit_store_url="memory://")
+    install(app)
+    with app.connection_for_write() as conn:
+        assert type(conn.default_channel).__module__ == "snakepit_celery.transport.redis"
+
+
+def test_pop_reply_is_delivered_even_when_credit_ran_out_meanwhile(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """A recorded pop never waits unread (the visibility timeout would restore it meanwhile)."""
+    queue = _queue(connection)
+    received: list[object] = []
+    channel = connection.default_channel
+    with connection.Consumer(queue, callbacks=[lambda body, _m: received.append(body)]):
+        channel.basic_qos(0, 1, False)
+        _publish(connection, {"n": 7})
+        poller = connection.transport.cycle
+        poller.on_poll_start()  # sends the atomic pop: credit is there
+        channel.qos._delivered["held-elsewhere"] = None  # credit runs out before the reply
+        assert not channel.qos.can_consume()
+        fileno = channel.client.connection._sock.fileno()
+        time.sleep(0.1)
+        with contextlib.suppress(Exception):
+            poller.on_readable(fileno)
+    assert received == [{"n": 7}]
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 1
