@@ -292,11 +292,19 @@ class CrashBarrier:
             _EMPTY_LEDGER,
         )
 
-    def ledger_renew(self, task_id: str, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on ``task_id``; False when it does not hold it."""
-        return self._guarded(
-            lambda store: store.ledger_renew(task_id, worker_id=worker_id, lease=lease), True
+    def ledger_hold(self, holds: Mapping[str, str], lease: float) -> dict[str, bool]:
+        """Take or extend (``lease <= 0``: let go) leases of running tasks ``task_id -> worker``.
+
+        One batch; the heartbeat thread holds the tasks that run long, so a
+        copy of one delivered meanwhile is not run again. False for a task
+        another worker holds. Fail-open reads as held.
+        """
+        ids = list(holds)
+        held = self._guarded(
+            lambda store: store.ledger_hold(holds, lease=lease, ttl=self.ledger_ttl),
+            [True] * len(ids),
         )
+        return dict(zip(ids, held, strict=True))
 
     def ledger_finish(self, task_id: str) -> None:
         """Record that the running execution of ``task_id`` ended (any outcome but a crash)."""

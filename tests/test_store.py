@@ -482,12 +482,23 @@ def test_running_on_is_reported_only_while_leased(store: Store) -> None:
     assert entry is not None and entry.running_on is None
 
 
-def test_ledger_renew_extends_own_lease_only(store: Store) -> None:
+def test_ledger_hold_extends_own_lease_only(store: Store) -> None:
     start(store, "w1", lease=SHORT)
-    assert store.ledger_renew("task-1", worker_id="w1", lease=30.0)
-    assert not store.ledger_renew("task-1", worker_id="w2", lease=30.0)
+    assert store.ledger_hold({"task-1": "w1"}, lease=30.0, ttl=60.0) == [True]
+    assert store.ledger_hold({"task-1": "w2"}, lease=30.0, ttl=60.0) == [False]
     time.sleep(PAST_SHORT)
     assert start(store, "w2").running_on == "w1"
+
+
+def test_ledger_hold_leases_a_first_delivery_until_let_go(store: Store) -> None:
+    assert store.ledger_hold({"task-1": "w1", "task-2": "w1"}, lease=30.0, ttl=60.0) == [
+        True,
+        True,
+    ]
+    assert start(store, "w2").running_on == "w1"
+    assert store.ledger_hold({"task-1": "w1"}, lease=0.0, ttl=60.0) == [True]
+    before = start(store, "w2")
+    assert before.running_on is None and before.crashes == 0
 
 
 def test_ledger_entries_expire(store: Store) -> None:

@@ -151,7 +151,7 @@ def test_taint_operations_work_on_every_master(cluster: LocalCluster, store: Red
 def test_ledger_operations_work_on_every_master(cluster: LocalCluster, store: RedisStore) -> None:
     for task_id in one_name_per_master(cluster, store, "task"):
         assert store.ledger_start(task_id, worker_id="w1", lease=30.0, ttl=60.0).starts == 0
-        assert store.ledger_renew(task_id, worker_id="w1", lease=30.0)
+        assert store.ledger_hold({task_id: "w1"}, lease=30.0, ttl=60.0) == [True]
         assert store.ledger_start(task_id, worker_id="w2", lease=30.0, ttl=60.0).running_on == "w1"
         assert store.ledger_crash(task_id, ttl=60.0).crashes == 1
         store.ledger_release(task_id, ttl=60.0)

@@ -1,15 +1,16 @@
 """The crash-ledger gate: a message that came back is counted, and stopped past ``max_restarts``.
 
 The first delivery of a message is never recorded (no round trip on the
-happy path), so when such an untracked message comes back its lost delivery
-counts as one crash, unless its node marked it given back unstarted
-(``ledger_release``, on warm shutdown). Conservatively: kombu also restores
-messages a SIGKILLed node had prefetched but never started. Once a message is
-tracked (re-published after a crash, it carries the crash header) every
-delivery is recorded, and the ledger proves its crashes: earlier runs whose
-lease ran out, or that a pool parent saw die. A message whose task already
-has a final state is not run again (its result was stored, its
-acknowledgement lost).
+happy path). A message that came back, or one re-published after a crash
+(it carries the crash header), is recorded on every delivery. Its crashes are
+the larger of what the message proves (``headers.message_crashes``: its
+header, which holds every crash so far, plus its lost delivery) and what the
+ledger proves (runs whose lease ran out, or that a pool parent saw die), so
+the count grows while the store is down. A copy whose first run still holds
+its lease (renewed by its node's heartbeat while it runs long) is dropped,
+and so is a message whose task already has a final state (its result was
+stored, its acknowledgement lost): neither runs again. Fail-closed, a store
+that does not answer retries the task after ``STORE_DOWN_COUNTDOWN``.
 """
 
 from __future__ import annotations
@@ -17,26 +18,30 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from celery import Celery, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 
-from snakepit_celery.celery.headers import parse_headers
+from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded, message_crashes
 from snakepit_celery.celery.runtime import TaskRuntime
-from snakepit_celery.errors import WorkerCrashedError
+from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
+from snakepit_celery.store import report_store_error
 
 __all__ = [
+    "STORE_DOWN_COUNTDOWN",
     "GatedTask",
     "crash_ledger_gate",
     "drop_if_ended",
     "final_state",
     "redelivered",
-    "unrecorded_crashes",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Countdown (s) of a task retried because the store did not answer (fail-closed).
+STORE_DOWN_COUNTDOWN = 2.0
 
 
 class GatedTask(Protocol):
@@ -45,6 +50,10 @@ class GatedTask(Protocol):
     app: Celery
     name: str
     idempotent: bool
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.retry``."""
+        ...
 
 
 def crash_ledger_gate(
@@ -57,7 +66,10 @@ def crash_ledger_gate(
     """
     barrier = runtime.barrier
     worker_id = f"{request.hostname}/{os.getpid()}"
-    before = barrier.ledger_start(request.id, worker_id, runtime.lease)
+    try:
+        before = barrier.ledger_start(request.id, worker_id, runtime.lease)
+    except StoreUnavailableError as exc:
+        _retry_later(task, request, headers, exc)
     if before.running_on is not None and before.running_on != worker_id:
         logger.warning(
             "task %s[%s] is still running on %s: duplicate delivery dropped",
@@ -67,12 +79,12 @@ def crash_ledger_gate(
             extra={"task_id": request.id, "running_on": before.running_on},
         )
         raise Ignore()
-    crashes = unrecorded_crashes(request.delivery_info, headers, before.released)
-    crashes += before.crashes
+    crashes = max(message_crashes(request.delivery_info, headers, before.released), before.crashes)
     if crashes == 0:
         if before.released:
             drop_if_ended(task, runtime, request)
         return
+    drop_if_ended(task, runtime, request)
     if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
         logger.warning(
             "task %s[%s] came back after its node died; running it again (crash %d)",
@@ -83,6 +95,23 @@ def crash_ledger_gate(
         )
         return
     _give_up(task, runtime, request, crashes)
+
+
+def _retry_later(
+    task: GatedTask, request: Any, headers: Mapping[str, Any], exc: StoreUnavailableError
+) -> NoReturn:
+    """Fail-closed: the ledger cannot be read, so retry later, the crashes kept in the header."""
+    report_store_error(exc, task_id=request.id)
+    retry_headers = {
+        **forwarded(headers),
+        HEADER_CRASHES: message_crashes(request.delivery_info, headers),
+    }
+    raise task.retry(
+        exc=exc,
+        countdown=STORE_DOWN_COUNTDOWN,
+        max_retries=(request.retries or 0) + 1,
+        headers=retry_headers,
+    )
 
 
 def _give_up(task: GatedTask, runtime: TaskRuntime, request: Any, crashes: int) -> None:
@@ -124,22 +153,6 @@ def drop_if_ended(task: GatedTask, runtime: TaskRuntime, request: Any) -> None:
         extra={"task_id": request.id, "state": state},
     )
     raise Ignore()
-
-
-def unrecorded_crashes(
-    delivery_info: Mapping[str, Any] | None,
-    headers: Mapping[str, Any],
-    released: bool = False,
-) -> int:
-    """Crashes of a message the ledger does not hold: its header's, plus its lost delivery.
-
-    An untracked message (no crash header) that came back lost a delivery no
-    ledger recorded; that counts as one crash, unless its node gave it back
-    unstarted (``released``: the ledger's give-back mark for this delivery).
-    """
-    parsed = parse_headers(headers)
-    lost = (delivery_info or {}).get("redelivered") and not parsed.tracked and not released
-    return parsed.crashes + (1 if lost else 0)
 
 
 def final_state(app: Celery, task_id: str) -> str | None:

@@ -16,7 +16,6 @@ default) Celery's own handling applies unchanged.
 
 from __future__ import annotations
 
-import functools
 import logging
 import zlib
 from typing import Any
@@ -39,7 +38,6 @@ from snakepit_celery.celery.crash import (
     handle_crash,
 )
 from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded
-from snakepit_celery.celery.ledger_gate import unrecorded_crashes
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
@@ -90,17 +88,16 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             str(self.hostname),
             exc,
             Observer.POOL_PARENT,
-            device=task._device_or_none((self.delivery_info or {}).get("routing_key")),
+            device=task.device_or_none((self.delivery_info or {}).get("routing_key")),
             idempotent=bool(task.idempotent),
-            unrecorded=functools.partial(
-                unrecorded_crashes, self.delivery_info, self._request_dict
-            ),
+            delivery_info=self.delivery_info,
+            headers=self._request_dict,
         )
 
         def end(outcome: CrashOutcome) -> None:
             self._log_crash(outcome)
             if outcome.retry and self._republish(
-                task, outcome.error, exc_info, outcome.countdown, outcome.unrecorded
+                task, outcome.error, exc_info, outcome.countdown, outcome.crashes
             ):
                 return
             self._fail(outcome.error, exc)
@@ -127,11 +124,14 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         error: WorkerCrashedError,
         exc_info: Any,
         countdown: float,
-        unrecorded: int,
+        crashes: int,
     ) -> bool:
-        """Send the task again (same id and arguments); False when the broker refused it."""
+        """Send the task again (same id and arguments, ``crashes`` in its header).
+
+        False when the broker refused it.
+        """
         request = self._context
-        headers = {**forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
+        headers = {**forwarded(request.headers or {}), HEADER_CRASHES: crashes}
         signature = task.signature_from_request(request, countdown=countdown, headers=headers)
         routing_key = str((self.delivery_info or {}).get("routing_key") or "")
         elsewhere = None if not routing_key else self._other_node_queue(task, routing_key)
@@ -181,9 +181,9 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             report_store_error(exc, task_id=self.id)
             return None
         nodes = sorted(
-            str(record["node"])
+            record.node
             for record in live_untainted_others(snapshot, str(self.hostname))
-            if queue in (record.get("queues") or ())
+            if queue in record.queues
         )
         if not nodes:
             return None

@@ -262,8 +262,14 @@ class Store(Protocol):
         """
         ...
 
-    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on its running task; False when it does not hold it."""
+    def ledger_hold(self, holds: Mapping[str, str], *, lease: float, ttl: float) -> list[bool]:
+        """Take or extend the lease of each running task ``task_id -> worker_id`` (one batch).
+
+        Creates the entry of a first delivery (it lives at least ``ttl``), so a
+        copy of its message delivered while it runs is not run again; False for
+        a task another worker holds a live lease on (nothing written).
+        ``lease <= 0`` lets go of the worker's leases instead (always True).
+        """
         ...
 
     def ledger_finish(self, task_id: str) -> None:

@@ -306,15 +306,27 @@ class MemoryStore:
             led.expires_at = now + ttl
             return before
 
-    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on a running task; False when it does not hold it."""
+    def ledger_hold(self, holds: Mapping[str, str], *, lease: float, ttl: float) -> list[bool]:
+        """Take, extend or (``lease <= 0``) let go of running tasks' leases."""
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now)
-            if led is None or led.running_on != worker_id:
-                return False
-            led.lease_until = now + lease
+            return [
+                self._hold(task_id, worker, lease, ttl, now) for task_id, worker in holds.items()
+            ]
+
+    def _hold(self, task_id: str, worker_id: str, lease: float, ttl: float, now: float) -> bool:
+        led = self._ledger(task_id, now)
+        if lease <= 0:
+            if led is not None and led.running_on == worker_id:
+                led.running_on, led.lease_until = None, 0.0
             return True
+        if led is None:
+            led = self._ledgers[task_id] = LedgerState()
+        elif led.running_on not in (None, worker_id) and led.lease_until > now:
+            return False
+        led.running_on, led.lease_until = worker_id, now + lease
+        led.expires_at = max(led.expires_at, now + ttl)
+        return True
 
     def ledger_finish(self, task_id: str) -> None:
         """Record that the running execution ended (any outcome)."""

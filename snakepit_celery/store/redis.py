@@ -364,15 +364,34 @@ class RedisStore:
             int(starts), int(finishes), int(crashes), opt_text(running), bool(released)
         )
 
-    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on a running task; False when it does not hold it."""
-        return bool(
-            self._run(
-                "ledger_renew",
-                [self.key("task", task_id)],
-                [worker_id, seconds_arg("lease", lease)],
-            )
-        )
+    def ledger_hold(self, holds: Mapping[str, str], *, lease: float, ttl: float) -> list[bool]:
+        """Take, extend or (``lease <= 0``) let go of running tasks' leases; one pipeline."""
+        lease_arg = seconds_arg("lease", lease) if lease > 0 else 0
+        calls = [
+            ([self.key("task", task_id)], [worker_id, lease_arg, ttl_ms_arg(ttl)])
+            for task_id, worker_id in holds.items()
+        ]
+        return [bool(reply) for reply in self._run_many("ledger_hold", calls)]
+
+    def _run_many(
+        self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """EVALSHA ``script`` once per call, in one pipeline (loading it on NOSCRIPT)."""
+        if not calls:
+            return []
+
+        def execute() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._shas[script], len(keys), *keys, *args)
+            return list(pipe.execute())
+
+        with self._guard(script):
+            try:
+                return execute()
+            except redis.exceptions.NoScriptError:
+                self._shas[script] = text(self.client.script_load(SOURCES[script]))
+                return execute()
 
     def ledger_finish(self, task_id: str) -> None:
         """Record that the running execution ended (any outcome)."""

@@ -82,7 +82,7 @@ SCRIPTS: Mapping[str, str] = {
     "taint_active": "is a member tainted now; no writes",
     "taint_clear": "lift one taint or all of a pool",
     "ledger_start": "count a new execution (expired unfinished one = crash) unless leased",
-    "ledger_renew": "extend the running worker's lease",
+    "ledger_hold": "take or extend a running task's lease (creating the entry), or let it go",
     "ledger_finish": "count a finished execution, drop the lease",
     "ledger_crash": "count a crashed execution, drop the lease",
     "ledger_release": "mark the message given back unstarted: its next delivery is no crash",

@@ -4,7 +4,8 @@ On start a worker registers itself in the store's node registry: identity,
 devices with UUIDs, queues, pid, host, state and the tasks it is running. A
 heartbeat thread refreshes that record every ``HEARTBEAT_INTERVAL`` seconds
 (it expires after ``HEARTBEAT_TTL`` without one), re-decides the node's
-queues on each beat, runs the orphan reaper every ``REAP_EVERY`` beats, and
+queues on each beat, keeps the messages of long tasks from being restored by
+the broker (``VisibilityKeeper``), runs the orphan reaper every ``REAP_EVERY`` beats, and
 writes the record again within ``IN_FLIGHT_POLL`` seconds when an
 early-acknowledged crash-barrier task starts (one write per poll at most, from
 this thread: nothing on the task's path). A thread, not the event loop's
@@ -32,6 +33,7 @@ from snakepit_celery.celery.bootsteps.in_flight import (
 )
 from snakepit_celery.celery.bootsteps.queues import QueueReconciler
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
+from snakepit_celery.celery.bootsteps.visibility import VisibilityKeeper
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
@@ -150,6 +152,8 @@ class Heartbeat:
 
     registry: NodeRegistry
     reaper: OrphanReaper
+    #: Keeps the broker from restoring the messages of long tasks (None: nothing to keep).
+    visibility: VisibilityKeeper | None = None
     in_flight_poll: float = IN_FLIGHT_POLL
     reap_every: int = REAP_EVERY
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
@@ -202,6 +206,8 @@ class Heartbeat:
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.interval
                 self.beat()
+                if self.visibility is not None:
+                    never_raise(self.visibility.keep, "keeping messages of %s failed", self.node)
                 beats += 1
                 if self.reap_every > 0 and beats % self.reap_every == 0:
                     never_raise(self.reaper.reap, "orphan reaper of %s failed", self.node)

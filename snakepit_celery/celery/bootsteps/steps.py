@@ -33,6 +33,7 @@ from snakepit_celery.celery.bootsteps.queues import (
 )
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.registry import Heartbeat, NodeRegistry, never_raise
+from snakepit_celery.celery.bootsteps.visibility import VisibilityKeeper
 
 __all__ = ["NodeServices", "SnakepitPreflightStep", "SnakepitWorkerStep", "install_worker"]
 
@@ -69,9 +70,8 @@ class NodeServices:
             ", ".join(queues.queues),
             extra={"node": node, "queues": queues.queues},
         )
-        return cls(
-            node, queues, registry, reaper, Heartbeat(registry, reaper), AckOnRecord(registry)
-        )
+        heartbeat = Heartbeat(registry, reaper, VisibilityKeeper(c, registry.interval))
+        return cls(node, queues, registry, reaper, heartbeat, AckOnRecord(registry))
 
 
 class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
