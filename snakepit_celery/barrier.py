@@ -277,17 +277,32 @@ class CrashBarrier:
         """
         return max(LEDGER_MIN_TTL, LEDGER_TTL_PER_RESTART * (self.config.max_restarts + 1))
 
-    def ledger_start(self, task_id: str, worker_id: str, lease: float) -> LedgerEntry:
+    def ledger_start(
+        self,
+        task_id: str,
+        worker_id: str,
+        lease: float,
+        known: int = 0,
+        came_back: bool = False,
+    ) -> LedgerEntry:
         """Record that ``worker_id`` starts running ``task_id``; returns the entry *before*.
 
         An earlier start whose lease ran out without a finish has been counted
         as a crash (``crashes``: use it as ``attempt`` for ``retry_allowed``).
         When ``running_on`` names *another* worker its lease is still live: a
-        duplicate delivery, do not run the task. Fail-open reads as empty.
+        duplicate delivery, do not run the task. ``known`` (the message's crash
+        header) and ``came_back`` (it was redelivered: one more, unless given back
+        unstarted) raise the ledger's count to what the message proves.
+        Fail-open reads as empty.
         """
         return self._guarded(
             lambda store: store.ledger_start(
-                task_id, worker_id=worker_id, lease=lease, ttl=self.ledger_ttl
+                task_id,
+                worker_id=worker_id,
+                lease=lease,
+                ttl=self.ledger_ttl,
+                known=known,
+                came_back=came_back,
             ),
             _EMPTY_LEDGER,
         )

@@ -501,6 +501,22 @@ def test_ledger_hold_leases_a_first_delivery_until_let_go(store: Store) -> None:
     assert before.running_on is None and before.crashes == 0
 
 
+def test_ledger_start_raises_the_count_to_what_the_message_proves(store: Store) -> None:
+    before = store.ledger_start("task-1", worker_id="w1", lease=SHORT, ttl=60.0, came_back=True)
+    assert before.crashes == 1
+    time.sleep(PAST_SHORT)
+    # the lapsed lease is that same lost delivery's successor: counted once more, not twice
+    again = store.ledger_start("task-1", worker_id="w2", lease=30.0, ttl=60.0, came_back=True)
+    assert again.crashes == 2
+    assert store.ledger_start("task-2", worker_id="w1", lease=30.0, ttl=60.0, known=3).crashes == 3
+
+
+def test_ledger_start_does_not_count_a_delivery_given_back_unstarted(store: Store) -> None:
+    store.ledger_release("task-1", ttl=60.0)
+    before = store.ledger_start("task-1", worker_id="w1", lease=30.0, ttl=60.0, came_back=True)
+    assert (before.crashes, before.released) == (0, True)
+
+
 def test_ledger_entries_expire(store: Store) -> None:
     store.ledger_start("task-1", worker_id="w1", lease=0.1, ttl=SHORT)
     time.sleep(PAST_SHORT)

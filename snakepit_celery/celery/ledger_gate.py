@@ -24,7 +24,12 @@ from celery import Celery, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 
-from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded, message_crashes
+from snakepit_celery.celery.headers import (
+    HEADER_CRASHES,
+    forwarded,
+    message_crashes,
+    parse_headers,
+)
 from snakepit_celery.celery.runtime import TaskRuntime
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.store import report_store_error
@@ -66,8 +71,11 @@ def crash_ledger_gate(
     """
     barrier = runtime.barrier
     worker_id = f"{request.hostname}/{os.getpid()}"
+    known = parse_headers(headers).crashes
     try:
-        before = barrier.ledger_start(request.id, worker_id, runtime.lease)
+        before = barrier.ledger_start(
+            request.id, worker_id, runtime.lease, known, came_back=redelivered(request)
+        )
     except StoreUnavailableError as exc:
         _retry_later(task, request, headers, exc)
     if before.running_on is not None and before.running_on != worker_id:

@@ -249,14 +249,24 @@ class Store(Protocol):
 
     # -- crash ledger ---------------------------------------------------------
     def ledger_start(
-        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+        self,
+        task_id: str,
+        *,
+        worker_id: str,
+        lease: float,
+        ttl: float,
+        known: int = 0,
+        came_back: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; returns the entry *before* it.
 
         A start while an earlier one never finished and its lease ran out
-        counts that earlier one as a crash. While *another* worker still holds
-        a live lease nothing is written and the result's ``running_on`` names
-        that worker: the caller must not run the task (duplicate delivery).
+        counts that earlier one as a crash; the count is then raised to what
+        the message proves: ``known`` (its crash header), plus its lost delivery
+        when it ``came_back`` and was not given back unstarted. While
+        *another* worker still holds a live lease nothing is written and the
+        result's ``running_on`` names that worker: the caller must not run the
+        task (duplicate delivery).
         ``released`` is true when this delivery follows a ``ledger_release``
         (the mark is consumed; ``ledger_crash`` of this run reports it too).
         """

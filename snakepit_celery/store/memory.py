@@ -280,14 +280,21 @@ class MemoryStore:
         return led
 
     def ledger_start(
-        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+        self,
+        task_id: str,
+        *,
+        worker_id: str,
+        lease: float,
+        ttl: float,
+        known: int = 0,
+        came_back: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; returns the entry before it.
 
         An earlier start that never finished and whose lease ran out is counted
-        as a crash first. When another worker still holds a live lease nothing
-        is written and the result's ``running_on`` names that worker: the
-        caller must not run the task.
+        as a crash first, then the count is raised to what the message proves. When another
+        worker still holds a live lease nothing is written and the result's
+        ``running_on`` names that worker: the caller must not run the task.
         """
         with self._lock:
             now = self.now()
@@ -298,6 +305,7 @@ class MemoryStore:
                     return LedgerEntry(led.starts, led.finishes, led.crashes, led.running_on)
                 if led.lease_until <= now:
                     led.crashes += 1
+            led.crashes = max(led.crashes, known + int(came_back and not led.released))
             before = LedgerEntry(led.starts, led.finishes, led.crashes, None, led.released)
             led.released_run, led.released = led.released, False
             led.starts += 1

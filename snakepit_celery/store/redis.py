@@ -352,13 +352,26 @@ class RedisStore:
 
     # -- crash ledger ---------------------------------------------------------
     def ledger_start(
-        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+        self,
+        task_id: str,
+        *,
+        worker_id: str,
+        lease: float,
+        ttl: float,
+        known: int = 0,
+        came_back: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; the entry before it (see ``Store``)."""
         starts, finishes, crashes, running, released = self._run(
             "ledger_start",
             [self.key("task", task_id)],
-            [worker_id, seconds_arg("lease", lease), ttl_ms_arg(ttl)],
+            [
+                worker_id,
+                seconds_arg("lease", lease),
+                ttl_ms_arg(ttl),
+                max(0, int(known)),
+                int(came_back),
+            ],
         )
         return LedgerEntry(
             int(starts), int(finishes), int(crashes), opt_text(running), bool(released)
