@@ -1,4 +1,4 @@
-"""``max_restarts`` holds while the store is down (issue 14, item 2).
+"""``max_restarts`` holds while the store is down; an unusable store stops startup (issue 14).
 
 The crash count travels in the message's header, so a poison task stops
 after ``max_restarts + 1`` runs with the store dead (fail-open); fail-closed,
@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import Celery
 from chaos_helpers import ChaosFleet, chaos_conf
 
+from snakepit_celery.celery.app_context import check_store
+from snakepit_celery.errors import ConfigError
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 
@@ -90,5 +93,44 @@ def test_fail_closed_retries_while_the_store_is_down_then_stops_the_poison_task(
         wait_until(lambda: status(fleet, task_id) == "FAILURE", 60, what="poison task FAILURE")
         time.sleep(2.0)
         assert fleet.executions()[task_id] == MAX_RESTARTS + 1, fleet.logs()
+    finally:
+        fleet.close()
+
+
+# -- a store URL that can never work is a startup error ------------------------------------
+
+
+def app_with_store(redis_url: str, store_url: str) -> Celery:
+    app = Celery("store_check", broker=redis_url, set_as_current=False)
+    app.conf.snakepit_store_url = store_url
+    return app
+
+
+def test_store_refusing_the_credentials_is_a_config_error_naming_the_setting(
+    redis_url: str,
+) -> None:
+    store_url = redis_url.replace("redis://", "redis://nobody:wrong@", 1)
+    with pytest.raises(ConfigError, match="snakepit_store_url") as raised:
+        check_store(app_with_store(redis_url, store_url))
+    assert "wrong" not in str(raised.value)
+
+
+def test_store_that_does_not_answer_yet_is_no_startup_error(redis_url: str) -> None:
+    check_store(app_with_store(redis_url, "redis://127.0.0.1:1/0"))
+
+
+@pytest.mark.integration
+def test_worker_refuses_to_start_with_a_store_refusing_the_credentials(
+    redis_base_url: str,
+) -> None:
+    redis_url = f"{redis_base_url}/{1 + os.getpid() % 14}"
+    key_prefix = f"spstorebad-{uuid.uuid4().hex[:10]}"
+    store_url = redis_url.replace("redis://", "redis://nobody:wrong@", 1)
+    conf = chaos_conf(redis_url, key_prefix, BARRIER, {"snakepit_store_url": store_url})
+    fleet = ChaosFleet(redis_url, key_prefix, conf)
+    try:
+        node = fleet.start(fleet.node_name(0))
+        assert node.wait_exit(60) == 1
+        assert "snakepit_store_url" in node.logs()
     finally:
         fleet.close()

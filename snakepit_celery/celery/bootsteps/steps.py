@@ -18,10 +18,11 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery import signals as celery_signals
+from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
 from snakepit_celery import signals as snakepit_signals
-from snakepit_celery.celery.app_context import app_store, taint_pools
+from snakepit_celery.celery.app_context import app_store, check_store, taint_pools
 from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_on_record_tasks
 from snakepit_celery.celery.bootsteps.current import note_worker_node
 from snakepit_celery.celery.bootsteps.giveback import release_unstarted
@@ -34,6 +35,7 @@ from snakepit_celery.celery.bootsteps.queues import (
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.registry import Heartbeat, NodeRegistry, never_raise
 from snakepit_celery.celery.bootsteps.visibility import VisibilityKeeper
+from snakepit_celery.errors import ConfigError
 
 __all__ = ["NodeServices", "SnakepitPreflightStep", "SnakepitWorkerStep", "install_worker"]
 
@@ -87,6 +89,11 @@ class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         w.snakepit_hardware = preflight(w.app, str(w.hostname))
+        try:
+            check_store(w.app)
+        except ConfigError as exc:
+            logger.critical("snakepit: node %s refuses to start: %s", w.hostname, exc)
+            raise WorkerShutdown(1) from exc
         # ``-E`` sets only the worker's own flag; make it visible to the pool
         # children, which send the per-run ``task-snakepit-run`` event only then.
         w.app.conf.worker_send_task_events = bool(w.task_events)
