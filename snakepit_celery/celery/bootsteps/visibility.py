@@ -43,7 +43,7 @@ def held_requests() -> tuple[Any, ...]:
         try:
             held = {
                 *worker_state.reserved_requests,
-                *worker_state.scheduled_requests,
+                *getattr(worker_state, "scheduled_requests", ()),
                 *worker_state.active_requests,
             }
         except RuntimeError:  # set changed size during iteration
