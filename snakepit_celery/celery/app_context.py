@@ -10,6 +10,7 @@ and the store is the one ``store_from_url`` shares for that URL and prefix.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 from celery import Celery
@@ -22,6 +23,7 @@ from snakepit_celery.store.urls import redact
 
 __all__ = [
     "allow_waiting",
+    "app_group",
     "app_store",
     "check_store",
     "namespace",
@@ -33,6 +35,8 @@ __all__ = [
 _SETTINGS_ATTR = "_snakepit_settings"
 #: Where the app's store lives on the app.
 _STORE_ATTR = "_snakepit_store"
+#: Where the app's node group lives on the app.
+_GROUP_ATTR = "_snakepit_group"
 #: Errors (class names along the cause's MRO) and reply prefixes of a store that
 #: refuses the credentials: a misconfiguration that waiting does not cure.
 _REFUSED_CLASSES = frozenset(
@@ -113,6 +117,29 @@ def _refused(cause: BaseException | None) -> bool:
         return False
     names = {cls.__name__ for cls in type(cause).__mro__}
     return bool(names & _REFUSED_CLASSES) or str(cause).startswith(_REFUSED_REPLIES)
+
+
+def app_group(app: Celery) -> str:
+    """The app's fleet in the store: its nodes register, list and reap only this group.
+
+    A digest of the broker (URL as kombu normalises it, without credentials,
+    and the transport's ``global_keyprefix``) and the namespace, so apps with
+    their own brokers, or their own namespaces, never see each other's nodes
+    even when they share one store; a worker and the clients that send to it
+    configure the same broker, so they agree. Worked out once per app.
+    """
+    cached = app.__dict__.get(_GROUP_ATTR)
+    if isinstance(cached, str):
+        return cached
+    try:
+        broker = str(app.connection_for_write().as_uri(include_password=False))
+    except Exception:  # a broker URL kombu cannot parse: Celery reports it on connect
+        broker = redact(str(_first_url(app.conf.broker_url)))
+    transport = app.conf.broker_transport_options or {}
+    identity = f"{broker}|{transport.get('global_keyprefix', '')}|{namespace(app)}"
+    group = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    app.__dict__[_GROUP_ATTR] = group
+    return group
 
 
 def namespace(app: Celery) -> str:

@@ -29,7 +29,7 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from snakepit_celery.celery.app_context import app_store, taint_pools
+from snakepit_celery.celery.app_context import app_group, app_store, taint_pools
 from snakepit_celery.celery.crash import (
     ChildRecycled,
     CrashOutcome,
@@ -176,7 +176,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             return None
         app = task.app
         try:
-            snapshot = fleet_snapshot(app_store(app), taint_pools(app))
+            snapshot = fleet_snapshot(app_store(app), taint_pools(app), app_group(app))
         except StoreUnavailableError as exc:
             report_store_error(exc, task_id=self.id)
             return None

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 
-from snakepit_celery.celery.app_context import allow_waiting, app_store, taint_pools
+from snakepit_celery.celery.app_context import allow_waiting, app_group, app_store, taint_pools
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.routing import (
     FleetSnapshot,
@@ -153,9 +153,12 @@ class SnakepitRouter:
         return {"queue": self.route(name, prefs).queue}
 
 
-def fleet_snapshot(store: Store, pools: Sequence[str] = ("default",)) -> FleetSnapshot:
-    """Read live node records and active taints of ``pools`` (1 + len(pools) store calls)."""
-    nodes = tuple(NodeRecord.from_dict(record) for record in store.node_list())
+def fleet_snapshot(
+    store: Store, pools: Sequence[str] = ("default",), group: str = ""
+) -> FleetSnapshot:
+    """Read the live nodes of ``group`` (an app's, ``app_group``) and the active taints
+    of ``pools`` (1 + len(pools) store calls)."""
+    nodes = tuple(NodeRecord.from_dict(record) for record in store.node_list(group=group))
     taints = frozenset(record.member for pool in pools for record in store.taint_list(pool))
     return FleetSnapshot(nodes, taints)
 
@@ -168,7 +171,7 @@ def install_router(app: Celery, router: SnakepitRouter | None = None) -> Snakepi
     """
     if router is None:
         router = SnakepitRouter(
-            lambda: fleet_snapshot(app_store(app), taint_pools(app)),
+            lambda: fleet_snapshot(app_store(app), taint_pools(app), app_group(app)),
             allow_waiting=lambda: allow_waiting(app),
         )
     existing = app.conf.task_routes

@@ -307,8 +307,14 @@ class Store(Protocol):
         ...
 
     # -- node registry --------------------------------------------------------
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
+    def node_register(
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = ""
+    ) -> None:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
+
+        Every node operation acts on one ``group`` of nodes: an app's fleet
+        (``celery.app_context.app_group``), so apps sharing a store never see
+        nor reap each other's nodes ("" is a group of its own).
 
         The record is also kept per incarnation (``data["incarnation"]``, see
         ``node_incarnation``) for ``NODE_RETENTION`` seconds past its expiry,
@@ -317,15 +323,15 @@ class Store(Protocol):
         """
         ...
 
-    def node_list(self) -> list[dict[str, Any]]:
-        """Records of live nodes (each with ``node`` and ``heartbeat_age`` added)."""
+    def node_list(self, *, group: str = "") -> list[dict[str, Any]]:
+        """Records of the group's live nodes (each with ``node`` and ``heartbeat_age`` added)."""
         ...
 
-    def node_remove(self, node: str) -> None:
+    def node_remove(self, node: str, *, group: str = "") -> None:
         """Drop a node's record and its current incarnation's (clean shutdown: nothing to reap)."""
         ...
 
-    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
+    def node_reap(self, *, grace: float, group: str = "") -> list[dict[str, Any]]:
         """Claim the last records of dead node incarnations (heartbeat expired > ``grace`` ago).
 
         Each returned record (with ``node``, ``incarnation`` and

@@ -53,10 +53,10 @@ class MemoryStore:
         self._pools: dict[str, CrashLog] = {}
         self._taints: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._ledgers: dict[str, LedgerState] = {}
-        # node -> (heartbeat, expiry, record, incarnation)
-        self._nodes: dict[str, tuple[float, float, dict[str, Any], str]] = {}
-        # (node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
-        self._incarnations: dict[tuple[str, str], tuple[float, float, dict[str, Any]]] = {}
+        # (group, node) -> (heartbeat, expiry, record, incarnation)
+        self._nodes: dict[tuple[str, str], tuple[float, float, dict[str, Any], str]] = {}
+        # (group, node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
+        self._incarnations: dict[tuple[str, str, str], tuple[float, float, dict[str, Any]]] = {}
         _all_stores.add(self)
 
     def __repr__(self) -> str:
@@ -385,7 +385,9 @@ class MemoryStore:
         for key in [k for k, (_, exp, _) in self._incarnations.items() if exp <= cutoff]:
             del self._incarnations[key]
 
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
+    def node_register(
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = ""
+    ) -> None:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
 
         Its incarnation's copy stays ``NODE_RETENTION`` longer, for ``node_reap``.
@@ -394,46 +396,51 @@ class MemoryStore:
             now = self.now()
             record = json.loads(json.dumps(dict(data), default=str))
             incarnation = node_incarnation(data)
-            self._nodes[node] = (now, now + ttl, record, incarnation)
-            self._incarnations[(node, incarnation)] = (now, now + ttl, record)
+            self._nodes[(group, node)] = (now, now + ttl, record, incarnation)
+            self._incarnations[(group, node, incarnation)] = (now, now + ttl, record)
             self._prune_incarnations(now)
 
-    def node_list(self) -> list[dict[str, Any]]:
-        """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
+    def node_list(self, *, group: str = "") -> list[dict[str, Any]]:
+        """Records of the group's live nodes (with ``node`` and ``heartbeat_age``), by name."""
         with self._lock:
             now = self.now()
-            for node in [n for n, (_, exp, _, _) in self._nodes.items() if exp <= now]:
-                del self._nodes[node]
+            for key in [k for k, (_, exp, _, _) in self._nodes.items() if exp <= now]:
+                del self._nodes[key]
             return [
                 {**record, "node": node, "heartbeat_age": max(0.0, now - beat)}
-                for node, (beat, _, record, _) in sorted(self._nodes.items())
+                for (owner, node), (beat, _, record, _) in sorted(self._nodes.items())
+                if owner == group
             ]
 
-    def node_remove(self, node: str) -> None:
+    def node_remove(self, node: str, *, group: str = "") -> None:
         """Drop a node's record and its current incarnation's (clean shutdown)."""
         with self._lock:
-            entry = self._nodes.pop(node, None)
+            entry = self._nodes.pop((group, node), None)
             if entry is not None:
-                self._incarnations.pop((node, entry[3]), None)
+                self._incarnations.pop((group, node, entry[3]), None)
 
-    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
-        """Claim the last records of incarnations whose heartbeat expired > ``grace`` ago."""
+    def node_reap(self, *, grace: float, group: str = "") -> list[dict[str, Any]]:
+        """Claim the last records of the group's incarnations expired > ``grace`` ago."""
         with self._lock:
             now = self.now()
             self._prune_incarnations(now)
             cutoff = now - max(0.0, grace)
             dead = sorted(
-                (key for key, (_, exp, _) in self._incarnations.items() if exp <= cutoff),
-                key=lambda key: (key[0], self._incarnations[key][0]),
+                (
+                    key
+                    for key, (_, exp, _) in self._incarnations.items()
+                    if key[0] == group and exp <= cutoff
+                ),
+                key=lambda key: (key[1], self._incarnations[key][0]),
             )
             claimed = []
-            for node, incarnation in dead:
-                beat, _, record = self._incarnations.pop((node, incarnation))
+            for key in dead:
+                beat, _, record = self._incarnations.pop(key)
                 claimed.append(
                     {
                         **record,
-                        "node": node,
-                        "incarnation": incarnation,
+                        "node": key[1],
+                        "incarnation": key[2],
                         "heartbeat_age": max(0.0, now - beat),
                     }
                 )

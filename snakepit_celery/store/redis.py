@@ -432,39 +432,42 @@ class RedisStore:
         )
 
     # -- node registry --------------------------------------------------------
-    def _node_keys(self) -> list[str]:
+    def _node_keys(self, group: str = "") -> list[str]:
+        name = group or None
         return [
-            self.key("nodes"),
-            self.key("nodes", part="records"),
-            self.key("nodes", part="incarnations"),
-            self.key("nodes", part="incarnation_records"),
+            self.key("nodes", name),
+            self.key("nodes", name, part="records"),
+            self.key("nodes", name, part="incarnations"),
+            self.key("nodes", name, part="incarnation_records"),
         ]
 
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> None:
+    def node_register(
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = ""
+    ) -> None:
         """Write (or refresh) a node's record, and its incarnation's for ``node_reap``."""
         payload = json.dumps(dict(data), default=str, sort_keys=True)
         self._run(
             "node_register",
-            self._node_keys(),
+            self._node_keys(group),
             [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
         )
 
-    def node_list(self) -> list[dict[str, Any]]:
+    def node_list(self, *, group: str = "") -> list[dict[str, Any]]:
         """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
-        reply = self._run("node_list", self._node_keys()[:2], [])
+        reply = self._run("node_list", self._node_keys(group)[:2], [])
         now = float(reply[0])
         nodes = [node_record(text(reply[i]), reply[i + 1], now) for i in range(1, len(reply), 2)]
         return sorted(nodes, key=lambda r: str(r["node"]))
 
-    def node_remove(self, node: str) -> None:
+    def node_remove(self, node: str, *, group: str = "") -> None:
         """Drop a node's record and its current incarnation's (clean shutdown)."""
-        self._run("node_remove", self._node_keys(), [node])
+        self._run("node_remove", self._node_keys(group), [node])
 
-    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
+    def node_reap(self, *, grace: float, group: str = "") -> list[dict[str, Any]]:
         """Claim (atomically, once fleet-wide) records of incarnations dead > ``grace`` s."""
         reply = self._run(
             "node_reap",
-            self._node_keys()[2:],
+            self._node_keys(group)[2:],
             [seconds_arg("grace", max(0.0, grace)), NODE_RETENTION],
         )
         now = float(reply[0])

@@ -58,14 +58,14 @@ KEY_SCHEMA: Mapping[str, str] = {
     # hash: starts, finishes, crashes, running_on, lease_until, released (a node gave the
     # message back unstarted), released_run (the running delivery was such one) (TTL: ledger ttl)
     "ledger": "{task:<task_id>}",
-    # zset: node name -> expiry of its last heartbeat
-    "nodes": "{nodes}",
+    # zset: node name -> expiry of its last heartbeat; one set per app (group: app_group)
+    "nodes": "{nodes:<group>}",
     # hash: node name -> '<heartbeat time>|<incarnation>|<record JSON>'
-    "node_records": "{nodes}:records",
+    "node_records": "{nodes:<group>}:records",
     # zset: '<node>|<incarnation>' -> expiry of its last heartbeat (kept NODE_RETENTION longer)
-    "node_incarnations": "{nodes}:incarnations",
+    "node_incarnations": "{nodes:<group>}:incarnations",
     # hash: '<node>|<incarnation>' -> its last record, same format as node_records (node_reap)
-    "node_incarnation_records": "{nodes}:incarnation_records",
+    "node_incarnation_records": "{nodes:<group>}:incarnation_records",
 }
 
 #: One script per atomic operation, ``store/lua/<name>.lua`` (``_common.lua`` is prepended).

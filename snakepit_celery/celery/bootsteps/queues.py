@@ -51,9 +51,11 @@ class QueueReconciler:
         *,
         pools: Sequence[str] = ("default",),
         extra_queues: Sequence[str] = (),
+        group: str = "",
     ) -> None:
         self.node = node
         self.store = store
+        self.group = group
         self.pools = tuple(pools)
         self.devices = node_devices(info)
         self.queues = queues_for(node, info)
@@ -77,7 +79,7 @@ class QueueReconciler:
 
     def decide(self) -> None:
         """Read the fleet and decide the wanted queues (store side: the heartbeat thread)."""
-        snapshot = fleet_snapshot(self.store, self.pools)
+        snapshot = fleet_snapshot(self.store, self.pools, self.group)
         wanted, alone = desired_queues(
             self.node, self.queues, self.devices, snapshot, extra_queues=self.extra_queues
         )

@@ -22,6 +22,7 @@ from celery import Celery
 from celery.app.task import Context
 from celery.backends.base import DisabledBackend
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, orphanable
 from snakepit_celery.celery.crash import CrashOutcome, Observer, SeenCrash, handle_crash
 from snakepit_celery.celery.ledger_gate import final_state
@@ -61,7 +62,7 @@ class OrphanReaper:
         barrier, and has no final state in the result backend.
         """
         failed: list[str] = []
-        for record in self.store.node_reap(grace=self.grace):
+        for record in self.store.node_reap(grace=self.grace, group=app_group(self.app)):
             failed.extend(self._reap_node(record))
         return failed
 

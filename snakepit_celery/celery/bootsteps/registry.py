@@ -87,9 +87,12 @@ class NodeRegistry:
         *,
         interval: float = HEARTBEAT_INTERVAL,
         ttl: float = HEARTBEAT_TTL,
+        group: str = "",
     ) -> None:
         self.node = node
         self.store = store
+        #: The app's fleet in the store (``app_group``): the node registers in it only.
+        self.group = group
         self.queues = queues
         self.interval = interval
         self.ttl = ttl
@@ -123,7 +126,7 @@ class NodeRegistry:
     def register(self) -> None:
         """Write this node's record now (refreshing its TTL)."""
         record = self.record()
-        self.store.node_register(self.node, record, ttl=self.ttl)
+        self.store.node_register(self.node, record, ttl=self.ttl, group=self.group)
         self.recorded_in_flight = frozenset(record["in_flight"])
 
     def try_register(self) -> None:
@@ -140,7 +143,7 @@ class NodeRegistry:
     def leave(self) -> None:
         """Remove the node from the registry."""
         try:
-            self.store.node_remove(self.node)
+            self.store.node_remove(self.node, group=self.group)
         except StoreUnavailableError as exc:
             report_store_error(exc, node=self.node)
         logger.info("node %s left the fleet", self.node, extra={"node": self.node})

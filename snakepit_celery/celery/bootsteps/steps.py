@@ -22,7 +22,7 @@ from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
 from snakepit_celery import signals as snakepit_signals
-from snakepit_celery.celery.app_context import app_store, check_store, taint_pools
+from snakepit_celery.celery.app_context import app_group, app_store, check_store, taint_pools
 from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_on_record_tasks
 from snakepit_celery.celery.bootsteps.current import note_worker_node
 from snakepit_celery.celery.bootsteps.giveback import release_unstarted
@@ -60,10 +60,16 @@ class NodeServices:
         node = str(c.hostname)
         info = getattr(c.controller, "snakepit_hardware", None) or preflight(app, node)
         store = app_store(app)
+        group = app_group(app)
         queues = QueueReconciler(
-            node, info, store, pools=taint_pools(app), extra_queues=consumer_queue_names(c)
+            node,
+            info,
+            store,
+            pools=taint_pools(app),
+            extra_queues=consumer_queue_names(c),
+            group=group,
         )
-        registry = NodeRegistry(node, info, store, queues)
+        registry = NodeRegistry(node, info, store, queues, group=group)
         reaper = OrphanReaper(app, node, store)
         logger.info(
             "node %s: %s, queues %s",
