@@ -19,7 +19,7 @@ from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.health import HealthMonitor, HealthStats
 from snakepit_celery.policy.routing import NodeRecord
 from snakepit_celery.policy.taints import Taint, TaintKind
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = ["BreakerStatus", "FleetStatus", "TaintStatus", "fleet_status"]
 
@@ -114,7 +114,7 @@ class FleetStatus:
         }
 
 
-def read_nodes(store: Store, group: str = "") -> tuple[NodeRecord, ...]:
+def read_nodes(store: Store, group: str = DEFAULT_GROUP) -> tuple[NodeRecord, ...]:
     """Live nodes of the registry's ``group`` (an app's fleet), by name."""
     return tuple(NodeRecord.from_dict(r) for r in store.node_list(group=group))
 
@@ -133,7 +133,7 @@ def read_taints(barriers: Iterable[CrashBarrier]) -> tuple[TaintStatus, ...]:
 def fleet_status(
     store: Store,
     *,
-    group: str = "",
+    group: str = DEFAULT_GROUP,
     breakers: Iterable[CircuitBreaker] = (),
     monitors: Iterable[HealthMonitor] = (),
     barriers: Iterable[CrashBarrier] = (),

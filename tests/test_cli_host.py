@@ -191,6 +191,9 @@ def test_celery_executable_status_json_reads_the_apps_store(
 def test_worker_per_device_starts_a_node_per_gpu_and_stops_them_on_sigterm(
     redis_url: str, key_prefix: str, store: Store, gpu_host: Path
 ) -> None:
+    workers_app = Celery("cli_app", broker=redis_url, set_as_current=False)
+    workers_app.conf.update(snakepit_store_url=redis_url, snakepit_key_prefix=key_prefix)
+    group = app_group(workers_app)  # the node group of the cli_app the workers run
     env = {
         **os.environ,
         "SNAKEPIT_STORE_URL": redis_url,
@@ -214,10 +217,10 @@ def test_worker_per_device_starts_a_node_per_gpu_and_stops_them_on_sigterm(
         nodes: set[str] = set()
         while time.monotonic() < deadline and nodes != expected and launcher.poll() is None:
             time.sleep(0.5)
-            nodes = {record["node"] for record in store.node_list()}
+            nodes = {record["node"] for record in store.node_list(group=group)}
         assert nodes == expected
     finally:
         launcher.send_signal(signal.SIGTERM)
         _, stderr = launcher.communicate(timeout=60)
     assert launcher.returncode == 0, stderr[-2000:]
-    assert store.node_list() == []
+    assert store.node_list(group=group) == []

@@ -25,6 +25,7 @@ from redis.crc import key_slot
 
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import BreakerState, CircuitBreaker
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore, fail_open, set_fail_open, store_error_count
@@ -303,7 +304,8 @@ def test_worker_with_the_crash_barrier_survives_a_segfault_with_the_store_on_the
         assert CrashBarrier(BARRIER["snakepit_crash_barrier"], store=store).worker_tainted(
             worker.name
         )
-        assert worker.name in [node["node"] for node in store.node_list()]
+        nodes = store.node_list(group=app_group(harness.client))
+        assert worker.name in [node["node"] for node in nodes]
     finally:
         store.close()
     assert list(harness.redis.scan_iter(match=f"{harness.key_prefix}:{{*")) == []

@@ -31,7 +31,7 @@ from snakepit_celery.policy.routing import (
     parse_prefs,
 )
 from snakepit_celery.store import fail_open, report_store_error
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = ["SnakepitRouter", "fleet_snapshot", "install_router"]
 
@@ -154,7 +154,7 @@ class SnakepitRouter:
 
 
 def fleet_snapshot(
-    store: Store, pools: Sequence[str] = ("default",), group: str = ""
+    store: Store, pools: Sequence[str] = ("default",), group: str = DEFAULT_GROUP
 ) -> FleetSnapshot:
     """Read the live nodes of ``group`` (an app's, ``app_group``) and the active taints
     of ``pools`` (1 + len(pools) store calls)."""

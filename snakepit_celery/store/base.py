@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from snakepit_celery.errors import SnakepitError
 
 __all__ = [
+    "DEFAULT_GROUP",
     "NODE_RETENTION",
     "BreakerDecision",
     "BreakerRecord",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 
+#: The node group of callers that name none (an app's is ``celery.app_context.app_group``).
+DEFAULT_GROUP = "default"
 #: How long (s) the last record of a node incarnation is kept after its heartbeat
 #: expired, hidden from ``node_list``, for ``node_reap`` to claim: long enough for
 #: a fleet that was down as a whole (power loss) to restart and reap its own dead.
@@ -308,13 +311,13 @@ class Store(Protocol):
 
     # -- node registry --------------------------------------------------------
     def node_register(
-        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = ""
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
     ) -> None:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
 
         Every node operation acts on one ``group`` of nodes: an app's fleet
         (``celery.app_context.app_group``), so apps sharing a store never see
-        nor reap each other's nodes ("" is a group of its own).
+        nor reap each other's nodes.
 
         The record is also kept per incarnation (``data["incarnation"]``, see
         ``node_incarnation``) for ``NODE_RETENTION`` seconds past its expiry,
@@ -323,15 +326,15 @@ class Store(Protocol):
         """
         ...
 
-    def node_list(self, *, group: str = "") -> list[dict[str, Any]]:
+    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Records of the group's live nodes (each with ``node`` and ``heartbeat_age`` added)."""
         ...
 
-    def node_remove(self, node: str, *, group: str = "") -> None:
+    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
         """Drop a node's record and its current incarnation's (clean shutdown: nothing to reap)."""
         ...
 
-    def node_reap(self, *, grace: float, group: str = "") -> list[dict[str, Any]]:
+    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Claim the last records of dead node incarnations (heartbeat expired > ``grace`` ago).
 
         Each returned record (with ``node``, ``incarnation`` and

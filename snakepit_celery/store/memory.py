@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from snakepit_celery.store.base import (
+    DEFAULT_GROUP,
     NODE_RETENTION,
     BreakerDecision,
     BreakerRecord,
@@ -386,7 +387,7 @@ class MemoryStore:
             del self._incarnations[key]
 
     def node_register(
-        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = ""
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
     ) -> None:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
 
@@ -400,7 +401,7 @@ class MemoryStore:
             self._incarnations[(group, node, incarnation)] = (now, now + ttl, record)
             self._prune_incarnations(now)
 
-    def node_list(self, *, group: str = "") -> list[dict[str, Any]]:
+    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Records of the group's live nodes (with ``node`` and ``heartbeat_age``), by name."""
         with self._lock:
             now = self.now()
@@ -412,14 +413,14 @@ class MemoryStore:
                 if owner == group
             ]
 
-    def node_remove(self, node: str, *, group: str = "") -> None:
+    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
         """Drop a node's record and its current incarnation's (clean shutdown)."""
         with self._lock:
             entry = self._nodes.pop((group, node), None)
             if entry is not None:
                 self._incarnations.pop((group, node, entry[3]), None)
 
-    def node_reap(self, *, grace: float, group: str = "") -> list[dict[str, Any]]:
+    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Claim the last records of the group's incarnations expired > ``grace`` ago."""
         with self._lock:
             now = self.now()

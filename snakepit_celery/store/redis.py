@@ -24,10 +24,12 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import redis
+import redis.cluster
 import redis.exceptions
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
 from snakepit_celery.store.base import (
+    DEFAULT_GROUP,
     NODE_RETENTION,
     BreakerDecision,
     BreakerRecord,
@@ -389,7 +391,12 @@ class RedisStore:
     def _run_many(
         self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
     ) -> list[Any]:
-        """EVALSHA ``script`` once per call, in one pipeline (loading it on NOSCRIPT)."""
+        """EVALSHA ``script`` once per call, in one pipeline (loading it on NOSCRIPT).
+
+        redis-py's cluster pipelines refuse EVALSHA: on a cluster, one call each.
+        """
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            return [self._run(script, keys, args) for keys, args in calls]
         if not calls:
             return []
 
@@ -432,17 +439,16 @@ class RedisStore:
         )
 
     # -- node registry --------------------------------------------------------
-    def _node_keys(self, group: str = "") -> list[str]:
-        name = group or None
+    def _node_keys(self, group: str) -> list[str]:
         return [
-            self.key("nodes", name),
-            self.key("nodes", name, part="records"),
-            self.key("nodes", name, part="incarnations"),
-            self.key("nodes", name, part="incarnation_records"),
+            self.key("nodes", group),
+            self.key("nodes", group, part="records"),
+            self.key("nodes", group, part="incarnations"),
+            self.key("nodes", group, part="incarnation_records"),
         ]
 
     def node_register(
-        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = ""
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
     ) -> None:
         """Write (or refresh) a node's record, and its incarnation's for ``node_reap``."""
         payload = json.dumps(dict(data), default=str, sort_keys=True)
@@ -452,18 +458,18 @@ class RedisStore:
             [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
         )
 
-    def node_list(self, *, group: str = "") -> list[dict[str, Any]]:
+    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
         reply = self._run("node_list", self._node_keys(group)[:2], [])
         now = float(reply[0])
         nodes = [node_record(text(reply[i]), reply[i + 1], now) for i in range(1, len(reply), 2)]
         return sorted(nodes, key=lambda r: str(r["node"]))
 
-    def node_remove(self, node: str, *, group: str = "") -> None:
+    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
         """Drop a node's record and its current incarnation's (clean shutdown)."""
         self._run("node_remove", self._node_keys(group), [node])
 
-    def node_reap(self, *, grace: float, group: str = "") -> list[dict[str, Any]]:
+    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Claim (atomically, once fleet-wide) records of incarnations dead > ``grace`` s."""
         reply = self._run(
             "node_reap",

@@ -20,7 +20,7 @@ from snakepit_celery import hardware
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.policy.queues import desired_queues
 from snakepit_celery.policy.routing import node_devices, queues_for
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = ["APPLY_INTERVAL", "QueueReconciler", "consumer_queue_names"]
 
@@ -51,7 +51,7 @@ class QueueReconciler:
         *,
         pools: Sequence[str] = ("default",),
         extra_queues: Sequence[str] = (),
-        group: str = "",
+        group: str = DEFAULT_GROUP,
     ) -> None:
         self.node = node
         self.store = store

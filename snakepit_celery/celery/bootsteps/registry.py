@@ -36,7 +36,7 @@ from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.visibility import VisibilityKeeper
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import report_store_error
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
@@ -87,7 +87,7 @@ class NodeRegistry:
         *,
         interval: float = HEARTBEAT_INTERVAL,
         ttl: float = HEARTBEAT_TTL,
-        group: str = "",
+        group: str = DEFAULT_GROUP,
     ) -> None:
         self.node = node
         self.store = store
