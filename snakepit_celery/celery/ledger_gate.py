@@ -26,6 +26,7 @@ from celery.exceptions import Ignore
 
 from snakepit_celery.celery.headers import (
     HEADER_CRASHES,
+    HEADER_DEFERRALS,
     forwarded,
     message_crashes,
     parse_headers,
@@ -108,11 +109,15 @@ def crash_ledger_gate(
 def _retry_later(
     task: GatedTask, request: Any, headers: Mapping[str, Any], exc: StoreUnavailableError
 ) -> NoReturn:
-    """Fail-closed: the ledger cannot be read, so retry later, the crashes kept in the header."""
+    """Fail-closed: the ledger cannot be read, so retry later, the crashes kept in the header.
+
+    Like a breaker's deferral, the retry spends no attempt of the retry policy.
+    """
     report_store_error(exc, task_id=request.id)
     retry_headers = {
         **forwarded(headers),
         HEADER_CRASHES: message_crashes(request.delivery_info, headers),
+        HEADER_DEFERRALS: parse_headers(headers, request.retries).deferrals + 1,
     }
     raise task.retry(
         exc=exc,
@@ -125,7 +130,6 @@ def _retry_later(
 def _give_up(task: GatedTask, runtime: TaskRuntime, request: Any, crashes: int) -> None:
     """Close the ledger and raise ``WorkerCrashedError``: the task is not run again."""
     barrier = runtime.barrier
-    drop_if_ended(task, runtime, request)
     barrier.ledger_finish(request.id)
     logger.error(
         "task %s[%s] crashed its worker %d time(s) (max_restarts=%d): not run again",

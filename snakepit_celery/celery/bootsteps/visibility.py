@@ -95,7 +95,7 @@ class VisibilityKeeper:
             self._extend(channel, [str(r.message.delivery_tag) for r in due])
             for request in due:
                 self._fresh[str(request.message.delivery_tag)] = now
-        self._hold(due, timeout)
+        self._hold(due)
 
     def threshold(self, timeout: float) -> float:
         """Age (s) past which a delivery time is refreshed: half the timeout, minus two beats."""
@@ -111,7 +111,7 @@ class VisibilityKeeper:
             pipe.execute()
         logger.debug("kept %d message(s) from being restored", len(tags))
 
-    def _hold(self, due: Iterable[Any], timeout: float) -> None:
+    def _hold(self, due: Iterable[Any]) -> None:
         """Take or renew the ledger leases of the due running tasks; let go of ended ones."""
         running = {str(r.id) for r in active_requests()}
         ended = {t: w for t, w in self._leases.items() if t not in running}
