@@ -7,9 +7,9 @@ the larger of what the message proves (``headers.message_crashes``: its
 header, which holds every crash so far, plus its lost delivery) and what the
 ledger proves (runs whose lease ran out, or that a pool parent saw die), so
 the count grows while the store is down. A copy whose first run still holds
-its lease (renewed by its node's heartbeat while it runs long) is dropped,
-and so is a message whose task already has a final state (its result was
-stored, its acknowledgement lost): neither runs again. Fail-closed, a store
+its lease (renewed by its node's heartbeat while it runs long) is sent again
+for later, and a message whose task already has a final state (its result
+was stored, its acknowledgement lost) is dropped: neither runs again. Fail-closed, a store
 that does not answer retries the task after ``STORE_DOWN_COUNTDOWN``.
 """
 
@@ -61,14 +61,19 @@ class GatedTask(Protocol):
         """Celery's ``Task.retry``."""
         ...
 
+    def signature_from_request(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.signature_from_request``."""
+        ...
+
 
 def crash_ledger_gate(
     task: GatedTask, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any]
 ) -> None:
     """Record this run of a message that came back; stop it past ``max_restarts``.
 
-    Raises ``Ignore`` for a duplicate delivery or a task that already ended,
-    ``WorkerCrashedError`` when the barrier allows no further run.
+    Raises ``Ignore`` for a task that already ended, or for a copy of a
+    running one (sent again for later), ``WorkerCrashedError`` when the
+    barrier allows no further run.
     """
     barrier = runtime.barrier
     worker_id = f"{request.hostname}/{os.getpid()}"
@@ -80,20 +85,11 @@ def crash_ledger_gate(
     except StoreUnavailableError as exc:
         _retry_later(task, request, headers, exc)
     if before.running_on is not None and before.running_on != worker_id:
-        logger.warning(
-            "task %s[%s] is still running on %s: duplicate delivery dropped",
-            task.name,
-            request.id,
-            before.running_on,
-            extra={"task_id": request.id, "running_on": before.running_on},
-        )
-        raise Ignore()
+        _defer_duplicate(task, runtime, request, headers, before.running_on)
+    drop_if_ended(task, runtime, request)
     crashes = max(message_crashes(request.delivery_info, headers, before.released), before.crashes)
     if crashes == 0:
-        if before.released:
-            drop_if_ended(task, runtime, request)
         return
-    drop_if_ended(task, runtime, request)
     if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
         logger.warning(
             "task %s[%s] came back after its node died; running it again (crash %d)",
@@ -104,6 +100,28 @@ def crash_ledger_gate(
         )
         return
     _give_up(task, runtime, request, crashes)
+
+
+def _defer_duplicate(
+    task: GatedTask, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any], holder: str
+) -> NoReturn:
+    """A copy of a task whose first run holds a live lease: send it again for later, drop this.
+
+    It never runs while that run lives; sent again (after a lease's length,
+    its stored state unchanged) rather than dropped, so the task is not lost
+    should the holder die: a copy of a task that ended is dropped then.
+    """
+    logger.warning(
+        "task %s[%s] is still running on %s: duplicate delivery deferred %.1fs",
+        task.name,
+        request.id,
+        holder,
+        runtime.lease,
+        extra={"task_id": request.id, "running_on": holder},
+    )
+    later = {**forwarded(headers), HEADER_CRASHES: parse_headers(headers).crashes}
+    task.signature_from_request(request, countdown=runtime.lease, headers=later).apply_async()
+    raise Ignore()
 
 
 def _retry_later(

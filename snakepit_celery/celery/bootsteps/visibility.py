@@ -91,11 +91,13 @@ class VisibilityKeeper:
             for tag, request in held.items()
             if now - self._fresh.setdefault(tag, now - self.interval) >= self.threshold(timeout)
         ]
-        if due:
-            self._extend(channel, [str(r.message.delivery_tag) for r in due])
-            for request in due:
-                self._fresh[str(request.message.delivery_tag)] = now
-        self._hold(due)
+        try:  # leases first: each then ends before the broker could restore its message
+            self._hold(due)
+        finally:
+            if due:
+                self._extend(channel, [str(r.message.delivery_tag) for r in due])
+                for request in due:
+                    self._fresh[str(request.message.delivery_tag)] = now
 
     def threshold(self, timeout: float) -> float:
         """Age (s) past which a delivery time is refreshed: half the timeout, minus two beats."""
