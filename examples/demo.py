@@ -32,6 +32,7 @@ from snakepit_celery import (
     WorkerCrashedError,
     signals,
 )
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.hardware import Accelerator
 from snakepit_celery.store import clear_store_cache, store_from_url
 from snakepit_celery.testing.redis_server import (
@@ -267,7 +268,7 @@ def _untaint(barrier: CrashBarrier, demo: Any) -> None:
     store = demo.snakepit_store()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        nodes = store.node_list()
+        nodes = store.node_list(group=app_group(demo.app))
         if len(nodes) == 2 and not any(n.get("tainted") or len(n["queues"]) < 3 for n in nodes):
             return
         time.sleep(0.2)

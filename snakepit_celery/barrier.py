@@ -277,26 +277,49 @@ class CrashBarrier:
         """
         return max(LEDGER_MIN_TTL, LEDGER_TTL_PER_RESTART * (self.config.max_restarts + 1))
 
-    def ledger_start(self, task_id: str, worker_id: str, lease: float) -> LedgerEntry:
+    def ledger_start(
+        self,
+        task_id: str,
+        worker_id: str,
+        lease: float,
+        known: int = 0,
+        came_back: bool = False,
+    ) -> LedgerEntry:
         """Record that ``worker_id`` starts running ``task_id``; returns the entry *before*.
 
         An earlier start whose lease ran out without a finish has been counted
         as a crash (``crashes``: use it as ``attempt`` for ``retry_allowed``).
         When ``running_on`` names *another* worker its lease is still live: a
-        duplicate delivery, do not run the task. Fail-open reads as empty.
+        duplicate delivery, do not run the task. ``known`` (the message's crash
+        header) and ``came_back`` (it was redelivered: one more, unless given back
+        unstarted) raise the ledger's count to what the message proves.
+        Fail-open reads as empty.
         """
         return self._guarded(
             lambda store: store.ledger_start(
-                task_id, worker_id=worker_id, lease=lease, ttl=self.ledger_ttl
+                task_id,
+                worker_id=worker_id,
+                lease=lease,
+                ttl=self.ledger_ttl,
+                known=known,
+                came_back=came_back,
             ),
             _EMPTY_LEDGER,
         )
 
-    def ledger_renew(self, task_id: str, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on ``task_id``; False when it does not hold it."""
-        return self._guarded(
-            lambda store: store.ledger_renew(task_id, worker_id=worker_id, lease=lease), True
+    def ledger_hold(self, holds: Mapping[str, str], lease: float) -> dict[str, bool]:
+        """Take or extend (``lease <= 0``: let go) leases of running tasks ``task_id -> worker``.
+
+        One batch; the heartbeat thread holds the tasks that run long, so a
+        copy of one delivered meanwhile is not run again. False for a task
+        another worker holds. Fail-open reads as held.
+        """
+        ids = list(holds)
+        held = self._guarded(
+            lambda store: store.ledger_hold(holds, lease=lease, ttl=self.ledger_ttl),
+            [True] * len(ids),
         )
+        return dict(zip(ids, held, strict=True))
 
     def ledger_finish(self, task_id: str) -> None:
         """Record that the running execution of ``task_id`` ended (any outcome but a crash)."""

@@ -19,7 +19,7 @@ from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.health import HealthMonitor, HealthStats
 from snakepit_celery.policy.routing import NodeRecord
 from snakepit_celery.policy.taints import Taint, TaintKind
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = ["BreakerStatus", "FleetStatus", "TaintStatus", "fleet_status"]
 
@@ -114,9 +114,9 @@ class FleetStatus:
         }
 
 
-def read_nodes(store: Store) -> tuple[NodeRecord, ...]:
-    """Live nodes of the registry, by name."""
-    return tuple(NodeRecord.from_dict(r) for r in store.node_list())
+def read_nodes(store: Store, group: str = DEFAULT_GROUP) -> tuple[NodeRecord, ...]:
+    """Live nodes of the registry's ``group`` (an app's fleet), by name."""
+    return tuple(NodeRecord.from_dict(r) for r in store.node_list(group=group))
 
 
 def read_breakers(breakers: Iterable[CircuitBreaker]) -> tuple[BreakerStatus, ...]:
@@ -133,13 +133,15 @@ def read_taints(barriers: Iterable[CrashBarrier]) -> tuple[TaintStatus, ...]:
 def fleet_status(
     store: Store,
     *,
+    group: str = DEFAULT_GROUP,
     breakers: Iterable[CircuitBreaker] = (),
     monitors: Iterable[HealthMonitor] = (),
     barriers: Iterable[CrashBarrier] = (),
 ) -> FleetStatus:
-    """Read the fleet from ``store``: its nodes, and the given breakers, monitors and barriers."""
+    """Read the fleet from ``store``: the nodes of ``group``, and the given breakers,
+    monitors and barriers."""
     return FleetStatus(
-        nodes=read_nodes(store),
+        nodes=read_nodes(store, group),
         breakers=read_breakers(breakers),
         health=tuple(m.stats() for m in sorted(monitors, key=lambda m: m.pool)),
         taints=read_taints(barriers),

@@ -10,20 +10,39 @@ and the store is the one ``store_from_url`` shares for that URL and prefix.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 from celery import Celery
 
 from snakepit_celery.config import SnakepitSettings, load_settings, resolve_store_url
-from snakepit_celery.store import store_from_url
+from snakepit_celery.errors import ConfigError, StoreUnavailableError
+from snakepit_celery.store import report_store_error, store_from_url
 from snakepit_celery.store.base import Store
+from snakepit_celery.store.urls import redact
 
-__all__ = ["allow_waiting", "app_store", "namespace", "settings_for", "taint_pools"]
+__all__ = [
+    "allow_waiting",
+    "app_group",
+    "app_store",
+    "check_store",
+    "namespace",
+    "settings_for",
+    "taint_pools",
+]
 
 #: Where the resolved settings live on the app.
 _SETTINGS_ATTR = "_snakepit_settings"
 #: Where the app's store lives on the app.
 _STORE_ATTR = "_snakepit_store"
+#: Where the app's node group lives on the app.
+_GROUP_ATTR = "_snakepit_group"
+#: Errors (class names along the cause's MRO) and reply prefixes of a store that
+#: refuses the credentials: a misconfiguration that waiting does not cure.
+_REFUSED_CLASSES = frozenset(
+    {"AuthenticationError", "AuthorizationError", "AuthenticationWrongNumberOfArgsError"}
+)
+_REFUSED_REPLIES = ("WRONGPASS", "NOAUTH", "NOPERM")
 
 
 def settings_for(app: Celery) -> SnakepitSettings:
@@ -68,6 +87,59 @@ def app_store(app: Celery) -> Store:
     store = store_from_url(str(settings.store_url), key_prefix=namespace(app))
     app.__dict__[_STORE_ATTR] = (settings, store)
     return store
+
+
+def check_store(app: Celery) -> None:
+    """Startup check of ``snakepit_store_url``: ``ConfigError`` naming it when it can never work.
+
+    A bad scheme or TLS flag already fails when the store is made; a store
+    that refuses the credentials (AUTH, ACL) fails here. A store that does not
+    answer now is an outage, not a misconfiguration: reported, and the node
+    starts (fail-open, or tasks retry while it is down).
+    """
+    store = app_store(app)
+    try:
+        store.now()
+    except StoreUnavailableError as exc:
+        if not _refused(exc.__cause__):
+            report_store_error(exc)
+            return
+        url = str(settings_for(app).store_url)
+        raise ConfigError(
+            "snakepit_store_url",
+            redact(url),
+            message=f"snakepit_store_url {redact(url)!r} refuses the credentials: {exc}",
+        ) from exc
+
+
+def _refused(cause: BaseException | None) -> bool:
+    if cause is None:
+        return False
+    names = {cls.__name__ for cls in type(cause).__mro__}
+    return bool(names & _REFUSED_CLASSES) or str(cause).startswith(_REFUSED_REPLIES)
+
+
+def app_group(app: Celery) -> str:
+    """The app's fleet in the store: its nodes register, list and reap only this group.
+
+    A digest of the broker (URL as kombu normalises it, without credentials,
+    and the transport's ``global_keyprefix``) and the namespace, so apps with
+    their own brokers, or their own namespaces, never see each other's nodes
+    even when they share one store; a worker and the clients that send to it
+    configure the same broker, so they agree. Worked out once per app.
+    """
+    cached = app.__dict__.get(_GROUP_ATTR)
+    if isinstance(cached, str):
+        return cached
+    try:
+        broker = str(app.connection_for_write().as_uri(include_password=False))
+    except Exception:  # a broker URL kombu cannot parse: Celery reports it on connect
+        broker = redact(str(_first_url(app.conf.broker_url)))
+    transport = app.conf.broker_transport_options or {}
+    identity = f"{broker}|{transport.get('global_keyprefix', '')}|{namespace(app)}"
+    group = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    app.__dict__[_GROUP_ATTR] = group
+    return group
 
 
 def namespace(app: Celery) -> str:

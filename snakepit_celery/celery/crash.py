@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 from celery import signals as celery_signals
 from celery import states
 
+from snakepit_celery.celery.headers import message_crashes
 from snakepit_celery.celery.poison import note_crash
-from snakepit_celery.errors import WorkerCrashedError
+from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.crash import Classification, CrashInfo, describe_crash
 from snakepit_celery.policy.gpu_errors import gpu_error_action
 from snakepit_celery.signals import about_task
+from snakepit_celery.store import report_store_error
 
 if TYPE_CHECKING:
     from snakepit_celery.barrier import CrashBarrier
@@ -72,8 +74,8 @@ class SeenCrash:
 
     ``node``: where the task ran (health and taints are keyed by it);
     ``cause``: what is classified (a ``WorkerCrashedError`` is the task's
-    error as it is); ``unrecorded``: the crashes of the task's message that
-    the ledger does not hold, given whether its node gave it back unstarted.
+    error as it is); ``delivery_info`` and ``headers``: those of the task's
+    message, whose crash header and lost delivery count with the ledger's.
     """
 
     task_id: str
@@ -82,7 +84,8 @@ class SeenCrash:
     observer: Observer
     device: Device | None = None
     idempotent: bool = False
-    unrecorded: Callable[[bool], int] = lambda released: 0
+    delivery_info: Mapping[str, Any] | None = None
+    headers: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,9 @@ class CrashOutcome:
 
     info: CrashInfo
     error: WorkerCrashedError
-    #: Crashes of the task so far (ledger plus header); 0 when not counted.
+    #: Crashes of the task so far, this one included (the larger of the ledger's count
+    #: and the message's); 0 when not counted. A re-published message carries it.
     crashes: int
-    #: Crashes the ledger does not hold (they travel in the re-published message's header).
-    unrecorded: int
     retry: bool
     countdown: float
 
@@ -125,8 +127,30 @@ def _handle_crash(
     info = _classify(seen, barrier)
     if info is None:
         return None
-    crashes = unrecorded = 0
+    crashes = 0
     if barrier is not None and health is not None:
+        crashes = _record(seen, barrier, health, info, rules)
+    retry = (
+        rules.may_retry
+        and barrier is not None
+        and barrier.retry_allowed(seen.idempotent, crashes - 1)
+    )
+    countdown = barrier.backoff_for(crashes - 1) if retry and barrier is not None else 0.0
+    outcome = CrashOutcome(info, _error(seen, info), crashes, retry, countdown)
+    end(outcome)
+    return outcome
+
+
+def _record(
+    seen: SeenCrash, barrier: CrashBarrier, health: HealthMonitor, info: CrashInfo, rules: _Rules
+) -> int:
+    """Health, taints and the ledger; the task's crash count (0 when not counted).
+
+    Never raises for a store that does not answer (fail-closed included): the
+    count then comes from the message alone, so the task is still bounded.
+    """
+    entry = None
+    try:
         health.record_crash(
             seen.node,
             reason=str(info.classification),
@@ -138,18 +162,15 @@ def _handle_crash(
         _taint(seen, barrier, info, worker=rules.taint_worker)
         if rules.count:
             entry = barrier.ledger_crash(seen.task_id)
-            unrecorded = seen.unrecorded(entry.released)
-            crashes = unrecorded + entry.crashes
             note_crash(barrier, seen, info)
-    retry = (
-        rules.may_retry
-        and barrier is not None
-        and barrier.retry_allowed(seen.idempotent, crashes - 1)
-    )
-    countdown = barrier.backoff_for(crashes - 1) if retry and barrier is not None else 0.0
-    outcome = CrashOutcome(info, _error(seen, info), crashes, unrecorded, retry, countdown)
-    end(outcome)
-    return outcome
+    except StoreUnavailableError as exc:
+        report_store_error(exc, task_id=seen.task_id)
+    if not rules.count:
+        return 0
+    # With start marks the ledger holds every run: a lost delivery is no crash by itself.
+    released = (entry is not None and entry.released) or barrier.config.start_marks
+    counted = message_crashes(seen.delivery_info, seen.headers, released) + 1
+    return counted if entry is None else max(counted, entry.crashes)
 
 
 def _classify(seen: SeenCrash, barrier: CrashBarrier | None) -> CrashInfo | None:

@@ -24,12 +24,14 @@ __all__ = [
     "MAX_HEADER_COUNT",
     "MessageHeaders",
     "forwarded",
+    "message_crashes",
     "parse_headers",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Message header: crashes of this task not (yet) in the store's crash ledger.
+#: Message header: every crash of this task so far (merged with the store's crash ledger,
+#: whichever counts more), so ``max_restarts`` holds while the store is down.
 HEADER_CRASHES = "snakepit_crashes"
 #: Message header: re-queues caused by an open breaker (they spend no retry attempt).
 HEADER_DEFERRALS = "snakepit_deferrals"
@@ -115,6 +117,22 @@ def parse_headers(headers: Mapping[str, Any] | None, retries: Any = None) -> Mes
 def forwarded(headers: Mapping[str, Any]) -> dict[str, Any]:
     """The custom headers a re-published message keeps (not kombu's transport ones)."""
     return {k: v for k, v in headers.items() if k not in _TRANSPORT_HEADERS}
+
+
+def message_crashes(
+    delivery_info: Mapping[str, Any] | None,
+    headers: Mapping[str, Any] | None,
+    released: bool = False,
+) -> int:
+    """Crashes a message proves by itself: its crash header, plus its lost delivery.
+
+    A message that came back (kombu marks it ``redelivered``) lost a delivery
+    with its node, unless that node gave it back unstarted (``released``: the
+    ledger's give-back mark). Conservatively, kombu also restores messages a
+    SIGKILLed node had prefetched but never started.
+    """
+    lost = bool((delivery_info or {}).get("redelivered")) and not released
+    return min(parse_headers(headers).crashes + (1 if lost else 0), MAX_HEADER_COUNT)
 
 
 def _count(name: str, value: Any) -> int:

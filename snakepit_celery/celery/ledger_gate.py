@@ -1,15 +1,16 @@
 """The crash-ledger gate: a message that came back is counted, and stopped past ``max_restarts``.
 
 The first delivery of a message is never recorded (no round trip on the
-happy path), so when such an untracked message comes back its lost delivery
-counts as one crash, unless its node marked it given back unstarted
-(``ledger_release``, on warm shutdown). Conservatively: kombu also restores
-messages a SIGKILLed node had prefetched but never started. Once a message is
-tracked (re-published after a crash, it carries the crash header) every
-delivery is recorded, and the ledger proves its crashes: earlier runs whose
-lease ran out, or that a pool parent saw die. A message whose task already
-has a final state is not run again (its result was stored, its
-acknowledgement lost).
+happy path). A message that came back, or one re-published after a crash
+(it carries the crash header), is recorded on every delivery. Its crashes are
+the larger of what the message proves (``headers.message_crashes``: its
+header, which holds every crash so far, plus its lost delivery) and what the
+ledger proves (runs whose lease ran out, or that a pool parent saw die), so
+the count grows while the store is down. A copy whose first run still holds
+its lease (renewed by its node's heartbeat while it runs long) is sent again
+for later, and a message whose task already has a final state (its result
+was stored, its acknowledgement lost) is dropped: neither runs again. Fail-closed, a store
+that does not answer retries the task after ``STORE_DOWN_COUNTDOWN``.
 """
 
 from __future__ import annotations
@@ -23,21 +24,31 @@ from celery import Celery, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 
-from snakepit_celery.celery.headers import parse_headers
+from snakepit_celery.celery.headers import (
+    HEADER_CRASHES,
+    HEADER_DEFERRALS,
+    forwarded,
+    message_crashes,
+    parse_headers,
+)
 from snakepit_celery.celery.poison import quarantine_gave_up
 from snakepit_celery.celery.runtime import TaskRuntime
-from snakepit_celery.errors import WorkerCrashedError
+from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
+from snakepit_celery.store import report_store_error
 
 __all__ = [
+    "STORE_DOWN_COUNTDOWN",
     "GatedTask",
     "crash_ledger_gate",
     "drop_if_ended",
     "final_state",
     "redelivered",
-    "unrecorded_crashes",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Countdown (s) of a task retried because the store did not answer (fail-closed).
+STORE_DOWN_COUNTDOWN = 2.0
 
 
 class GatedTask(Protocol):
@@ -47,34 +58,41 @@ class GatedTask(Protocol):
     name: str
     idempotent: bool
 
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.retry``."""
+        ...
+
+    def signature_from_request(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.signature_from_request``."""
+        ...
+
 
 def crash_ledger_gate(
     task: GatedTask, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any]
 ) -> int:
     """Record this run of a message that came back; stop it past ``max_restarts``.
 
-    Returns the task's crashes so far (the ledger's plus the header's).
-    Raises ``Ignore`` for a duplicate delivery or a task that already ended,
-    ``WorkerCrashedError`` when the barrier allows no further run.
+    Returns the task's crashes so far (the ledger's and the message's).
+    Raises ``Ignore`` for a task that already ended, or for a copy of a
+    running one (sent again for later), ``WorkerCrashedError`` when the
+    barrier allows no further run.
     """
     barrier = runtime.barrier
     worker_id = f"{request.hostname}/{os.getpid()}"
-    before = barrier.ledger_start(request.id, worker_id, runtime.lease)
-    if before.running_on is not None and before.running_on != worker_id:
-        logger.warning(
-            "task %s[%s] is still running on %s: duplicate delivery dropped",
-            task.name,
-            request.id,
-            before.running_on,
-            extra={"task_id": request.id, "running_on": before.running_on},
+    known = parse_headers(headers).crashes
+    try:
+        before = barrier.ledger_start(
+            request.id, worker_id, runtime.lease, known, came_back=redelivered(request)
         )
-        raise Ignore()
+    except StoreUnavailableError as exc:
+        _retry_later(task, request, headers, exc)
+    if before.running_on is not None and before.running_on != worker_id:
+        _defer_duplicate(task, runtime, request, headers, before.running_on)
+    drop_if_ended(task, runtime, request)
     # With start marks the ledger holds every run: a lost delivery is no crash by itself.
     exact = before.released or barrier.config.start_marks
-    crashes = unrecorded_crashes(request.delivery_info, headers, exact) + before.crashes
+    crashes = max(message_crashes(request.delivery_info, headers, exact), before.crashes)
     if crashes == 0:
-        if before.released:
-            drop_if_ended(task, runtime, request)
         return 0
     if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
         logger.warning(
@@ -88,10 +106,52 @@ def crash_ledger_gate(
     _give_up(task, runtime, request, crashes)
 
 
+def _defer_duplicate(
+    task: GatedTask, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any], holder: str
+) -> NoReturn:
+    """A copy of a task whose first run holds a live lease: send it again for later, drop this.
+
+    It never runs while that run lives; sent again (after a lease's length,
+    its stored state unchanged) rather than dropped, so the task is not lost
+    should the holder die: a copy of a task that ended is dropped then.
+    """
+    logger.warning(
+        "task %s[%s] is still running on %s: duplicate delivery deferred %.1fs",
+        task.name,
+        request.id,
+        holder,
+        runtime.lease,
+        extra={"task_id": request.id, "running_on": holder},
+    )
+    later = {**forwarded(headers), HEADER_CRASHES: parse_headers(headers).crashes}
+    task.signature_from_request(request, countdown=runtime.lease, headers=later).apply_async()
+    raise Ignore()
+
+
+def _retry_later(
+    task: GatedTask, request: Any, headers: Mapping[str, Any], exc: StoreUnavailableError
+) -> NoReturn:
+    """Fail-closed: the ledger cannot be read, so retry later, the crashes kept in the header.
+
+    Like a breaker's deferral, the retry spends no attempt of the retry policy.
+    """
+    report_store_error(exc, task_id=request.id)
+    retry_headers = {
+        **forwarded(headers),
+        HEADER_CRASHES: message_crashes(request.delivery_info, headers),
+        HEADER_DEFERRALS: parse_headers(headers, request.retries).deferrals + 1,
+    }
+    raise task.retry(
+        exc=exc,
+        countdown=STORE_DOWN_COUNTDOWN,
+        max_retries=(request.retries or 0) + 1,
+        headers=retry_headers,
+    )
+
+
 def _give_up(task: GatedTask, runtime: TaskRuntime, request: Any, crashes: int) -> NoReturn:
     """Close the ledger and raise ``WorkerCrashedError``: the task is not run again."""
     barrier = runtime.barrier
-    drop_if_ended(task, runtime, request)
     barrier.ledger_finish(request.id)
     quarantine_gave_up(task, barrier, request, crashes)
     logger.error(
@@ -128,22 +188,6 @@ def drop_if_ended(task: GatedTask, runtime: TaskRuntime, request: Any) -> None:
         extra={"task_id": request.id, "state": state},
     )
     raise Ignore()
-
-
-def unrecorded_crashes(
-    delivery_info: Mapping[str, Any] | None,
-    headers: Mapping[str, Any],
-    released: bool = False,
-) -> int:
-    """Crashes of a message the ledger does not hold: its header's, plus its lost delivery.
-
-    An untracked message (no crash header) that came back lost a delivery no
-    ledger recorded; that counts as one crash, unless its node gave it back
-    unstarted (``released``: the ledger's give-back mark for this delivery).
-    """
-    parsed = parse_headers(headers)
-    lost = (delivery_info or {}).get("redelivered") and not parsed.tracked and not released
-    return parsed.crashes + (1 if lost else 0)
 
 
 def final_state(app: Celery, task_id: str) -> str | None:

@@ -29,7 +29,7 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from snakepit_celery.celery.app_context import app_store, taint_pools
+from snakepit_celery.celery.app_context import app_group, app_store, taint_pools
 from snakepit_celery.celery.crash import (
     ChildRecycled,
     CrashOutcome,
@@ -38,7 +38,6 @@ from snakepit_celery.celery.crash import (
     handle_crash,
 )
 from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded
-from snakepit_celery.celery.ledger_gate import unrecorded_crashes
 from snakepit_celery.celery.poison import quarantine_crashed
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.celery.task import SnakepitTask
@@ -101,19 +100,16 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             str(self.hostname),
             exc,
             Observer.POOL_PARENT,
-            device=task._device_or_none((self.delivery_info or {}).get("routing_key")),
+            device=task.device_or_none((self.delivery_info or {}).get("routing_key")),
             idempotent=bool(task.idempotent),
-            unrecorded=lambda released: unrecorded_crashes(
-                self.delivery_info,
-                self._request_dict,
-                released or runtime.barrier.config.start_marks,  # the ledger holds every run
-            ),
+            delivery_info=self.delivery_info,
+            headers=self._request_dict,
         )
 
         def end(outcome: CrashOutcome) -> None:
             self._log_crash(outcome)
             if outcome.retry and self._republish(
-                task, outcome.error, exc_info, outcome.countdown, outcome.unrecorded
+                task, outcome.error, exc_info, outcome.countdown, outcome.crashes
             ):
                 return
             quarantine_crashed(self, runtime.barrier, outcome)
@@ -141,11 +137,14 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         error: WorkerCrashedError,
         exc_info: Any,
         countdown: float,
-        unrecorded: int,
+        crashes: int,
     ) -> bool:
-        """Send the task again (same id and arguments); False when the broker refused it."""
+        """Send the task again (same id and arguments, ``crashes`` in its header).
+
+        False when the broker refused it.
+        """
         request = self._context
-        headers = {**forwarded(request.headers or {}), HEADER_CRASHES: unrecorded}
+        headers = {**forwarded(request.headers or {}), HEADER_CRASHES: crashes}
         signature = task.signature_from_request(request, countdown=countdown, headers=headers)
         routing_key = str((self.delivery_info or {}).get("routing_key") or "")
         elsewhere = None if not routing_key else self._other_node_queue(task, routing_key)
@@ -190,14 +189,14 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             return None
         app = task.app
         try:
-            snapshot = fleet_snapshot(app_store(app), taint_pools(app))
+            snapshot = fleet_snapshot(app_store(app), taint_pools(app), app_group(app))
         except StoreUnavailableError as exc:
             report_store_error(exc, task_id=self.id)
             return None
         nodes = sorted(
-            str(record["node"])
+            record.node
             for record in live_untainted_others(snapshot, str(self.hostname))
-            if queue in (record.get("queues") or ())
+            if queue in record.queues
         )
         if not nodes:
             return None

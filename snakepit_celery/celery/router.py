@@ -25,7 +25,7 @@ from typing import Any
 
 from celery import Celery
 
-from snakepit_celery.celery.app_context import allow_waiting, app_store, taint_pools
+from snakepit_celery.celery.app_context import allow_waiting, app_group, app_store, taint_pools
 from snakepit_celery.celery.oom_retry import oom_retry_gpu, unpin_delivery
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.placement import place_by_memory
@@ -40,7 +40,7 @@ from snakepit_celery.policy.routing import (
 )
 from snakepit_celery.policy.task_options import check_gpu_memory
 from snakepit_celery.store import fail_open, report_store_error
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = ["GPU_RESERVATION_TTL", "SnakepitRouter", "fleet_snapshot", "install_router"]
 
@@ -271,13 +271,18 @@ class SnakepitRouter:
 
 
 def fleet_snapshot(
-    store: Store, pools: Sequence[str] = ("default",), *, reservations: bool = False
+    store: Store,
+    pools: Sequence[str] = ("default",),
+    group: str = DEFAULT_GROUP,
+    *,
+    reservations: bool = False,
 ) -> FleetSnapshot:
-    """Read live node records and active taints of ``pools`` (1 + len(pools) store calls).
+    """Read the live nodes of ``group`` (an app's, ``app_group``) and the active taints
+    of ``pools`` (1 + len(pools) store calls).
 
     ``reservations``: also the GPU memory reservations (one more call; the router's).
     """
-    nodes = tuple(NodeRecord.from_dict(record) for record in store.node_list())
+    nodes = tuple(NodeRecord.from_dict(record) for record in store.node_list(group=group))
     taints = frozenset(record.member for pool in pools for record in store.taint_list(pool))
     reserved = store.gpu_reservations() if reservations else {}
     return FleetSnapshot(nodes, taints, reserved)
@@ -300,7 +305,9 @@ def install_router(app: Celery, router: SnakepitRouter | None = None) -> Snakepi
     """
     if router is None:
         router = SnakepitRouter(
-            lambda: fleet_snapshot(app_store(app), taint_pools(app), reservations=True),
+            lambda: fleet_snapshot(
+                app_store(app), taint_pools(app), app_group(app), reservations=True
+            ),
             allow_waiting=lambda: allow_waiting(app),
             reserve=_reserve(app),
         )

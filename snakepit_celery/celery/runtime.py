@@ -55,8 +55,9 @@ __all__ = [
 
 #: Kombu's default ``visibility_timeout`` for Redis (s).
 DEFAULT_VISIBILITY_TIMEOUT = 3600.0
-#: A ledger lease lasts this fraction of the visibility timeout, so it has
-#: expired by the time kombu restores the message of a dead node.
+#: A ledger lease lasts this fraction of the visibility timeout: the heartbeat renews
+#: it every half timeout while the task runs, and it has lapsed by the time kombu
+#: restores the message of a node that died.
 LEASE_FRACTION = 0.8
 
 #: Celery task options that are not attributes of its ``Task`` class: the decorator's

@@ -196,7 +196,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
             device = cache[key] = select_device(prefs, key)
         return device
 
-    def _device_or_none(self, routing_key: str | None = None) -> Device | None:
+    def device_or_none(self, routing_key: str | None = None) -> Device | None:
         """The device for a delivery, or None when there is none or it cannot be resolved here."""
         try:
             return self.device_for(routing_key) if routing_key else self.resolved_device
@@ -280,9 +280,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
             self._defer(exc, breaker, request, headers)
         except Exception as exc:
             if runtime.barrier.enabled:
-                note_gpu_fatal(
-                    runtime.barrier, runtime.health, request, exc, self._device_or_none()
-                )
+                note_gpu_fatal(runtime.barrier, runtime.health, request, exc, self.device_or_none())
             policy = runtime.policy
             if policy is None or not policy.retry_for_error(exc):
                 raise
@@ -308,7 +306,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
         message, Celery's own ``task-started`` gives its node. Never raises
         into the task (a lost event is counted).
         """
-        device = self._device_or_none((request.delivery_info or {}).get("routing_key"))
+        device = self.device_or_none((request.delivery_info or {}).get("routing_key"))
         try:
             self.send_event(
                 TASK_FACTS_EVENT,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from snakepit_celery.policy.routing import NodeRecord
+
 __all__ = ["FleetView", "desired_queues", "live_untainted_others"]
 
 
@@ -18,7 +20,7 @@ class FleetView(Protocol):
     """What these decisions read of the fleet: live node records and taints."""
 
     @property
-    def nodes(self) -> Sequence[Mapping[str, Any]]:
+    def nodes(self) -> Sequence[NodeRecord]:
         """The records of the live nodes (each with its ``node`` name)."""
         ...
 
@@ -31,14 +33,14 @@ class FleetView(Protocol):
         ...
 
 
-def live_untainted_others(fleet: FleetView, node: str) -> list[Mapping[str, Any]]:
+def live_untainted_others(fleet: FleetView, node: str) -> list[NodeRecord]:
     """Records of the nodes other than ``node`` that are live, not stopping and not tainted."""
     return [
         record
         for record in fleet.nodes
-        if record.get("node") not in (None, node)
-        and record.get("state") != "stopping"
-        and not fleet.node_tainted(str(record.get("node")))
+        if record.node not in ("", node)
+        and not record.stopping
+        and not fleet.node_tainted(record.node)
     ]
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "DEFAULT_GROUP",
     "NODE_RETENTION",
     "BreakerDecision",
     "BreakerRecord",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 
+#: The node group of callers that name none (an app's is ``celery.app_context.app_group``).
+DEFAULT_GROUP = "default"
 #: How long (s) the last record of a node incarnation is kept after its heartbeat
 #: expired, hidden from ``node_list``, for ``node_reap`` to claim: long enough for
 #: a fleet that was down as a whole (power loss) to restart and reap its own dead.
@@ -277,21 +280,37 @@ class Store(Protocol):
 
     # -- crash ledger ---------------------------------------------------------
     def ledger_start(
-        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+        self,
+        task_id: str,
+        *,
+        worker_id: str,
+        lease: float,
+        ttl: float,
+        known: int = 0,
+        came_back: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; returns the entry *before* it.
 
         A start while an earlier one never finished and its lease ran out
-        counts that earlier one as a crash. While *another* worker still holds
-        a live lease nothing is written and the result's ``running_on`` names
-        that worker: the caller must not run the task (duplicate delivery).
+        counts that earlier one as a crash; the count is then raised to what
+        the message proves: ``known`` (its crash header), plus its lost delivery
+        when it ``came_back`` and was not given back unstarted. While
+        *another* worker still holds a live lease nothing is written and the
+        result's ``running_on`` names that worker: the caller must not run the
+        task (duplicate delivery).
         ``released`` is true when this delivery follows a ``ledger_release``
         (the mark is consumed; ``ledger_crash`` of this run reports it too).
         """
         ...
 
-    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on its running task; False when it does not hold it."""
+    def ledger_hold(self, holds: Mapping[str, str], *, lease: float, ttl: float) -> list[bool]:
+        """Take or extend the lease of each running task ``task_id -> worker_id`` (one batch).
+
+        Creates the entry of a first delivery (it lives at least ``ttl``), so a
+        copy of its message delivered while it runs is not run again; False for
+        a task another worker holds a live lease on (nothing written).
+        ``lease <= 0`` lets go of the worker's leases instead (always True).
+        """
         ...
 
     def ledger_finish(self, task_id: str) -> None:
@@ -319,8 +338,14 @@ class Store(Protocol):
         ...
 
     # -- node registry --------------------------------------------------------
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> bool:
+    def node_register(
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
+    ) -> bool:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
+
+        Every node operation acts on one ``group`` of nodes: an app's fleet
+        (``celery.app_context.app_group``), so apps sharing a store never see
+        nor reap each other's nodes.
 
         The record is also kept per incarnation (``data["incarnation"]``, see
         ``node_incarnation``) for ``NODE_RETENTION`` seconds past its expiry,
@@ -331,15 +356,15 @@ class Store(Protocol):
         """
         ...
 
-    def node_list(self) -> list[dict[str, Any]]:
-        """Records of live nodes (each with ``node`` and ``heartbeat_age`` added)."""
+    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
+        """Records of the group's live nodes (each with ``node`` and ``heartbeat_age`` added)."""
         ...
 
-    def node_remove(self, node: str) -> None:
+    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
         """Drop a node's record and its current incarnation's (clean shutdown: nothing to reap)."""
         ...
 
-    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
+    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Claim the last records of dead node incarnations (heartbeat expired > ``grace`` ago).
 
         Each returned record (with ``node``, ``incarnation`` and

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from snakepit_celery.store.base import (
+    DEFAULT_GROUP,
     NODE_RETENTION,
     BreakerDecision,
     BreakerRecord,
@@ -56,12 +57,12 @@ class MemoryStore:
         self._pools: dict[str, CrashLog] = {}
         self._taints: dict[str, TaintTable] = {}
         self._ledgers: dict[str, LedgerState] = {}
-        # node -> (heartbeat, expiry, record, incarnation)
-        self._nodes: dict[str, tuple[float, float, dict[str, Any], str]] = {}
-        # (node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
-        self._incarnations: dict[tuple[str, str], tuple[float, float, dict[str, Any]]] = {}
-        # (node, incarnation) -> when node_reap claimed it (fenced for NODE_RETENTION)
-        self._reaped: dict[tuple[str, str], float] = {}
+        # (group, node) -> (heartbeat, expiry, record, incarnation)
+        self._nodes: dict[tuple[str, str], tuple[float, float, dict[str, Any], str]] = {}
+        # (group, node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
+        self._incarnations: dict[tuple[str, str, str], tuple[float, float, dict[str, Any]]] = {}
+        # (group, node, incarnation) -> when node_reap claimed it (fenced for NODE_RETENTION)
+        self._reaped: dict[tuple[str, str, str], float] = {}
         self._quarantine: dict[str, QuarantineEntry] = {}
         # task id -> (expiry, crash history)
         self._crash_history: dict[str, tuple[float, list[dict[str, Any]]]] = {}
@@ -286,14 +287,21 @@ class MemoryStore:
         return led
 
     def ledger_start(
-        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+        self,
+        task_id: str,
+        *,
+        worker_id: str,
+        lease: float,
+        ttl: float,
+        known: int = 0,
+        came_back: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; returns the entry before it.
 
         An earlier start that never finished and whose lease ran out is counted
-        as a crash first. When another worker still holds a live lease nothing
-        is written and the result's ``running_on`` names that worker: the
-        caller must not run the task.
+        as a crash first, then the count is raised to what the message proves. When another
+        worker still holds a live lease nothing is written and the result's
+        ``running_on`` names that worker: the caller must not run the task.
         """
         with self._lock:
             now = self.now()
@@ -304,6 +312,7 @@ class MemoryStore:
                     return LedgerEntry(led.starts, led.finishes, led.crashes, led.running_on)
                 if led.lease_until <= now:
                     led.crashes += 1
+            led.crashes = max(led.crashes, known + int(came_back and not led.released))
             before = LedgerEntry(led.starts, led.finishes, led.crashes, None, led.released)
             led.released_run, led.released = led.released, False
             led.starts += 1
@@ -312,15 +321,27 @@ class MemoryStore:
             led.expires_at = now + ttl
             return before
 
-    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on a running task; False when it does not hold it."""
+    def ledger_hold(self, holds: Mapping[str, str], *, lease: float, ttl: float) -> list[bool]:
+        """Take, extend or (``lease <= 0``) let go of running tasks' leases."""
         with self._lock:
             now = self.now()
-            led = self._ledger(task_id, now)
-            if led is None or led.running_on != worker_id:
-                return False
-            led.lease_until = now + lease
+            return [
+                self._hold(task_id, worker, lease, ttl, now) for task_id, worker in holds.items()
+            ]
+
+    def _hold(self, task_id: str, worker_id: str, lease: float, ttl: float, now: float) -> bool:
+        led = self._ledger(task_id, now)
+        if lease <= 0:
+            if led is not None and led.running_on == worker_id:
+                led.running_on, led.lease_until = None, 0.0
             return True
+        if led is None:
+            led = self._ledgers[task_id] = LedgerState()
+        elif led.running_on not in (None, worker_id) and led.lease_until > now:
+            return False
+        led.running_on, led.lease_until = worker_id, now + lease
+        led.expires_at = max(led.expires_at, now + ttl)
+        return True
 
     def ledger_finish(self, task_id: str) -> None:
         """Record that the running execution ended (any outcome)."""
@@ -373,7 +394,9 @@ class MemoryStore:
         for key in [k for k, reaped_at in self._reaped.items() if reaped_at <= cutoff]:
             del self._reaped[key]
 
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> bool:
+    def node_register(
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
+    ) -> bool:
         """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
 
         Its incarnation's copy stays ``NODE_RETENTION`` longer, for ``node_reap``.
@@ -383,50 +406,55 @@ class MemoryStore:
             now = self.now()
             record = json.loads(json.dumps(dict(data), default=str))
             incarnation = node_incarnation(data)
-            if (node, incarnation) in self._reaped:
+            if (group, node, incarnation) in self._reaped:
                 return False
-            self._nodes[node] = (now, now + ttl, record, incarnation)
-            self._incarnations[(node, incarnation)] = (now, now + ttl, record)
+            self._nodes[(group, node)] = (now, now + ttl, record, incarnation)
+            self._incarnations[(group, node, incarnation)] = (now, now + ttl, record)
             self._prune_incarnations(now)
             return True
 
-    def node_list(self) -> list[dict[str, Any]]:
-        """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
+    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
+        """Records of the group's live nodes (with ``node`` and ``heartbeat_age``), by name."""
         with self._lock:
             now = self.now()
-            for node in [n for n, (_, exp, _, _) in self._nodes.items() if exp <= now]:
-                del self._nodes[node]
+            for key in [k for k, (_, exp, _, _) in self._nodes.items() if exp <= now]:
+                del self._nodes[key]
             return [
                 {**record, "node": node, "heartbeat_age": max(0.0, now - beat)}
-                for node, (beat, _, record, _) in sorted(self._nodes.items())
+                for (owner, node), (beat, _, record, _) in sorted(self._nodes.items())
+                if owner == group
             ]
 
-    def node_remove(self, node: str) -> None:
+    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
         """Drop a node's record and its current incarnation's (clean shutdown)."""
         with self._lock:
-            entry = self._nodes.pop(node, None)
+            entry = self._nodes.pop((group, node), None)
             if entry is not None:
-                self._incarnations.pop((node, entry[3]), None)
+                self._incarnations.pop((group, node, entry[3]), None)
 
-    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
-        """Claim the last records of incarnations whose heartbeat expired > ``grace`` ago."""
+    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
+        """Claim the last records of the group's incarnations expired > ``grace`` ago."""
         with self._lock:
             now = self.now()
             self._prune_incarnations(now)
             cutoff = now - max(0.0, grace)
             dead = sorted(
-                (key for key, (_, exp, _) in self._incarnations.items() if exp <= cutoff),
-                key=lambda key: (key[0], self._incarnations[key][0]),
+                (
+                    key
+                    for key, (_, exp, _) in self._incarnations.items()
+                    if key[0] == group and exp <= cutoff
+                ),
+                key=lambda key: (key[1], self._incarnations[key][0]),
             )
             claimed = []
-            for node, incarnation in dead:
-                beat, _, record = self._incarnations.pop((node, incarnation))
-                self._reaped[(node, incarnation)] = now
+            for key in dead:
+                beat, _, record = self._incarnations.pop(key)
+                self._reaped[key] = now
                 claimed.append(
                     {
                         **record,
-                        "node": node,
-                        "incarnation": incarnation,
+                        "node": key[1],
+                        "incarnation": key[2],
                         "heartbeat_age": max(0.0, now - beat),
                     }
                 )

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
 from snakepit_celery.store.base import (
+    DEFAULT_GROUP,
     NODE_RETENTION,
     BreakerDecision,
     BreakerRecord,
@@ -304,27 +305,39 @@ class RedisStore(RedisConnection):
 
     # -- crash ledger ---------------------------------------------------------
     def ledger_start(
-        self, task_id: str, *, worker_id: str, lease: float, ttl: float
+        self,
+        task_id: str,
+        *,
+        worker_id: str,
+        lease: float,
+        ttl: float,
+        known: int = 0,
+        came_back: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; the entry before it (see ``Store``)."""
         starts, finishes, crashes, running, released = self._run(
             "ledger_start",
             [self.key("task", task_id)],
-            [worker_id, seconds_arg("lease", lease), ttl_ms_arg(ttl)],
+            [
+                worker_id,
+                seconds_arg("lease", lease),
+                ttl_ms_arg(ttl),
+                max(0, int(known)),
+                int(came_back),
+            ],
         )
         return LedgerEntry(
             int(starts), int(finishes), int(crashes), opt_text(running), bool(released)
         )
 
-    def ledger_renew(self, task_id: str, *, worker_id: str, lease: float) -> bool:
-        """Extend ``worker_id``'s lease on a running task; False when it does not hold it."""
-        return bool(
-            self._run(
-                "ledger_renew",
-                [self.key("task", task_id)],
-                [worker_id, seconds_arg("lease", lease)],
-            )
-        )
+    def ledger_hold(self, holds: Mapping[str, str], *, lease: float, ttl: float) -> list[bool]:
+        """Take, extend or (``lease <= 0``) let go of running tasks' leases; one pipeline."""
+        lease_arg = seconds_arg("lease", lease) if lease > 0 else 0
+        calls = [
+            ([self.key("task", task_id)], [worker_id, lease_arg, ttl_ms_arg(ttl)])
+            for task_id, worker_id in holds.items()
+        ]
+        return [bool(reply) for reply in self._run_many("ledger_hold", calls)]
 
     def ledger_finish(self, task_id: str) -> None:
         """Record that the running execution ended (any outcome)."""
@@ -352,16 +365,18 @@ class RedisStore(RedisConnection):
         )
 
     # -- node registry --------------------------------------------------------
-    def _node_keys(self) -> list[str]:
+    def _node_keys(self, group: str) -> list[str]:
         return [
-            self.key("nodes"),
-            self.key("nodes", part="records"),
-            self.key("nodes", part="incarnations"),
-            self.key("nodes", part="incarnation_records"),
-            self.key("nodes", part="reaped"),
+            self.key("nodes", group),
+            self.key("nodes", group, part="records"),
+            self.key("nodes", group, part="incarnations"),
+            self.key("nodes", group, part="incarnation_records"),
+            self.key("nodes", group, part="reaped"),
         ]
 
-    def node_register(self, node: str, data: Mapping[str, Any], *, ttl: float) -> bool:
+    def node_register(
+        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
+    ) -> bool:
         """Write (or refresh) a node's record, and its incarnation's for ``node_reap``.
 
         False (nothing written) when this incarnation was reaped: it is fenced.
@@ -370,27 +385,27 @@ class RedisStore(RedisConnection):
         return bool(
             self._run(
                 "node_register",
-                self._node_keys(),
+                self._node_keys(group),
                 [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
             )
         )
 
-    def node_list(self) -> list[dict[str, Any]]:
+    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
-        reply = self._run("node_list", self._node_keys()[:2], [])
+        reply = self._run("node_list", self._node_keys(group)[:2], [])
         now = float(reply[0])
         nodes = [node_record(text(reply[i]), reply[i + 1], now) for i in range(1, len(reply), 2)]
         return sorted(nodes, key=lambda r: str(r["node"]))
 
-    def node_remove(self, node: str) -> None:
+    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
         """Drop a node's record and its current incarnation's (clean shutdown)."""
-        self._run("node_remove", self._node_keys()[:4], [node])
+        self._run("node_remove", self._node_keys(group)[:4], [node])
 
-    def node_reap(self, *, grace: float) -> list[dict[str, Any]]:
+    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
         """Claim (atomically, once fleet-wide) records of incarnations dead > ``grace`` s."""
         reply = self._run(
             "node_reap",
-            self._node_keys()[2:],
+            self._node_keys(group)[2:],
             [seconds_arg("grace", max(0.0, grace)), NODE_RETENTION],
         )
         now = float(reply[0])

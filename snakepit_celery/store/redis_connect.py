@@ -281,6 +281,31 @@ class RedisConnection:
             logger.debug("loaded script", extra={"snakepit_script": script})
             return self.client.evalsha(self._shas[script], len(keys), *keys, *args)
 
+    def _run_many(
+        self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """EVALSHA ``script`` once per call, in one pipeline (loading it on NOSCRIPT).
+
+        redis-py's cluster pipelines refuse EVALSHA: on a cluster, one call each.
+        """
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            return [self._run(script, keys, args) for keys, args in calls]
+        if not calls:
+            return []
+
+        def execute() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._shas[script], len(keys), *keys, *args)
+            return list(pipe.execute())
+
+        with self._guard(script):
+            try:
+                return execute()
+            except redis.exceptions.NoScriptError:
+                self._shas[script] = text(self.client.script_load(SOURCES[script]))
+                return execute()
+
     def forget_scripts(self) -> None:
         """Make the next call of every script look up a wrong SHA (tests of NOSCRIPT reload)."""
         self._shas = {name: "0" * 40 for name in SCRIPTS}

@@ -62,20 +62,20 @@ KEY_SCHEMA: Mapping[str, str] = {
     # hash: starts, finishes, crashes, running_on, lease_until, released (a node gave the
     # message back unstarted), released_run (the running delivery was such one) (TTL: ledger ttl)
     "ledger": "{task:<task_id>}",
-    # zset: node name -> expiry of its last heartbeat
-    "nodes": "{nodes}",
+    # zset: node name -> expiry of its last heartbeat; one set per app (group: app_group)
+    "nodes": "{nodes:<group>}",
     # hash: node name -> '<heartbeat time>|<incarnation>|<record JSON>'
-    "node_records": "{nodes}:records",
+    "node_records": "{nodes:<group>}:records",
     # zset: '<node>|<incarnation>' -> expiry of its last heartbeat (kept NODE_RETENTION longer)
-    "node_incarnations": "{nodes}:incarnations",
+    "node_incarnations": "{nodes:<group>}:incarnations",
     # hash: '<node>|<incarnation>' -> its last record, same format as node_records (node_reap)
-    "node_incarnation_records": "{nodes}:incarnation_records",
+    "node_incarnation_records": "{nodes:<group>}:incarnation_records",
     # zset: '<gpu uuid>|<reservation id>' -> expiry of a GPU memory reservation (routed, unstarted)
     "gpu_reservations": "{gpumem}",
     # hash: '<gpu uuid>|<reservation id>' -> MB reserved
     "gpu_reservation_sizes": "{gpumem}:mb",
     # zset: '<node>|<incarnation>' -> when node_reap claimed it (fenced; kept NODE_RETENTION)
-    "node_reaped": "{nodes}:reaped",
+    "node_reaped": "{nodes:<group>}:reaped",
     # zset: quarantined message id (task id, or digest of a message without one) -> expiry
     "quarantine": "{quarantine}",
     # hash: quarantined message id -> '<quarantined at>|<record JSON>' (message, crashes)
@@ -98,7 +98,7 @@ SCRIPTS: Mapping[str, str] = {
     "taint_active": "is a member tainted now; no writes",
     "taint_clear": "lift one taint or all of a pool",
     "ledger_start": "count a new execution (expired unfinished one = crash) unless leased",
-    "ledger_renew": "extend the running worker's lease",
+    "ledger_hold": "take or extend a running task's lease (creating the entry), or let it go",
     "ledger_finish": "count a finished execution, drop the lease",
     "ledger_crash": "count a crashed execution, drop the lease",
     "ledger_release": "mark the message given back unstarted: its next delivery is no crash",

@@ -114,7 +114,7 @@ def test_first_delivery_costs_no_store_round_trip(harness: Harness) -> None:
     store_commands = [
         command
         for command in monitor.matching(f"{harness.key_prefix}:{{")
-        if "{nodes}" not in command and "{taint:" not in command
+        if "{nodes" not in command and "{taint:" not in command
     ]
     assert store_commands == []
 

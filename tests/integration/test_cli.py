@@ -15,6 +15,7 @@ import pytest
 from celery import Celery
 
 from snakepit_celery.breaker import CircuitBreaker
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.store import Store, set_default_store, set_fail_open
 from tests.support.cli import (
     app,
@@ -47,8 +48,8 @@ def test_status_of_a_quiet_fleet_is_healthy_and_exits_0(app: Celery) -> None:
 def test_status_json_lists_nodes_with_identity_devices_and_heartbeat_age(
     app: Celery, store: Store
 ) -> None:
-    register_node(store, "gpu0@host-b", accelerator="cuda", gpus=1)
-    register_node(store, "cpu@host-a")
+    register_node(store, "gpu0@host-b", accelerator="cuda", gpus=1, group=app_group(app))
+    register_node(store, "cpu@host-a", group=app_group(app))
     _, data = run_json(app, "status")
     nodes = {n["node"]: n for n in data["nodes"]}
     assert set(nodes) == {"gpu0@host-b", "cpu@host-a"}
@@ -98,7 +99,7 @@ def test_status_shows_active_taints_with_time_left(app: Celery, store: Store) ->
 
 
 def test_status_table_has_a_section_per_part_of_the_fleet(app: Celery, store: Store) -> None:
-    register_node(store, "gpu0@host-b", accelerator="cuda", gpus=1)
+    register_node(store, "gpu0@host-b", accelerator="cuda", gpus=1, group=app_group(app))
     open_breaker(store, "payments")
     taint_worker_and_device(store)
     result = run(app, "status")

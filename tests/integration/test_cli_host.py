@@ -20,6 +20,7 @@ import pytest
 from celery import Celery
 
 from snakepit_celery import hardware
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.store import Store
 from tests.support.cli import (
     CELERY,
@@ -102,7 +103,7 @@ def test_lock_validate_of_a_malformed_file_is_a_usage_error(app: Celery, tmp_pat
 
 def test_metrics_once_prints_fleet_gauges_from_the_store(app: Celery, store: Store) -> None:
     open_breaker(store, "payments")
-    register_node(store, "cpu@host-a")
+    register_node(store, "cpu@host-a", group=app_group(app))
     result = run(app, "metrics", "--once")
     assert result.exit_code == 0
     out = result.stdout
@@ -151,14 +152,14 @@ def test_metrics_serves_fleet_gauges_over_http_until_sigterm(
 
 
 def test_ping_exits_0_when_this_host_has_a_live_node(app: Celery, store: Store) -> None:
-    register_node(store, f"cpu@{socket.gethostname()}")
+    register_node(store, f"cpu@{socket.gethostname()}", group=app_group(app))
     code, data = run_json(app, "ping")
     assert code == 0
     assert [n["node"] for n in data["nodes"]] == [f"cpu@{socket.gethostname()}"]
 
 
 def test_ping_exits_1_when_no_node_of_the_host_is_alive(app: Celery, store: Store) -> None:
-    register_node(store, "cpu@elsewhere")
+    register_node(store, "cpu@elsewhere", group=app_group(app))
     assert run(app, "ping").exit_code == 1
 
 
@@ -190,6 +191,9 @@ def test_celery_executable_status_json_reads_the_apps_store(
 def test_worker_per_device_starts_a_node_per_gpu_and_stops_them_on_sigterm(
     redis_url: str, key_prefix: str, store: Store, gpu_host: Path
 ) -> None:
+    workers_app = Celery("cli_app", broker=redis_url, set_as_current=False)
+    workers_app.conf.update(snakepit_store_url=redis_url, snakepit_key_prefix=key_prefix)
+    group = app_group(workers_app)  # the node group of the cli_app the workers run
     env = {
         **os.environ,
         "SNAKEPIT_STORE_URL": redis_url,
@@ -213,10 +217,10 @@ def test_worker_per_device_starts_a_node_per_gpu_and_stops_them_on_sigterm(
         nodes: set[str] = set()
         while time.monotonic() < deadline and nodes != expected and launcher.poll() is None:
             time.sleep(0.5)
-            nodes = {record["node"] for record in store.node_list()}
+            nodes = {record["node"] for record in store.node_list(group=group)}
         assert nodes == expected
     finally:
         launcher.send_signal(signal.SIGTERM)
         _, stderr = launcher.communicate(timeout=60)
     assert launcher.returncode == 0, stderr[-2000:]
-    assert store.node_list() == []
+    assert store.node_list(group=group) == []

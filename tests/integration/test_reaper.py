@@ -24,6 +24,7 @@ import pytest
 from celery import Celery, chord
 
 from snakepit_celery import hardware
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.queues import QueueReconciler
 from snakepit_celery.celery.bootsteps.reaper import REAP_GRACE, OrphanReaper
 from snakepit_celery.celery.bootsteps.registry import (
@@ -88,17 +89,17 @@ def agent(app: Celery, store: RedisStore) -> OrphanReaper:
     return OrphanReaper(app, "reaper@test", store, grace=0.0)
 
 
-def dead_node(store: RedisStore, name: str, tasks: dict[str, dict[str, Any]]) -> None:
-    """A node whose last heartbeat listed ``tasks`` in flight, and that then died."""
+def dead_node(store: RedisStore, name: str, tasks: dict[str, dict[str, Any]], group: str) -> None:
+    """A node of ``group`` whose last heartbeat listed ``tasks`` in flight, and that then died."""
     record = {"in_flight": sorted(tasks), "in_flight_tasks": tasks, "incarnation": "x"}
-    store.node_register(name, record, ttl=SHORT_TTL)
+    store.node_register(name, record, ttl=SHORT_TTL, group=group)
     time.sleep(SHORT_TTL + 0.1)
 
 
 def test_orphan_of_a_dead_node_ends_failure_naming_it(
     app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
-    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
+    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     assert agent.reap() == ["t-orphan"]
     result = app.AsyncResult("t-orphan")
     assert result.state == "FAILURE"
@@ -112,7 +113,7 @@ def test_orphan_of_a_dead_node_ends_failure_naming_it(
 def test_orphan_is_counted_as_a_crash_in_the_ledger_and_health_monitor(
     store: RedisStore, agent: OrphanReaper
 ) -> None:
-    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
+    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     agent.reap()
     ledger = store.ledger_get("t-orphan")
     assert ledger is not None
@@ -124,7 +125,7 @@ def test_task_with_a_final_state_is_not_overwritten(
     app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     app.backend.mark_as_done("t-done", 42)
-    dead_node(store, "dead@test", {"t-done": entry("reap.once")})
+    dead_node(store, "dead@test", {"t-done": entry("reap.once")}, app_group(agent.app))
     assert agent.reap() == []
     assert app.AsyncResult("t-done").get(timeout=5) == 42
 
@@ -132,7 +133,8 @@ def test_task_with_a_final_state_is_not_overwritten(
 def test_late_acknowledged_task_is_left_to_its_message(
     app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
-    dead_node(store, "dead@test", {"t-idem": entry("reap.idem", early_ack=False)})
+    tasks = {"t-idem": entry("reap.idem", early_ack=False)}
+    dead_node(store, "dead@test", tasks, app_group(agent.app))
     assert agent.reap() == []
     assert app.AsyncResult("t-idem").state == "PENDING"
 
@@ -140,7 +142,9 @@ def test_late_acknowledged_task_is_left_to_its_message(
 def test_task_without_crash_barrier_keeps_celerys_behaviour(
     app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
-    dead_node(store, "dead@test", {"t-plain": entry("celery.plain", crash_barrier=False)})
+    dead_node(
+        store, "dead@test", {"t-plain": entry("celery.plain", crash_barrier=False)}, app_group(app)
+    )
     assert agent.reap() == []
     assert app.AsyncResult("t-plain").state == "PENDING"
 
@@ -159,7 +163,7 @@ class Dispatcher:
 def test_reaped_orphan_is_announced_as_task_failed_on_the_event_loop(
     store: RedisStore, agent: OrphanReaper
 ) -> None:
-    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
+    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     agent.reap()
     dispatcher = Dispatcher(enabled=True)
     agent.send_events(dispatcher)
@@ -173,16 +177,25 @@ def test_a_dead_node_is_reaped_by_one_live_node_only(
     app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     other = OrphanReaper(app, "other@test", store, grace=0.0)
-    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")})
+    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     assert agent.reap() + other.reap() == ["t-orphan"]
 
 
 def test_live_node_is_not_reaped(app: Celery, store: RedisStore, agent: OrphanReaper) -> None:
     info = hardware.detect()
-    live = NodeRegistry("live@test", info, store, QueueReconciler("live@test", info, store))
+    queues = QueueReconciler("live@test", info, store)
+    live = NodeRegistry("live@test", info, store, queues, group=app_group(app))
     live.register()
-    assert store.node_reap(grace=0.0) == []
+    assert store.node_reap(grace=0.0, group=app_group(app)) == []
     assert agent.reap() == []
+
+
+def test_a_dead_node_of_another_app_is_not_reaped(
+    app: Celery, store: RedisStore, agent: OrphanReaper
+) -> None:
+    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, "another-app")
+    assert agent.reap() == []
+    assert [r["node"] for r in store.node_reap(grace=0.0, group="another-app")] == ["dead@test"]
 
 
 # -- real nodes, killed for real -------------------------------------------------------------
@@ -202,7 +215,11 @@ def running_on(fleet: ChaosFleet, task_id: str) -> str | None:
     store = RedisStore(fleet.redis_url, key_prefix=fleet.key_prefix)
     try:
         return next(
-            (str(r["node"]) for r in store.node_list() if task_id in (r.get("in_flight") or [])),
+            (
+                str(r["node"])
+                for r in store.node_list(group=app_group(fleet.client))
+                if task_id in (r.get("in_flight") or [])
+            ),
             None,
         )
     finally:

@@ -24,6 +24,7 @@ from redis.crc import key_slot
 
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import BreakerState, CircuitBreaker
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore, fail_open, set_fail_open, store_error_count
@@ -152,7 +153,7 @@ def test_taint_operations_work_on_every_master(cluster: LocalCluster, store: Red
 def test_ledger_operations_work_on_every_master(cluster: LocalCluster, store: RedisStore) -> None:
     for task_id in one_name_per_master(cluster, store, "task"):
         assert store.ledger_start(task_id, worker_id="w1", lease=30.0, ttl=60.0).starts == 0
-        assert store.ledger_renew(task_id, worker_id="w1", lease=30.0)
+        assert store.ledger_hold({task_id: "w1"}, lease=30.0, ttl=60.0) == [True]
         assert store.ledger_start(task_id, worker_id="w2", lease=30.0, ttl=60.0).running_on == "w1"
         assert store.ledger_crash(task_id, ttl=60.0).crashes == 1
         store.ledger_release(task_id, ttl=60.0)
@@ -326,7 +327,8 @@ def test_worker_with_the_crash_barrier_survives_a_segfault_with_the_store_on_the
         assert CrashBarrier(BARRIER["snakepit_crash_barrier"], store=store).worker_tainted(
             worker.name
         )
-        assert worker.name in [node["node"] for node in store.node_list()]
+        nodes = store.node_list(group=app_group(harness.client))
+        assert worker.name in [node["node"] for node in nodes]
     finally:
         store.close()
     assert list(harness.redis.scan_iter(match=f"{harness.key_prefix}:{{*")) == []

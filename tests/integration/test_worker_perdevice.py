@@ -140,7 +140,7 @@ def launcher(fleet: Fleet) -> Iterator[subprocess.Popen[bytes]]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: len(fleet.store.node_list()) == 3, 60, what="three nodes")
+        wait_until(lambda: len(fleet.nodes()) == 3, 60, what="three nodes")
         yield process
     finally:
         if process.poll() is None:
@@ -159,7 +159,7 @@ def launcher(fleet: Fleet) -> Iterator[subprocess.Popen[bytes]]:
 def test_per_device_nodes_each_register_their_own_gpu(
     fleet: Fleet, launcher: subprocess.Popen[bytes]
 ) -> None:
-    records = {r["node"]: r for r in fleet.store.node_list()}
+    records = {r["node"]: r for r in fleet.nodes()}
     assert sorted(records) == ["cpu@t", "gpu0@t", "gpu1@t"]
     assert [d["uuid"] for d in records["gpu0@t"]["devices"]] == ["GPU-test-0000"]
     assert [d["uuid"] for d in records["gpu1@t"]["devices"]] == ["GPU-test-0001"]
@@ -172,7 +172,7 @@ def test_per_device_nodes_each_register_their_own_gpu(
 def test_sigterm_stops_every_node_cleanly(fleet: Fleet, launcher: subprocess.Popen[bytes]) -> None:
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(40) == 0
-    assert fleet.store.node_list() == []
+    assert fleet.nodes() == []
 
 
 @pytest.mark.integration

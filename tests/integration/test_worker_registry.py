@@ -116,7 +116,7 @@ def test_clean_shutdown_removes_the_node_at_once(fleet: Fleet) -> None:
 def test_node_registry_lists_several_nodes(fleet: Fleet) -> None:
     fleet.start("cpu@test", CPU_HARDWARE)
     fleet.start("cuda@test", cuda_hardware(1))
-    assert [r["node"] for r in fleet.store.node_list()] == ["cpu@test", "cuda@test"]
+    assert [r["node"] for r in fleet.nodes()] == ["cpu@test", "cuda@test"]
 
 
 def test_worker_refuses_to_start_on_a_lock_file_mismatch(fleet: Fleet) -> None:

@@ -121,7 +121,10 @@ def run_json(app: Celery, *args: str) -> tuple[int, Any]:
     return result.exit_code, json.loads(result.stdout)
 
 
-def register_node(store: Store, node: str, *, accelerator: str = "cpu", gpus: int = 0) -> None:
+def register_node(
+    store: Store, node: str, *, group: str, accelerator: str = "cpu", gpus: int = 0
+) -> None:
+    """Register ``node`` in ``group`` (the app's, ``app_group``) as a live worker would."""
     devices = [
         {"kind": "cuda", "index": i, "name": "NVIDIA A100", "uuid": f"GPU-{i}"} for i in range(gpus)
     ]
@@ -138,6 +141,7 @@ def register_node(store: Store, node: str, *, accelerator: str = "cpu", gpus: in
             "queues": ["snakepit.cpu", f"snakepit.node.{node}"],
         },
         ttl=60.0,
+        group=group,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.testing import wait_until
@@ -184,9 +185,13 @@ class Fleet:
 
         return wait_until(registered, timeout, what=f"node {worker.name} to register")
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The registry records of the live nodes of the test's app."""
+        return self.store.node_list(group=app_group(self.app))
+
     def node(self, name: str) -> dict[str, Any] | None:
         """The registry record of node ``name``, or None."""
-        return next((r for r in self.store.node_list() if r["node"] == name), None)
+        return next((r for r in self.nodes() if r["node"] == name), None)
 
     def router(self) -> Any:
         """The device router installed on the test's app."""

@@ -596,10 +596,10 @@ def test_ledger_counts_an_expired_lease_as_a_crash(barrier: CrashBarrier) -> Non
     assert entry.running_on is None
 
 
-def test_ledger_renew_extends_the_holders_lease(barrier: CrashBarrier) -> None:
+def test_ledger_hold_extends_the_holders_lease(barrier: CrashBarrier) -> None:
     barrier.ledger_start("t1", "w1", lease=30.0)
-    assert barrier.ledger_renew("t1", "w1", lease=30.0)
-    assert not barrier.ledger_renew("t1", "w2", lease=30.0)
+    assert barrier.ledger_hold({"t1": "w1"}, lease=30.0) == {"t1": True}
+    assert barrier.ledger_hold({"t1": "w2"}, lease=30.0) == {"t1": False}
 
 
 def test_ledger_entry_carries_the_ledger_ttl(

@@ -482,12 +482,39 @@ def test_running_on_is_reported_only_while_leased(store: Store) -> None:
     assert entry is not None and entry.running_on is None
 
 
-def test_ledger_renew_extends_own_lease_only(store: Store) -> None:
+def test_ledger_hold_extends_own_lease_only(store: Store) -> None:
     start(store, "w1", lease=SHORT)
-    assert store.ledger_renew("task-1", worker_id="w1", lease=30.0)
-    assert not store.ledger_renew("task-1", worker_id="w2", lease=30.0)
+    assert store.ledger_hold({"task-1": "w1"}, lease=30.0, ttl=60.0) == [True]
+    assert store.ledger_hold({"task-1": "w2"}, lease=30.0, ttl=60.0) == [False]
     time.sleep(PAST_SHORT)
     assert start(store, "w2").running_on == "w1"
+
+
+def test_ledger_hold_leases_a_first_delivery_until_let_go(store: Store) -> None:
+    assert store.ledger_hold({"task-1": "w1", "task-2": "w1"}, lease=30.0, ttl=60.0) == [
+        True,
+        True,
+    ]
+    assert start(store, "w2").running_on == "w1"
+    assert store.ledger_hold({"task-1": "w1"}, lease=0.0, ttl=60.0) == [True]
+    before = start(store, "w2")
+    assert before.running_on is None and before.crashes == 0
+
+
+def test_ledger_start_raises_the_count_to_what_the_message_proves(store: Store) -> None:
+    before = store.ledger_start("task-1", worker_id="w1", lease=SHORT, ttl=60.0, came_back=True)
+    assert before.crashes == 1
+    time.sleep(PAST_SHORT)
+    # the lapsed lease is that same lost delivery's successor: counted once more, not twice
+    again = store.ledger_start("task-1", worker_id="w2", lease=30.0, ttl=60.0, came_back=True)
+    assert again.crashes == 2
+    assert store.ledger_start("task-2", worker_id="w1", lease=30.0, ttl=60.0, known=3).crashes == 3
+
+
+def test_ledger_start_does_not_count_a_delivery_given_back_unstarted(store: Store) -> None:
+    store.ledger_release("task-1", ttl=60.0)
+    before = store.ledger_start("task-1", worker_id="w1", lease=30.0, ttl=60.0, came_back=True)
+    assert (before.crashes, before.released) == (0, True)
 
 
 def test_ledger_entries_expire(store: Store) -> None:

@@ -295,7 +295,7 @@ def test_every_store_operation_runs_under_the_minimal_acl(acl_user: Any, key_pre
     store.taint_clear("p", "worker:w1")
     store.taint_clear("p")
     store.ledger_start("t1", worker_id="w1", lease=30.0, ttl=600.0)
-    store.ledger_renew("t1", worker_id="w1", lease=30.0)
+    store.ledger_hold({"t1": "w1"}, lease=30.0, ttl=600.0)
     store.ledger_finish("t1")
     store.ledger_crash("t1", ttl=600.0)
     store.ledger_release("t1", ttl=600.0)

@@ -15,6 +15,7 @@ from redis.crc import key_slot
 
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import RedisStore
+from snakepit_celery.store.base import DEFAULT_GROUP
 from snakepit_celery.store.redis_schema import KEY_SCHEMA, SCRIPTS
 
 WINDOW = 60.0
@@ -144,7 +145,7 @@ def test_node_keys_expire_with_the_last_heartbeat(
     store: RedisStore, redis_client: redis.Redis
 ) -> None:
     exercise(store)
-    for key in (store.key("nodes"), store.key("nodes", part="records")):
+    for key in (store.key("nodes", DEFAULT_GROUP), store.key("nodes", DEFAULT_GROUP, "records")):
         assert 0 < redis_client.ttl(key) <= 32
 
 

@@ -20,7 +20,7 @@ from snakepit_celery import hardware
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.policy.queues import desired_queues
 from snakepit_celery.policy.routing import node_devices, queues_for
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = ["APPLY_INTERVAL", "QueueReconciler", "consumer_queue_names"]
 
@@ -51,9 +51,11 @@ class QueueReconciler:
         *,
         pools: Sequence[str] = ("default",),
         extra_queues: Sequence[str] = (),
+        group: str = DEFAULT_GROUP,
     ) -> None:
         self.node = node
         self.store = store
+        self.group = group
         self.pools = tuple(pools)
         self.devices = node_devices(info)
         self.queues = queues_for(node, info)
@@ -77,7 +79,7 @@ class QueueReconciler:
 
     def decide(self) -> None:
         """Read the fleet and decide the wanted queues (store side: the heartbeat thread)."""
-        snapshot = fleet_snapshot(self.store, self.pools)
+        snapshot = fleet_snapshot(self.store, self.pools, self.group)
         wanted, alone = desired_queues(
             self.node, self.queues, self.devices, snapshot, extra_queues=self.extra_queues
         )

@@ -31,6 +31,7 @@ from celery import Celery
 from celery.app.task import Context
 from celery.backends.base import DisabledBackend
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, HeldDelivery, orphanable
 from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
 from snakepit_celery.celery.crash import CrashOutcome, Observer, SeenCrash, handle_crash
@@ -80,7 +81,7 @@ class OrphanReaper:
         barrier, and has no final state in the result backend.
         """
         failed: list[str] = []
-        for record in self.store.node_reap(grace=self.grace):
+        for record in self.store.node_reap(grace=self.grace, group=app_group(self.app)):
             reaped = self._reap_node(record)
             failed.extend(reaped)
             self._restore_held(str(record.get("node")), record.get("held"), set(reaped))

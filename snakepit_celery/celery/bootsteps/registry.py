@@ -5,9 +5,10 @@ devices with UUIDs, queues, pid, host, state, the tasks it is running and the
 messages it holds unacknowledged (delivery tags). A heartbeat thread refreshes
 that record every ``HEARTBEAT_INTERVAL`` seconds (it expires after
 ``HEARTBEAT_TTL`` without one), re-decides the node's queues on each beat,
-runs the orphan reaper every ``REAP_EVERY`` beats, and writes the record again
-within ``IN_FLIGHT_POLL`` seconds when an early-acknowledged crash-barrier
-task starts or a new message arrives (one write per poll at most, from this
+keeps the messages of long tasks from being restored by the broker
+(``VisibilityKeeper``), runs the orphan reaper every ``REAP_EVERY`` beats,
+and writes the record again within ``IN_FLIGHT_POLL`` seconds when an
+early-acknowledged crash-barrier task starts or a new message arrives (one write per poll at most, from this
 thread: nothing on the task's path). A thread, not the event loop's timer, so
 the heartbeat stays alive while a ``solo`` pool runs a long task.
 
@@ -44,9 +45,10 @@ from snakepit_celery.celery.bootsteps.in_flight import (
 )
 from snakepit_celery.celery.bootsteps.queues import QueueReconciler
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
+from snakepit_celery.celery.bootsteps.visibility import VisibilityKeeper
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import report_store_error
-from snakepit_celery.store.base import Store
+from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
@@ -103,9 +105,12 @@ class NodeRegistry:
         interval: float = HEARTBEAT_INTERVAL,
         ttl: float = HEARTBEAT_TTL,
         held: Callable[[], Sequence[HeldDelivery] | None] = _nothing_held,
+        group: str = DEFAULT_GROUP,
     ) -> None:
         self.node = node
         self.store = store
+        #: The app's fleet in the store (``app_group``): the node registers in it only.
+        self.group = group
         self.queues = queues
         self.interval = interval
         self.ttl = ttl
@@ -156,7 +161,7 @@ class NodeRegistry:
         dead, its tasks moved on (the node must stop, see ``Heartbeat``).
         """
         record = self.record()
-        if not self.store.node_register(self.node, record, ttl=self.ttl):
+        if not self.store.node_register(self.node, record, ttl=self.ttl, group=self.group):
             return False
         self.recorded_in_flight = frozenset(record["in_flight"])
         return True
@@ -180,7 +185,7 @@ class NodeRegistry:
     def leave(self) -> None:
         """Remove the node from the registry."""
         try:
-            self.store.node_remove(self.node)
+            self.store.node_remove(self.node, group=self.group)
         except StoreUnavailableError as exc:
             report_store_error(exc, node=self.node)
         logger.info("node %s left the fleet", self.node, extra={"node": self.node})
@@ -196,6 +201,8 @@ class Heartbeat:
 
     registry: NodeRegistry
     reaper: OrphanReaper
+    #: Keeps the broker from restoring the messages of long tasks (None: nothing to keep).
+    visibility: VisibilityKeeper | None = None
     in_flight_poll: float = IN_FLIGHT_POLL
     reap_every: int = REAP_EVERY
     on_reaped: Callable[[], object] | None = None
@@ -283,6 +290,8 @@ class Heartbeat:
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.interval
                 self.beat()
+                if self.visibility is not None:
+                    never_raise(self.visibility.keep, "keeping messages of %s failed", self.node)
                 beats += 1
                 if self.reap_every > 0 and beats % self.reap_every == 0 and self.may_reap():
                     never_raise(self.reaper.reap, "orphan reaper of %s failed", self.node)

@@ -18,10 +18,11 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery import signals as celery_signals
+from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
 from snakepit_celery import signals as snakepit_signals
-from snakepit_celery.celery.app_context import app_store, taint_pools
+from snakepit_celery.celery.app_context import app_group, app_store, check_store, taint_pools
 from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_on_record_tasks
 from snakepit_celery.celery.bootsteps.children import PoolChildWatch
 from snakepit_celery.celery.bootsteps.current import note_worker_node
@@ -39,6 +40,8 @@ from snakepit_celery.celery.bootsteps.queues import (
 )
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.registry import Heartbeat, NodeRegistry, never_raise
+from snakepit_celery.celery.bootsteps.visibility import VisibilityKeeper
+from snakepit_celery.errors import ConfigError
 
 __all__ = ["NodeServices", "SnakepitPreflightStep", "SnakepitWorkerStep", "install_worker"]
 
@@ -63,10 +66,18 @@ class NodeServices:
         node = str(c.hostname)
         info = getattr(c.controller, "snakepit_hardware", None) or preflight(app, node)
         store = app_store(app)
+        group = app_group(app)
         queues = QueueReconciler(
-            node, info, store, pools=taint_pools(app), extra_queues=consumer_queue_names(c)
+            node,
+            info,
+            store,
+            pools=taint_pools(app),
+            extra_queues=consumer_queue_names(c),
+            group=group,
         )
-        registry = NodeRegistry(node, info, store, queues, held=lambda: held_deliveries(c))
+        registry = NodeRegistry(
+            node, info, store, queues, held=lambda: held_deliveries(c), group=group
+        )
         reaper = OrphanReaper(app, node, store)
         logger.info(
             "node %s: %s, queues %s",
@@ -76,7 +87,10 @@ class NodeServices:
             extra={"node": node, "queues": queues.queues},
         )
         heartbeat = Heartbeat(
-            registry, reaper, on_reaped=lambda: fence_node(node, c, reaper.restorer)
+            registry,
+            reaper,
+            VisibilityKeeper(c, registry.interval),
+            on_reaped=lambda: fence_node(node, c, reaper.restorer),
         )
         return cls(node, queues, registry, reaper, heartbeat, AckOnRecord(registry))
 
@@ -94,6 +108,11 @@ class SnakepitPreflightStep(bootsteps.Step):  # type: ignore[misc]
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         w.snakepit_hardware = preflight(w.app, str(w.hostname))
+        try:
+            check_store(w.app)
+        except ConfigError as exc:
+            logger.critical("snakepit: node %s refuses to start: %s", w.hostname, exc)
+            raise WorkerShutdown(1) from exc
         # ``-E`` sets only the worker's own flag; make it visible to the pool
         # children, which send the per-run ``snakepit-run`` event only then.
         w.app.conf.worker_send_task_events = bool(w.task_events)

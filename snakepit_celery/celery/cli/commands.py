@@ -18,6 +18,7 @@ import click
 
 from snakepit_celery import hardware
 from snakepit_celery.barrier import CrashBarrier
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.cli.fleet import Fleet
 from snakepit_celery.celery.cli.host import configure_hardware, hardware_command, lock
 from snakepit_celery.celery.cli.output import (
@@ -33,7 +34,7 @@ from snakepit_celery.celery.cli.output import (
 from snakepit_celery.celery.cli.quarantine import quarantine
 from snakepit_celery.celery.cli.tables import breakers_table, status_text, taints_table
 from snakepit_celery.celery.cli.task import task_command
-from snakepit_celery.fleet import FleetStatus, fleet_status, read_taints
+from snakepit_celery.fleet import FleetStatus, fleet_status, read_nodes, read_taints
 from snakepit_celery.metrics.multiprocess import configured_port, ensure_multiprocess_dir
 
 __all__ = ["snakepit"]
@@ -262,7 +263,7 @@ def ping(ctx: click.Context, host: str | None, as_json: bool) -> None:
     host = host or socket.gethostname()
     nodes = [
         n.as_dict()
-        for n in fleet_status(_fleet(ctx).store).nodes
+        for n in read_nodes(_fleet(ctx).store, app_group(_app(ctx)))
         if n.node.partition("@")[2] == host
     ]
     if as_json:

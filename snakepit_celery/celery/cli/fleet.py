@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
-from snakepit_celery.celery.app_context import app_store, settings_for, taint_pools
+from snakepit_celery.celery.app_context import app_group, app_store, settings_for, taint_pools
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.fleet import FleetStatus, fleet_status
@@ -112,6 +112,7 @@ class Fleet:
         """The whole fleet, read from the store now."""
         return fleet_status(
             self.store,
+            group=app_group(self.app),
             breakers=self.breakers(),
             monitors=self.monitors(),
             barriers=self.barriers(),

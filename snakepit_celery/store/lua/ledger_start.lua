@@ -1,5 +1,8 @@
--- KEYS: task ledger hash   ARGV: worker_id, lease, ttl_ms
--- -> {starts, finishes, crashes, running_on|nil, released} as they were before this start;
+-- KEYS: task ledger hash
+-- ARGV: worker_id, lease, ttl_ms, known (the message's crash header), came_back (1: redelivered)
+-- -> {starts, finishes, crashes, running_on|nil, released} as they were before this start
+--    (crashes: a lapsed lease counted, then raised to what the message proves: known, plus
+--    its lost delivery when it came back and was not given back unstarted);
 --    running_on set means another worker holds a live lease and nothing was written;
 --    released = 1 when this delivery is one a node gave back unstarted (ledger_release):
 --    the mark is consumed here and kept as released_run until this run ends.
@@ -18,6 +21,14 @@ if h[4] then
   if not live then
     crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
   end
+end
+local known = tonumber(ARGV[4]) or 0
+if ARGV[5] == '1' and not h[6] then
+  known = known + 1
+end
+if known > crashes then
+  crashes = known
+  redis.call('HSET', KEYS[1], 'crashes', crashes)
 end
 local released = 0
 if h[6] then

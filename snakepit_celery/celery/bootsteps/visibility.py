@@ -1,0 +1,155 @@
+"""Keep the broker from restoring the messages of this node's long tasks while they run.
+
+Kombu's Redis transport keeps each unacknowledged message in the ``unacked``
+hash and its delivery time in the ``unacked_index`` sorted set; any consumer
+restores a message whose delivery time is older than ``visibility_timeout``,
+so a task running longer than that would start a second time elsewhere. From
+the heartbeat thread (never the task's path), ``VisibilityKeeper.keep`` moves
+the delivery time of every message this node still holds (reserved, waiting
+for its countdown, or running) to now, once it is older than half the
+timeout: one ``ZADD XX`` per such message and half-timeout, in one pipeline,
+nothing for tasks shorter than that. It also takes or renews, in one store
+batch, the crash-ledger lease of each running crash-barrier task among them
+(``CrashBarrier.ledger_hold``), so a copy restored in a race is dropped by the
+ledger gate; it lets go of those leases when the tasks end. Other transports
+have no visibility timeout: nothing to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from celery.worker import state as worker_state
+
+from snakepit_celery.celery.bootsteps.in_flight import active_requests, barrier_enabled
+from snakepit_celery.celery.runtime import TaskRuntime
+from snakepit_celery.celery.task import SnakepitTask
+
+__all__ = ["VisibilityKeeper", "held_requests"]
+
+logger = logging.getLogger(__name__)
+
+
+def held_requests() -> tuple[Any, ...]:
+    """Requests whose messages this node holds unacknowledged: reserved, scheduled, running.
+
+    Read from the heartbeat thread, so a race (a set changed size while
+    copied) is retried.
+    """
+    for _ in range(5):
+        try:
+            held = {
+                *worker_state.reserved_requests,
+                *getattr(worker_state, "scheduled_requests", ()),
+                *worker_state.active_requests,
+            }
+        except RuntimeError:  # set changed size during iteration
+            continue
+        return tuple(r for r in held if not getattr(r, "acknowledged", False))
+    return ()
+
+
+class VisibilityKeeper:
+    """Refreshes the broker's delivery time and the ledger lease of this node's long tasks.
+
+    ``consumer`` is Celery's consumer (its task channel is read on each call,
+    so a reconnection is followed); ``interval`` the heartbeat's period.
+    """
+
+    def __init__(self, consumer: Any, interval: float) -> None:
+        self.consumer = consumer
+        self.interval = interval
+        #: delivery tag -> monotonic time its delivery time was last known fresh.
+        self._fresh: dict[str, float] = {}
+        #: task id -> worker id of the ledger leases this node holds.
+        self._leases: dict[str, str] = {}
+        #: The runtime of a task that took a lease (its barrier and lease length).
+        self._runtime: TaskRuntime | None = None
+
+    def _channel(self) -> Any:
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        channel = getattr(task_consumer, "channel", None)
+        if channel is None or not hasattr(channel, "unacked_index_key"):
+            return None
+        return channel
+
+    def keep(self) -> None:
+        """One pass (heartbeat thread): refresh what is due, let go of leases of ended tasks."""
+        channel = self._channel()
+        if channel is None:
+            return
+        timeout = float(channel.visibility_timeout)
+        now = time.monotonic()
+        held = {str(r.message.delivery_tag): r for r in held_requests() if _tag(r) is not None}
+        for tag in [t for t in self._fresh if t not in held]:
+            del self._fresh[tag]
+        due = [
+            request
+            for tag, request in held.items()
+            if now - self._fresh.setdefault(tag, now - self.interval) >= self.threshold(timeout)
+        ]
+        try:  # leases first: each then ends before the broker could restore its message
+            self._hold(due)
+        finally:
+            if due:
+                self._extend(channel, [str(r.message.delivery_tag) for r in due])
+                for request in due:
+                    self._fresh[str(request.message.delivery_tag)] = now
+
+    def threshold(self, timeout: float) -> float:
+        """Age (s) past which a delivery time is refreshed: half the timeout, minus two beats."""
+        return max(0.0, timeout / 2 - 2 * self.interval)
+
+    def _extend(self, channel: Any, tags: list[str]) -> None:
+        """Move the delivery time of ``tags`` to now (``XX``: an acknowledged one stays gone)."""
+        stamp = time.time()
+        with channel.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            for tag in tags:
+                pipe.zadd(channel.unacked_index_key, {tag: stamp}, xx=True)
+            pipe.execute()
+        logger.debug("kept %d message(s) from being restored", len(tags))
+
+    def _hold(self, due: Iterable[Any]) -> None:
+        """Take or renew the ledger leases of the due running tasks; let go of ended ones."""
+        running = {str(r.id) for r in active_requests()}
+        ended = {t: w for t, w in self._leases.items() if t not in running}
+        holds = {
+            str(r.id): (f"{r.hostname}/{r.worker_pid}", r.task.snakepit_runtime)
+            for r in due
+            if str(r.id) in running and r.worker_pid and _gated(r)
+        }
+        if holds:
+            self._runtime = next(iter(holds.values()))[1]
+        runtime = self._runtime
+        if runtime is None:
+            return
+        if ended:
+            runtime.barrier.ledger_hold(ended, 0.0)
+            for task_id in ended:
+                del self._leases[task_id]
+        if holds:
+            leases = {task_id: worker for task_id, (worker, _) in holds.items()}
+            for task_id, ok in runtime.barrier.ledger_hold(leases, runtime.lease).items():
+                if ok:
+                    self._leases[task_id] = leases[task_id]
+                else:
+                    logger.warning(
+                        "task %s: another worker holds its lease",
+                        task_id,
+                        extra={"task_id": task_id},
+                    )
+
+
+def _tag(request: Any) -> Any:
+    message = getattr(request, "message", None)
+    return getattr(message, "delivery_tag", None)
+
+
+def _gated(request: Any) -> bool:
+    """A running crash-barrier task whose message can come back (acknowledged late)."""
+    task = getattr(request, "task", None)
+    return isinstance(task, SnakepitTask) and bool(task.acks_late) and barrier_enabled(task)
