@@ -9,8 +9,9 @@ keeps the messages of long tasks from being restored by the broker
 (``VisibilityKeeper``), runs the orphan reaper every ``REAP_EVERY`` beats,
 and writes the record again within ``IN_FLIGHT_POLL`` seconds when an
 early-acknowledged crash-barrier task starts or a new message arrives (one
-write per poll at most, from this thread: nothing on the task's path). A thread, not the event loop's timer, so
-the heartbeat stays alive while a ``solo`` pool runs a long task.
+write per poll at most, from this thread: nothing on the task's path). A
+thread, not the event loop's timer, so the heartbeat stays alive while a
+``solo`` pool runs a long task.
 
 A dead node's tasks move on ``HEARTBEAT_TTL + REAP_GRACE`` seconds after its
 last beat, plus at most one reaper period (3 s in all with the defaults).
