@@ -81,15 +81,16 @@ def crash_ledger_gate(
     worker_id = f"{request.hostname}/{os.getpid()}"
     known = parse_headers(headers).crashes
     try:
+        # With start marks the ledger holds every run: a lost delivery is no crash by itself.
+        came_back = redelivered(request) and not barrier.config.start_marks
         before = barrier.ledger_start(
-            request.id, worker_id, runtime.lease, known, came_back=redelivered(request)
+            request.id, worker_id, runtime.lease, known, came_back=came_back
         )
     except StoreUnavailableError as exc:
         _retry_later(task, request, headers, exc)
     if before.running_on is not None and before.running_on != worker_id:
         _defer_duplicate(task, runtime, request, headers, before.running_on)
     drop_if_ended(task, runtime, request)
-    # With start marks the ledger holds every run: a lost delivery is no crash by itself.
     exact = before.released or barrier.config.start_marks
     crashes = max(message_crashes(request.delivery_info, headers, exact), before.crashes)
     if crashes == 0:

@@ -9,7 +9,7 @@ message is lost (kombu #305). Redis cannot block inside a script, and its
 only atomic blocking move (``BLMOVE``) takes one source list, while a
 worker consumes several queues, so this transport splits the two jobs:
 
-- taking a message is one Lua script (``store/lua/broker_pop.lua``): ``RPOP``
+- taking a message is one Lua script (``transport/broker_pop.lua``): ``RPOP``
   from the queues in ``BRPOP``'s order and write kombu's own unacknowledged
   record of it, atomically; kombu's restore, Celery's warm-shutdown give-back
   (``qos._delivered``), the snakepit reaper and queue release see the very
@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: The atomic pop (see the module docstring).
 POP_SCRIPT = (
-    resources.files("snakepit_celery.store")
-    .joinpath("lua", "broker_pop.lua")
+    resources.files("snakepit_celery.transport")
+    .joinpath("broker_pop.lua")
     .read_text(encoding="utf-8")
 )
 #: Bell lists are named ``<BELL_PREFIX><queue>``.
