@@ -122,7 +122,7 @@ def _refused(cause: BaseException | None) -> bool:
 def app_group(app: Celery) -> str:
     """The app's fleet in the store: its nodes register, list and reap only this group.
 
-    A digest of the broker (URL as kombu normalises it, without credentials,
+    A digest of the broker (host, port and virtual host as kombu reads them,
     and the transport's ``global_keyprefix``) and the namespace, so apps with
     their own brokers, or their own namespaces, never see each other's nodes
     even when they share one store; a worker and the clients that send to it
@@ -132,7 +132,10 @@ def app_group(app: Celery) -> str:
     if isinstance(cached, str):
         return cached
     try:
-        broker = str(app.connection_for_write().as_uri(include_password=False))
+        # Host, port and virtual host, not the URI: a worker's install() may swap the
+        # transport class (snakepit's Redis transport) where a plain client does not.
+        conn = app.connection_for_write()
+        broker = f"{conn.hostname}:{conn.port}/{conn.virtual_host}"
     except Exception:  # a broker URL kombu cannot parse: Celery reports it on connect
         broker = redact(str(_first_url(app.conf.broker_url)))
     transport = app.conf.broker_transport_options or {}

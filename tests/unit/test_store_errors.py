@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from snakepit_celery import CrashBarrier, CrashBarrierConfig, HealthMonitor
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.errors import ConfigError, StoreScriptError, StoreUnavailableError
 from snakepit_celery.store import (
     MemoryStore,
@@ -331,7 +332,8 @@ def test_a_worker_with_the_crash_barrier_runs_with_its_store_under_the_minimal_a
     try:
         assert HealthMonitor(store=store).worker_health(worker.name).crash_count == 1
         assert CrashBarrier(barrier, store=store).worker_tainted(worker.name)
-        assert worker.name in [node["node"] for node in store.node_list()]
+        nodes = store.node_list(group=app_group(harness.client))
+        assert worker.name in [node["node"] for node in nodes]
     finally:
         store.close()
     log = worker.logs()
