@@ -23,7 +23,7 @@ import redis
 import snakepit_celery.store.memory as memory_module
 import snakepit_celery.store.redis as redis_module
 from snakepit_celery.store import MemoryStore, RedisStore, Store
-from snakepit_celery.store.base import NODE_RETENTION
+from snakepit_celery.store.base import DEFAULT_GROUP, NODE_RETENTION
 
 SHORT = 0.2  # a heartbeat TTL short enough to wait out in a test
 PAST_SHORT = 0.3
@@ -178,9 +178,9 @@ def test_incarnation_keys_outlive_the_live_keys_by_the_retention(
 ) -> None:
     store = RedisStore(redis_url, key_prefix=key_prefix)
     register(store, "n1", "a", ttl=30.0)
-    assert 0 < redis_client.ttl(store.key("nodes")) <= 32
+    assert 0 < redis_client.ttl(store.key("nodes", DEFAULT_GROUP)) <= 32
     for part in ("incarnations", "incarnation_records"):
-        ttl = redis_client.ttl(store.key("nodes", part=part))
+        ttl = redis_client.ttl(store.key("nodes", DEFAULT_GROUP, part=part))
         assert NODE_RETENTION < ttl <= NODE_RETENTION + 32
     drop_keys(store)
     store.close()
