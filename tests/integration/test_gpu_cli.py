@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.store import Store
 from tests.support.cli import app, run, store
 
@@ -28,6 +29,7 @@ def test_status_shows_gpu_free_memory_and_health(app: Celery, store: Store) -> N
         "gpu@host",
         {"identity": {"accelerator": "cuda"}, "devices": devices, "queues": []},
         ttl=60,
+        group=app_group(app),
     )
     result = run(app, "status")
     assert "cuda:0 (A100) [health hardware]" in result.output

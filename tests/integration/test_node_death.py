@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.fence import FENCED_EXIT_CODE
 from snakepit_celery.store import RedisStore
 from snakepit_celery.testing import wait_until
@@ -69,7 +70,8 @@ def record_of(fleet: ChaosFleet, node: str) -> dict[str, Any]:
     """The node's live registry record ({} when it has none)."""
     store = RedisStore(fleet.redis_url, key_prefix=fleet.key_prefix)
     try:
-        return next((r for r in store.node_list() if r["node"] == node), {})
+        records = store.node_list(group=app_group(fleet.client))
+        return next((r for r in records if r["node"] == node), {})
     finally:
         store.close()
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
 from snakepit_celery.celery.task import snakepit_task
@@ -85,10 +86,10 @@ def hold(app: Celery, name: str) -> tuple[str, str]:
         return str(message.delivery_tag), task_id
 
 
-def dead_node(store: RedisStore, name: str, held: list[list[str]]) -> None:
+def dead_node(app: Celery, store: RedisStore, name: str, held: list[list[str]]) -> None:
     """A node whose last heartbeat listed ``held`` messages, and that then died."""
     record = {"in_flight": [], "in_flight_tasks": {}, "incarnation": "x", "held": held}
-    store.node_register(name, record, ttl=SHORT_TTL)
+    store.node_register(name, record, ttl=SHORT_TTL, group=app_group(app))
     time.sleep(SHORT_TTL + 0.1)
 
 
@@ -107,7 +108,7 @@ def test_held_message_of_a_dead_node_is_back_at_the_head_of_its_queue(
 ) -> None:
     tag, task_id = hold(app, "restore.idem")
     app.send_task("restore.idem", args=(0.0,), queue=QUEUE)  # waiting behind it
-    dead_node(store, "dead@test", [[tag, task_id, "restore.idem"]])
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]])
     agent.reap()
     messages = queued(app, key_prefix)
     assert len(messages) == 2
@@ -123,7 +124,7 @@ def test_acknowledged_message_is_not_restored(
 ) -> None:
     tag, task_id = hold(app, "restore.idem")
     app.backend.client.hdel(f"{key_prefix}:unacked", tag)  # acknowledged before the death
-    dead_node(store, "dead@test", [[tag, task_id, "restore.idem"]])
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]])
     agent.reap()
     assert queued(app, key_prefix) == []
 
@@ -146,7 +147,7 @@ def test_run_the_ledger_shows_on_the_dead_node_is_counted_as_a_crash(
 ) -> None:
     tag, task_id = hold(app, "restore.idem")
     store.ledger_start(task_id, worker_id="dead@test/123", lease=3600.0, ttl=3600.0)
-    dead_node(store, "dead@test", [[tag, task_id, "restore.idem"]])
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]])
     agent.reap()
     entry = store.ledger_get(task_id)
     assert entry is not None
@@ -157,7 +158,7 @@ def test_start_marked_message_never_started_is_given_back_unstarted(
     app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     tag, task_id = hold(app, "restore.marked")
-    dead_node(store, "dead@test", [[tag, task_id, "restore.marked"]])
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.marked"]])
     agent.reap()
     entry = store.ledger_get(task_id)
     assert entry is not None
@@ -168,6 +169,6 @@ def test_message_of_a_task_without_start_marks_leaves_the_ledger_alone(
     app: Celery, store: RedisStore, agent: OrphanReaper
 ) -> None:
     tag, task_id = hold(app, "restore.once")
-    dead_node(store, "dead@test", [[tag, task_id, "restore.once"]])
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.once"]])
     agent.reap()
     assert store.ledger_get(task_id) is None

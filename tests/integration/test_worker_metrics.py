@@ -16,17 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.workers import WorkerNode
 from tests.apps.observe_app import add_tasks
-from tests.support.cli import CELERY, gpu_host
+from tests.support.cli import CELERY, app, gpu_host
 from tests.support.fleet import CPU_HARDWARE, ROOT, make_app, write_hardware
 
 #: The fixture this module takes from tests.support.cli (named here so linters see it used).
-__all__ = ["gpu_host"]
+__all__ = ["app", "gpu_host"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -140,7 +142,7 @@ def test_nodes_of_one_host_share_the_port_and_their_samples(nodes: MetricsNodes)
 
 
 def test_per_device_nodes_of_a_host_serve_one_endpoint(
-    redis_url: str, key_prefix: str, gpu_host: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, key_prefix: str, gpu_host: Path, app: Celery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``snakepit worker --per-device``: one node binds the port, the others say who serves."""
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
@@ -164,7 +166,8 @@ def test_per_device_nodes_of_a_host_serve_one_endpoint(
     )
     store = store_from_url(redis_url, key_prefix=key_prefix)
     try:
-        wait_until(lambda: len(store.node_list()) == 3, 90, what="3 per-device nodes")
+        group = app_group(app)
+        wait_until(lambda: len(store.node_list(group=group)) == 3, 90, what="3 per-device nodes")
         samples = wait_until(lambda: scrape(port), 20, what="the host's metrics endpoint")
         assert ("snakepit_store_script_errors_total", ()) in samples
     finally:
