@@ -30,7 +30,8 @@ from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.crash import CrashBarrierConfig, CrashInfo
 from snakepit_celery.policy.taints import Taint, TaintKind, device_member, worker_member
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
-from snakepit_celery.store.base import LedgerEntry, Store, TaintRecord
+from snakepit_celery.store.base import Store
+from snakepit_celery.store.records import LedgerEntry, TaintRecord
 from snakepit_celery.testing import is_testing
 
 if TYPE_CHECKING:

@@ -15,16 +15,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from snakepit_celery.store.base import (
-    BreakerDecision,
-    BreakerRecord,
-    BreakerSnapshot,
-    HealthSnapshot,
-    LedgerEntry,
-    QuarantineEntry,
-    TaintRecord,
-    WorkerCrashes,
-)
 from snakepit_celery.store.memory_nodes import MemoryNodes
 from snakepit_celery.store.memory_quarantine import MemoryQuarantine
 from snakepit_celery.store.memory_state import (
@@ -33,6 +23,16 @@ from snakepit_celery.store.memory_state import (
     ForkSafeRLock,
     LedgerState,
     TaintTable,
+)
+from snakepit_celery.store.records import (
+    BreakerDecision,
+    BreakerRecord,
+    BreakerSnapshot,
+    HealthSnapshot,
+    LedgerEntry,
+    QuarantineEntry,
+    TaintRecord,
+    WorkerCrashes,
 )
 
 __all__ = ["MemoryStore"]

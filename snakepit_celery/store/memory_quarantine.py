@@ -12,8 +12,8 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
-from snakepit_celery.store.base import QuarantineEntry
 from snakepit_celery.store.memory_state import ForkSafeRLock, LedgerState
+from snakepit_celery.store.records import QuarantineEntry
 
 __all__ = ["MemoryQuarantine"]
 

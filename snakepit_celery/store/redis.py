@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
-from snakepit_celery.store.base import (
+from snakepit_celery.store.records import (
     BreakerDecision,
     BreakerRecord,
     BreakerSnapshot,

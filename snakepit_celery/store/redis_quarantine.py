@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from snakepit_celery.store.base import QuarantineEntry
+from snakepit_celery.store.records import QuarantineEntry
 from snakepit_celery.store.redis_connect import RedisConnection
 from snakepit_celery.store.redis_schema import (
     count_arg,
