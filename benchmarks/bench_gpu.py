@@ -24,7 +24,8 @@ import pynvml
 from benchmarks.apps.fleet import machine_details
 from snakepit_celery.celery.bootsteps.gpu_watch import GpuHealthService
 from snakepit_celery.policy.placement import place_by_memory
-from snakepit_celery.policy.routing import FleetSnapshot, decide_route, parse_prefs
+from snakepit_celery.policy.routing import decide_route, parse_prefs
+from snakepit_celery.policy.snapshot import FleetSnapshot
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing.redis_server import redis_url as find_redis_url
 

@@ -26,7 +26,8 @@ from snakepit_celery.errors import (
 )
 from snakepit_celery.hardware import Device
 from snakepit_celery.health import HealthMonitor, HealthStats, WorkerHealth
-from snakepit_celery.policy.crash import Classification, CrashBarrierConfig, CrashInfo, classify
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
+from snakepit_celery.policy.crash import Classification, CrashInfo, classify
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.taints import Taint
 from snakepit_celery.store import MemoryStore, RedisStore, Store, store_from_url

@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from snakepit_celery import signals
 from snakepit_celery.errors import StoreUnavailableError
-from snakepit_celery.policy.crash import CrashBarrierConfig, CrashInfo
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
+from snakepit_celery.policy.crash import CrashInfo
 from snakepit_celery.policy.taints import Taint, TaintKind, device_member, worker_member
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
-from snakepit_celery.store.base import LedgerEntry, Store, TaintRecord
+from snakepit_celery.store.base import Store
+from snakepit_celery.store.records import LedgerEntry, TaintRecord
 from snakepit_celery.testing import is_testing
 
 if TYPE_CHECKING:

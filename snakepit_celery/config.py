@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from snakepit_celery.errors import ConfigError
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.policy.checks import (
     build_from_dict,
     check_bool,
@@ -32,7 +33,6 @@ from snakepit_celery.policy.checks import (
     check_name,
     check_path,
 )
-from snakepit_celery.policy.crash import CrashBarrierConfig
 from snakepit_celery.policy.gpu_health import TaintBackoff
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.settings import BREAKER_KEYS, HEALTH_KEYS, BreakerConfig, HealthConfig

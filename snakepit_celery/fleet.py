@@ -17,7 +17,7 @@ from typing import Any
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from snakepit_celery.health import HealthMonitor, HealthStats
-from snakepit_celery.policy.routing import NodeRecord
+from snakepit_celery.policy.snapshot import NodeRecord
 from snakepit_celery.policy.taints import Taint, TaintKind
 from snakepit_celery.store.base import DEFAULT_GROUP, Store
 

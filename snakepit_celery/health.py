@@ -20,7 +20,8 @@ from snakepit_celery.breaker.stored_config import warn_config_conflict
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.settings import HealthConfig
 from snakepit_celery.store import StoreBinding, fail_open, report_store_error
-from snakepit_celery.store.base import HealthSnapshot, Store
+from snakepit_celery.store.base import Store
+from snakepit_celery.store.records import HealthSnapshot
 
 __all__ = ["HealthMonitor", "HealthStats", "PoolLimits", "WorkerHealth"]
 

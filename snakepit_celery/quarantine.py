@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from snakepit_celery import signals
-from snakepit_celery.policy.crash import CrashBarrierConfig
-from snakepit_celery.store.base import QuarantineEntry, Store
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
+from snakepit_celery.store.base import Store
+from snakepit_celery.store.records import QuarantineEntry
 
 __all__ = [
     "REASON_MALFORMED",

@@ -22,7 +22,7 @@ from snakepit_celery.breaker import flush
 from snakepit_celery.breaker.state import LOCAL, UNCOUNTED, Admission, BreakerState
 from snakepit_celery.errors import CircuitOpenError, StoreUnavailableError
 from snakepit_celery.store import fail_open, report_store_error
-from snakepit_celery.store.base import BreakerRecord, BreakerSnapshot
+from snakepit_celery.store.records import BreakerRecord, BreakerSnapshot
 from snakepit_celery.testing import is_testing
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from kombu.serialization import dumps
 from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS, HEADER_FIRST_TRY
 from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.quarantine import REASON_STOPPED, Quarantine, QuarantinedMessage
-from snakepit_celery.store.base import QuarantineEntry
+from snakepit_celery.store.records import QuarantineEntry
 
 if TYPE_CHECKING:
     from snakepit_celery.barrier import CrashBarrier

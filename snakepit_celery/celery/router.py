@@ -30,14 +30,13 @@ from snakepit_celery.celery.oom_retry import oom_retry_gpu, unpin_delivery
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.placement import place_by_memory
 from snakepit_celery.policy.routing import (
-    FleetSnapshot,
-    NodeRecord,
     Pref,
     RouteDecision,
     decide_route,
     generic_queue,
     parse_prefs,
 )
+from snakepit_celery.policy.snapshot import FleetSnapshot, NodeRecord
 from snakepit_celery.policy.task_options import check_gpu_memory
 from snakepit_celery.store import fail_open, report_store_error
 from snakepit_celery.store.base import DEFAULT_GROUP, Store

@@ -24,7 +24,7 @@ from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.app_context import app_store, settings_for
 from snakepit_celery.config import SnakepitSettings
-from snakepit_celery.hardware.gpu_health import read_notice
+from snakepit_celery.hardware.gpu_notice import read_notice
 from snakepit_celery.hardware.types import Accelerator, Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.retry import RetryPolicy

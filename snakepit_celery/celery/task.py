@@ -5,10 +5,11 @@ idempotent=..., crash_barrier=..., timeout=...)`` runs its body through the
 shared circuit breaker; failures are retried by Celery's own ``retry()`` with
 the policy's countdown (so Flower and result backends show RETRY states) and
 end as ``RetryExhaustedError``; an open breaker re-queues the task with
-countdown = ``retry_after`` without spending an attempt. Crashes of the worker
-process are handled by ``request.SnakepitRequest`` in the pool parent; inside
-the child, a message that came back passes the crash-ledger gate
-(``ledger_gate``) and a GPU-fatal error recycles the child.
+countdown = ``retry_after`` without spending an attempt (both:
+``celery/task_retry.py``). Crashes of the worker process are handled by
+``request.SnakepitRequest`` in the pool parent; inside the child, a message
+that came back passes the crash-ledger gate (``ledger_gate``) and a GPU-fatal
+error recycles the child.
 
 Hot path: a first delivery costs no store round trip (the breaker trusts its
 local view of a closed state); the crash ledger is only read for messages
@@ -29,8 +30,6 @@ from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.celery.crash import note_gpu_fatal
 from snakepit_celery.celery.events import RUN_EVENT
 from snakepit_celery.celery.headers import (
-    HEADER_DEFERRALS,
-    HEADER_FIRST_TRY,
     MessageHeaders,
     parse_headers,
 )
@@ -45,21 +44,19 @@ from snakepit_celery.celery.runtime import (
     select_device,
     takes_device,
 )
+from snakepit_celery.celery.task_retry import defer, retry_or_give_up
 from snakepit_celery.errors import (
     CircuitOpenError,
     ConfigError,
-    RetryExhaustedError,
     SnakepitError,
 )
 from snakepit_celery.hardware.types import Device
 from snakepit_celery.metrics.hooks import count_event, observe_hot_path
-from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.task_options import (
     SNAKEPIT_OPTIONS,
     TaskOptions,
     check_option_names,
 )
-from snakepit_celery.testing import is_testing
 
 __all__ = [
     "TASK_FACTS_EVENT",
@@ -71,8 +68,6 @@ logger = logging.getLogger(__name__)
 
 #: The event carrying a run's node, device, breaker, crash count and attempt (with ``-E``).
 TASK_FACTS_EVENT = RUN_EVENT
-#: Shortest countdown of a task re-queued by an open breaker (s).
-MIN_DEFER_COUNTDOWN = 0.1
 
 
 class SnakepitTask(Task):  # type: ignore[misc]
@@ -277,14 +272,14 @@ class SnakepitTask(Task):  # type: ignore[misc]
         except CircuitOpenError as exc:
             if not runtime.defer_on_open or request.is_eager:
                 raise
-            self._defer(exc, breaker, request, headers)
+            defer(self, exc, breaker, request, headers)
         except Exception as exc:
             if runtime.barrier.enabled:
                 note_gpu_fatal(runtime.barrier, runtime.health, request, exc, self.device_or_none())
             policy = runtime.policy
             if policy is None or not policy.retry_for_error(exc):
                 raise
-            self._retry_or_give_up(policy, exc, attempt, request, headers)
+            retry_or_give_up(self, policy, exc, attempt, headers)
         if attempt > 1 and runtime.policy is not None:
             signals.retry_success.send(
                 sender=self, attempts=attempt, total_duration=headers.since_first_try()
@@ -322,62 +317,6 @@ class SnakepitTask(Task):  # type: ignore[misc]
             logger.warning("could not send %s", TASK_FACTS_EVENT, exc_info=True)
         else:
             count_event(TASK_FACTS_EVENT, lost=False)
-
-    def _defer(
-        self,
-        exc: CircuitOpenError,
-        breaker: CircuitBreaker | None,
-        request: Any,
-        headers: MessageHeaders,
-    ) -> None:
-        """Re-queue after ``retry_after`` without spending an attempt (always raises Retry).
-
-        A saturated half-open breaker answers with its probe's lease; waiting
-        longer than ``reset_timeout`` for that probe's verdict gains nothing.
-        """
-        countdown = exc.retry_after
-        if breaker is not None and exc.breaker == breaker.name:
-            countdown = min(countdown, breaker.reset_timeout)
-        countdown = max(countdown, MIN_DEFER_COUNTDOWN)
-        retry_headers = {**headers.republished(), HEADER_DEFERRALS: headers.deferrals + 1}
-        logger.info(
-            "task %s[%s] deferred %.2fs: breaker %s is open",
-            self.name,
-            request.id,
-            countdown,
-            exc.breaker,
-            extra={"task_id": request.id, "breaker": exc.breaker, "countdown": countdown},
-        )
-        raise self.retry(
-            exc=exc, countdown=countdown, max_retries=headers.retries + 1, headers=retry_headers
-        )
-
-    def _retry_or_give_up(
-        self,
-        policy: RetryPolicy,
-        exc: Exception,
-        attempt: int,
-        request: Any,
-        headers: MessageHeaders,
-    ) -> None:
-        """Retry through Celery with the policy's countdown, or raise RetryExhaustedError."""
-        if policy.should_retry(attempt):
-            delay = 0.0 if is_testing() else policy.backoff_for_attempt(attempt)
-            signals.retry_attempt.send(sender=self, attempt=attempt, delay=delay)
-            retry_headers = {
-                **headers.republished(),
-                HEADER_FIRST_TRY: headers.first_try or time.time(),
-            }
-            raise self.retry(
-                exc=exc, countdown=delay, max_retries=headers.retries + 1, headers=retry_headers
-            )
-        signals.retry_exhausted.send(
-            sender=self,
-            attempts=attempt,
-            total_duration=headers.since_first_try(),
-            last_error=exc,
-        )
-        raise RetryExhaustedError(attempt, exc) from exc
 
     # -- crashes seen from inside the child ---------------------------------------------
     def _crash_ledger_gate(

@@ -17,12 +17,12 @@ from typing import Any
 
 from snakepit_celery.policy.routing import (
     ACCELERATOR_KINDS,
-    FleetSnapshot,
     Pref,
     RouteDecision,
     device_queue,
     generic_queue,
 )
+from snakepit_celery.policy.snapshot import FleetSnapshot
 
 __all__ = ["Placement", "gpu_room", "place_by_memory"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from snakepit_celery.policy.routing import NodeRecord
+from snakepit_celery.policy.snapshot import NodeRecord
 
 __all__ = ["FleetView", "desired_queues", "live_untainted_others"]
 

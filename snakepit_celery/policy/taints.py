@@ -16,7 +16,7 @@ from snakepit_celery.policy.crash import Classification, classification_or_none
 
 if TYPE_CHECKING:
     from snakepit_celery.hardware.types import Device
-    from snakepit_celery.store.base import TaintRecord
+    from snakepit_celery.store.records import TaintRecord
 
 __all__ = ["Taint", "TaintKind", "device_key", "device_member", "worker_member"]
 

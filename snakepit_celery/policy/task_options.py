@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
 
 __all__ = [

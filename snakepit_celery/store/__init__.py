@@ -9,17 +9,17 @@
 
 from __future__ import annotations
 
-from snakepit_celery.store.base import (
+from snakepit_celery.store.base import Store
+from snakepit_celery.store.memory import MemoryStore
+from snakepit_celery.store.records import (
     BreakerDecision,
     BreakerRecord,
     BreakerSnapshot,
     HealthSnapshot,
     LedgerEntry,
-    Store,
     TaintRecord,
     WorkerCrashes,
 )
-from snakepit_celery.store.memory import MemoryStore
 from snakepit_celery.store.redis import RedisStore
 from snakepit_celery.store.registry import (
     ALLOWED_SCHEMES,

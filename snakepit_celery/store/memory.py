@@ -15,9 +15,16 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from snakepit_celery.store.base import (
-    DEFAULT_GROUP,
-    NODE_RETENTION,
+from snakepit_celery.store.memory_nodes import MemoryNodes
+from snakepit_celery.store.memory_quarantine import MemoryQuarantine
+from snakepit_celery.store.memory_state import (
+    BreakerState,
+    CrashLog,
+    ForkSafeRLock,
+    LedgerState,
+    TaintTable,
+)
+from snakepit_celery.store.records import (
     BreakerDecision,
     BreakerRecord,
     BreakerSnapshot,
@@ -26,14 +33,6 @@ from snakepit_celery.store.base import (
     QuarantineEntry,
     TaintRecord,
     WorkerCrashes,
-    node_incarnation,
-)
-from snakepit_celery.store.memory_state import (
-    BreakerState,
-    CrashLog,
-    ForkSafeRLock,
-    LedgerState,
-    TaintTable,
 )
 
 __all__ = ["MemoryStore"]
@@ -42,7 +41,7 @@ __all__ = ["MemoryStore"]
 TOTAL_TTL = 7 * 24 * 3600.0
 
 
-class MemoryStore:
+class MemoryStore(MemoryNodes, MemoryQuarantine):
     """In-process ``Store`` (``memory://``): atomic by a lock, clock ``time.time()``."""
 
     #: URL schemes this backend serves (see ``store.registry``).
@@ -57,14 +56,10 @@ class MemoryStore:
         self._pools: dict[str, CrashLog] = {}
         self._taints: dict[str, TaintTable] = {}
         self._ledgers: dict[str, LedgerState] = {}
-        # (group, node) -> (heartbeat, expiry, record, incarnation)
         self._nodes: dict[tuple[str, str], tuple[float, float, dict[str, Any], str]] = {}
-        # (group, node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
         self._incarnations: dict[tuple[str, str, str], tuple[float, float, dict[str, Any]]] = {}
-        # (group, node, incarnation) -> when node_reap claimed it (fenced for NODE_RETENTION)
         self._reaped: dict[tuple[str, str, str], float] = {}
         self._quarantine: dict[str, QuarantineEntry] = {}
-        # task id -> (expiry, crash history)
         self._crash_history: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
     def __repr__(self) -> str:
@@ -386,168 +381,5 @@ class MemoryStore:
             running = led.running_on if led.lease_until > now else None
             return LedgerEntry(led.starts, led.finishes, led.crashes, running, led.released)
 
-    # -- node registry --------------------------------------------------------
-    def _prune_incarnations(self, now: float) -> None:
-        cutoff = now - NODE_RETENTION
-        for key in [k for k, (_, exp, _) in self._incarnations.items() if exp <= cutoff]:
-            del self._incarnations[key]
-        for key in [k for k, reaped_at in self._reaped.items() if reaped_at <= cutoff]:
-            del self._reaped[key]
-
-    def node_register(
-        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
-    ) -> bool:
-        """Write (or refresh) a node's record; it vanishes ``ttl`` after the last refresh.
-
-        Its incarnation's copy stays ``NODE_RETENTION`` longer, for ``node_reap``.
-        False (nothing written) when this incarnation was reaped: it is fenced.
-        """
-        with self._lock:
-            now = self.now()
-            record = json.loads(json.dumps(dict(data), default=str))
-            incarnation = node_incarnation(data)
-            if (group, node, incarnation) in self._reaped:
-                return False
-            self._nodes[(group, node)] = (now, now + ttl, record, incarnation)
-            self._incarnations[(group, node, incarnation)] = (now, now + ttl, record)
-            self._prune_incarnations(now)
-            return True
-
-    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
-        """Records of the group's live nodes (with ``node`` and ``heartbeat_age``), by name."""
-        with self._lock:
-            now = self.now()
-            for key in [k for k, (_, exp, _, _) in self._nodes.items() if exp <= now]:
-                del self._nodes[key]
-            return [
-                {**record, "node": node, "heartbeat_age": max(0.0, now - beat)}
-                for (owner, node), (beat, _, record, _) in sorted(self._nodes.items())
-                if owner == group
-            ]
-
-    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
-        """Drop a node's record and its current incarnation's (clean shutdown)."""
-        with self._lock:
-            entry = self._nodes.pop((group, node), None)
-            if entry is not None:
-                self._incarnations.pop((group, node, entry[3]), None)
-
-    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
-        """Claim the last records of the group's incarnations expired > ``grace`` ago."""
-        with self._lock:
-            now = self.now()
-            self._prune_incarnations(now)
-            cutoff = now - max(0.0, grace)
-            dead = sorted(
-                (
-                    key
-                    for key, (_, exp, _) in self._incarnations.items()
-                    if key[0] == group and exp <= cutoff
-                ),
-                key=lambda key: (key[1], self._incarnations[key][0]),
-            )
-            claimed = []
-            for key in dead:
-                beat, _, record = self._incarnations.pop(key)
-                self._reaped[key] = now
-                claimed.append(
-                    {
-                        **record,
-                        "node": key[1],
-                        "incarnation": key[2],
-                        "heartbeat_age": max(0.0, now - beat),
-                    }
-                )
-            return claimed
-
     def close(self) -> None:
         """Nothing to release."""
-
-    # -- GPU memory reservations ----------------------------------------------
-    def gpu_reserve(
-        self, gpu: str, reservation: str, *, mb: int, capacity_mb: int, ttl: float
-    ) -> bool:
-        """Reserve ``mb`` on ``gpu`` when its live reservations leave room (see ``Store``)."""
-        with self._lock:
-            now = self.now()
-            live = self._gpu_live(now)
-            taken = sum(size for (g, r), (size, _) in live.items() if g == gpu and r != reservation)
-            if taken + mb > capacity_mb:
-                return False
-            live[(gpu, reservation)] = (int(mb), now + ttl)
-            self._reservations = live
-            return True
-
-    # -- quarantine ---------------------------------------------------------------
-    def _live_quarantine(self, now: float) -> list[QuarantineEntry]:
-        for entry_id in [i for i, e in self._quarantine.items() if e.expires_at <= now]:
-            del self._quarantine[entry_id]
-        return sorted(self._quarantine.values(), key=lambda e: (e.expires_at, e.entry_id))
-
-    def quarantine_add(
-        self, entry_id: str, record: Mapping[str, Any], *, ttl: float, max_entries: int
-    ) -> list[str]:
-        """Keep ``record`` as ``entry_id`` until now+``ttl``; returns the ids evicted."""
-        with self._lock:
-            now = self.now()
-            self._live_quarantine(now)
-            copied = json.loads(json.dumps(dict(record), default=str))
-            self._quarantine[entry_id] = QuarantineEntry(entry_id, now, now + ttl, copied)
-            live = self._live_quarantine(now)
-            evicted = [e.entry_id for e in live[: max(0, len(live) - max(1, max_entries))]]
-            for gone in evicted:
-                del self._quarantine[gone]
-            return evicted
-
-    def quarantine_list(self) -> list[QuarantineEntry]:
-        """The live quarantined messages, oldest first."""
-        with self._lock:
-            return sorted(self._live_quarantine(self.now()), key=lambda e: e.quarantined_at)
-
-    def quarantine_get(self, entry_id: str) -> QuarantineEntry | None:
-        """One live quarantined message, or None."""
-        with self._lock:
-            self._live_quarantine(self.now())
-            return self._quarantine.get(entry_id)
-
-    def quarantine_remove(self, entry_id: str) -> QuarantineEntry | None:
-        """Take one message out of the quarantine; returns it, or None."""
-        with self._lock:
-            self._live_quarantine(self.now())
-            return self._quarantine.pop(entry_id, None)
-
-    def quarantine_note(
-        self, task_id: str, crash: Mapping[str, Any], *, ttl: float, max_entries: int
-    ) -> None:
-        """Append one crash to ``task_id``'s history (newest ``max_entries`` kept)."""
-        with self._lock:
-            now = self.now()
-            expires, history = self._crash_history.get(task_id, (0.0, []))
-            if expires <= now:
-                history = []
-            history = [*history, json.loads(json.dumps(dict(crash), default=str))]
-            self._crash_history[task_id] = (now + ttl, history[-max(1, max_entries) :])
-
-    def quarantine_history(self, task_id: str) -> list[dict[str, Any]]:
-        """``task_id``'s crash history, oldest first."""
-        with self._lock:
-            expires, history = self._crash_history.get(task_id, (0.0, []))
-            return list(history) if expires > self.now() else []
-
-    def quarantine_forget(self, task_id: str) -> None:
-        """Drop ``task_id``'s crash ledger and crash history (its replay counts afresh)."""
-        with self._lock:
-            self._ledgers.pop(task_id, None)
-            self._crash_history.pop(task_id, None)
-
-    def gpu_reservations(self) -> dict[str, int]:
-        """MB reserved per GPU over live reservations."""
-        with self._lock:
-            totals: dict[str, int] = {}
-            for (gpu, _), (size, _) in self._gpu_live(self.now()).items():
-                totals[gpu] = totals.get(gpu, 0) + size
-            return totals
-
-    def _gpu_live(self, now: float) -> dict[tuple[str, str], tuple[int, float]]:
-        reservations: dict[tuple[str, str], tuple[int, float]] = getattr(self, "_reservations", {})
-        return {key: value for key, value in reservations.items() if value[1] > now}

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from snakepit_celery.store.base import TaintRecord, WorkerCrashes
+from snakepit_celery.store.records import TaintRecord, WorkerCrashes
 
 __all__ = ["BreakerState", "CrashLog", "ForkSafeRLock", "LedgerState", "TaintTable"]
 

@@ -22,27 +22,22 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from snakepit_celery.errors import ConfigError, StoreUnavailableError
-from snakepit_celery.store.base import (
-    DEFAULT_GROUP,
-    NODE_RETENTION,
+from snakepit_celery.store.records import (
     BreakerDecision,
     BreakerRecord,
     BreakerSnapshot,
     HealthSnapshot,
     LedgerEntry,
-    QuarantineEntry,
     TaintRecord,
     WorkerCrashes,
-    node_incarnation,
 )
-from snakepit_celery.store.redis_connect import RedisConnection
+from snakepit_celery.store.redis_nodes import RedisNodes
+from snakepit_celery.store.redis_quarantine import RedisQuarantine
 from snakepit_celery.store.redis_schema import (
     BREAKER_TTL,
     HEALTH_TOTAL_TTL,
     count_arg,
-    node_record,
     opt_text,
-    quarantine_entry,
     seconds_arg,
     text,
     ttl_ms_arg,
@@ -52,7 +47,7 @@ from snakepit_celery.store.urls import redact
 __all__ = ["RedisStore"]
 
 
-class RedisStore(RedisConnection):
+class RedisStore(RedisNodes, RedisQuarantine):
     """``Store`` on Redis (single server, Sentinel or Cluster).
 
     ``url_or_client`` is a URL (``redis://``, ``rediss://``, ``unix://``,
@@ -91,17 +86,6 @@ class RedisStore(RedisConnection):
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r}, key_prefix={self.key_prefix!r})"
-
-    # -- keys and scripts -----------------------------------------------------
-    def key(self, kind: str, name: str | None = None, part: str | None = None) -> str:
-        """Build a key: ``key("br", "payments")`` -> ``snakepit:{br:payments}``.
-
-        ``part`` names a secondary key of the same object (same hash slot):
-        ``key("br", "payments", "probes")`` -> ``snakepit:{br:payments}:probes``.
-        """
-        tag = kind if name is None else f"{kind}:{name}"
-        full = f"{self.key_prefix}:{{{tag}}}"
-        return full if part is None else f"{full}:{part}"
 
     # -- basics ---------------------------------------------------------------
     def now(self) -> float:
@@ -363,142 +347,6 @@ class RedisStore(RedisConnection):
         return LedgerEntry(
             int(starts), int(finishes), int(crashes), opt_text(running), bool(released)
         )
-
-    # -- node registry --------------------------------------------------------
-    def _node_keys(self, group: str) -> list[str]:
-        return [
-            self.key("nodes", group),
-            self.key("nodes", group, part="records"),
-            self.key("nodes", group, part="incarnations"),
-            self.key("nodes", group, part="incarnation_records"),
-            self.key("nodes", group, part="reaped"),
-        ]
-
-    def node_register(
-        self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
-    ) -> bool:
-        """Write (or refresh) a node's record, and its incarnation's for ``node_reap``.
-
-        False (nothing written) when this incarnation was reaped: it is fenced.
-        """
-        payload = json.dumps(dict(data), default=str, sort_keys=True)
-        return bool(
-            self._run(
-                "node_register",
-                self._node_keys(group),
-                [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
-            )
-        )
-
-    def node_list(self, *, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
-        """Records of live nodes (each with ``node`` and ``heartbeat_age`` added), by name."""
-        reply = self._run("node_list", self._node_keys(group)[:2], [])
-        now = float(reply[0])
-        nodes = [node_record(text(reply[i]), reply[i + 1], now) for i in range(1, len(reply), 2)]
-        return sorted(nodes, key=lambda r: str(r["node"]))
-
-    def node_remove(self, node: str, *, group: str = DEFAULT_GROUP) -> None:
-        """Drop a node's record and its current incarnation's (clean shutdown)."""
-        self._run("node_remove", self._node_keys(group)[:4], [node])
-
-    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
-        """Claim (atomically, once fleet-wide) records of incarnations dead > ``grace`` s."""
-        reply = self._run(
-            "node_reap",
-            self._node_keys(group)[2:],
-            [seconds_arg("grace", max(0.0, grace)), NODE_RETENTION],
-        )
-        now = float(reply[0])
-        records = []
-        for i in range(1, len(reply), 2):
-            node, _, incarnation = text(reply[i]).rpartition("|")
-            records.append({**node_record(node, reply[i + 1], now), "incarnation": incarnation})
-        return sorted(records, key=lambda r: (str(r["node"]), -float(r["heartbeat_age"])))
-
-    # -- GPU memory reservations ----------------------------------------------
-    def _gpu_keys(self) -> list[str]:
-        return [self.key("gpumem"), self.key("gpumem", None, "mb")]
-
-    def gpu_reserve(
-        self, gpu: str, reservation: str, *, mb: int, capacity_mb: int, ttl: float
-    ) -> bool:
-        """Reserve ``mb`` on ``gpu`` when its live reservations leave room (see ``Store``)."""
-        args = [
-            gpu,
-            reservation,
-            count_arg("mb", mb),
-            count_arg("capacity_mb", max(0, capacity_mb)),
-            seconds_arg("ttl", ttl),
-        ]
-        return bool(self._run("gpu_reserve", self._gpu_keys(), args))
-
-    def gpu_reservations(self) -> dict[str, int]:
-        """MB reserved per GPU over live reservations."""
-        reply = self._run("gpu_reservations", self._gpu_keys(), [])
-        return {text(reply[i]): int(float(reply[i + 1])) for i in range(0, len(reply), 2)}
-
-    # -- quarantine -----------------------------------------------------------
-    def _quarantine_keys(self) -> list[str]:
-        return [self.key("quarantine"), self.key("quarantine", part="records")]
-
-    def quarantine_add(
-        self, entry_id: str, record: Mapping[str, Any], *, ttl: float, max_entries: int
-    ) -> list[str]:
-        """Keep ``record`` as ``entry_id`` until now+``ttl``; returns the ids evicted."""
-        payload = json.dumps(dict(record), default=str, sort_keys=True)
-        reply = self._run(
-            "quarantine_add",
-            self._quarantine_keys(),
-            [
-                entry_id,
-                seconds_arg("ttl", ttl),
-                max(1, count_arg("max_entries", max_entries)),
-                payload,
-            ],
-        )
-        return [text(gone) for gone in reply[1:]]
-
-    def _quarantine_entries(self, entry_id: str) -> list[QuarantineEntry]:
-        reply = self._run("quarantine_list", self._quarantine_keys(), [entry_id])
-        return [quarantine_entry(reply[i : i + 3]) for i in range(1, len(reply), 3)]
-
-    def quarantine_list(self) -> list[QuarantineEntry]:
-        """The live quarantined messages, oldest first."""
-        return sorted(self._quarantine_entries(""), key=lambda e: e.quarantined_at)
-
-    def quarantine_get(self, entry_id: str) -> QuarantineEntry | None:
-        """One live quarantined message, or None."""
-        found = self._quarantine_entries(entry_id) if entry_id else []
-        return found[0] if found else None
-
-    def quarantine_remove(self, entry_id: str) -> QuarantineEntry | None:
-        """Take one message out of the quarantine; returns it, or None."""
-        reply = self._run("quarantine_remove", self._quarantine_keys(), [entry_id])
-        return quarantine_entry(reply[1:4]) if len(reply) > 1 else None
-
-    def quarantine_note(
-        self, task_id: str, crash: Mapping[str, Any], *, ttl: float, max_entries: int
-    ) -> None:
-        """Append one crash to ``task_id``'s history (newest ``max_entries`` kept)."""
-        self._run(
-            "quarantine_note",
-            [self.key("task", task_id, "crashes")],
-            [
-                json.dumps(dict(crash), default=str, sort_keys=True),
-                max(1, count_arg("max_entries", max_entries)),
-                ttl_ms_arg(ttl),
-            ],
-        )
-
-    def quarantine_history(self, task_id: str) -> list[dict[str, Any]]:
-        """``task_id``'s crash history, oldest first."""
-        reply = self._run("quarantine_history", [self.key("task", task_id, "crashes")], [])
-        return [json.loads(text(item).partition("|")[2]) for item in reply]
-
-    def quarantine_forget(self, task_id: str) -> None:
-        """Drop ``task_id``'s crash ledger and crash history (its replay counts afresh)."""
-        task = self.key("task", task_id)
-        self._run("quarantine_forget", [task, f"{task}:crashes"], [])
 
 
 def _config(stored: Any) -> dict[str, Any] | None:

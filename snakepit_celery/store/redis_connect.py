@@ -4,11 +4,11 @@
 ``ssl_cert_reqs``), so a URL that can never work fails at startup, not on
 every call. ``client_from_url`` builds the redis-py client (plain, Sentinel
 or Cluster) with short timeouts. ``RedisConnection`` (the base of
-``RedisStore``) makes that client lazily and runs the Lua scripts by SHA,
-reloading a script Redis forgot and waiting out a Cluster slot migration for
-a bounded time. ``store_error`` sorts a redis-py error into
-``StoreUnavailableError`` (an outage: fail-open applies) or
-``StoreScriptError`` (Redis refused the operation: a bug or a misconfiguration).
+``RedisStore``) makes that client lazily, builds the keys (one hash tag
+per object) and runs the Lua scripts by SHA, reloading a script Redis forgot
+and waiting out a Cluster slot migration for a bounded time. ``store_error``
+sorts a redis-py error into ``StoreUnavailableError`` (an outage: fail-open
+applies) or ``StoreScriptError`` (Redis refused the operation: a bug or a misconfiguration).
 """
 
 from __future__ import annotations
@@ -210,6 +210,9 @@ class RedisConnection:
     connecting) or a ready redis-py client, which is then not closed here.
     """
 
+    #: First part of every key (set by the subclass before any key is built).
+    key_prefix: str
+
     def __init__(
         self,
         url_or_client: Any,
@@ -245,6 +248,16 @@ class RedisConnection:
                     with self._guard("connect"):
                         self._client = client_from_url(self.url, *self._timeouts)
         return self._client
+
+    def key(self, kind: str, name: str | None = None, part: str | None = None) -> str:
+        """Build a key: ``key("br", "payments")`` -> ``snakepit:{br:payments}``.
+
+        ``part`` names a secondary key of the same object (same hash slot):
+        ``key("br", "payments", "probes")`` -> ``snakepit:{br:payments}:probes``.
+        """
+        tag = kind if name is None else f"{kind}:{name}"
+        full = f"{self.key_prefix}:{{{tag}}}"
+        return full if part is None else f"{full}:{part}"
 
     @contextmanager
     def _guard(self, operation: str) -> Iterator[None]:

@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any
 
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.store.base import QuarantineEntry
+from snakepit_celery.store.records import QuarantineEntry
 
 __all__ = [
     "BREAKER_TTL",

@@ -11,7 +11,7 @@ import pytest
 
 from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.errors import DeviceNotAvailableError
-from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.testing import wait_until
 from tests.support.fleet import CPU_HARDWARE, Fleet, cuda_hardware, fleet_fixture
 

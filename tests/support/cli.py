@@ -29,7 +29,7 @@ from snakepit_celery.celery.cli import snakepit
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.health import HealthMonitor
-from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.store import Store, set_default_store, set_fail_open
 from tests.support import ROOT
 

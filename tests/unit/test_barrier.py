@@ -20,7 +20,8 @@ from snakepit_celery.errors import (
     WorkerCrashedError,
 )
 from snakepit_celery.hardware.types import Accelerator, Device
-from snakepit_celery.policy.crash import Classification, CrashBarrierConfig, CrashInfo
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
+from snakepit_celery.policy.crash import Classification, CrashInfo
 from snakepit_celery.policy.taints import Taint, TaintKind, device_key
 from snakepit_celery.store import RedisStore, set_fail_open, store_from_url
 from snakepit_celery.store.base import Store

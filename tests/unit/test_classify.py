@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakepit_celery.errors import ConfigError
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.policy.crash import (
     Classification,
-    CrashBarrierConfig,
     CrashInfo,
     RetryMode,
     classify,

@@ -19,7 +19,7 @@ from snakepit_celery.config import (
     resolve_store_url,
 )
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.policy.retry import RetryPolicy
 from snakepit_celery.policy.settings import BREAKER_KEYS, HEALTH_KEYS, BreakerConfig, HealthConfig
 

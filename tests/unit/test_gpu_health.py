@@ -15,7 +15,8 @@ from snakepit_celery.celery.bootsteps.gpu_recycle import recycle_over_gpu_memory
 from snakepit_celery.celery.bootsteps.gpu_watch import GpuHealthService
 from snakepit_celery.celery.crash import ChildRecycled
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.hardware.gpu_health import NvmlWatcher, process_gpu_memory_mb, read_notice
+from snakepit_celery.hardware.gpu_health import NvmlWatcher, process_gpu_memory_mb
+from snakepit_celery.hardware.gpu_notice import read_notice
 from snakepit_celery.policy.gpu_health import (
     HEALTH_ACTIONS,
     FindingKind,

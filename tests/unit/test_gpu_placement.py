@@ -13,7 +13,8 @@ from snakepit_celery import snakepit_task
 from snakepit_celery.celery.router import SnakepitRouter
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.placement import gpu_room, place_by_memory
-from snakepit_celery.policy.routing import FleetSnapshot, Pref, parse_prefs
+from snakepit_celery.policy.routing import Pref, parse_prefs
+from snakepit_celery.policy.snapshot import FleetSnapshot
 from snakepit_celery.store.memory import MemoryStore
 
 

@@ -14,7 +14,7 @@ from kombu import Connection, Exchange, Queue
 from snakepit_celery import signals
 from snakepit_celery.celery.poison import kombu_message, request_message
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.policy.crash import CrashBarrierConfig
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.quarantine import Quarantine, QuarantinedMessage, message_digest
 from snakepit_celery.store import Store
 

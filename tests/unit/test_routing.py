@@ -10,16 +10,18 @@ from snakepit_celery.celery.router import SnakepitRouter
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
 from snakepit_celery.hardware import Device, HardwareInfo
 from snakepit_celery.policy.routing import (
-    FleetSnapshot,
-    NodeRecord,
     Pref,
     RouteDecision,
     decide_route,
-    device_taint_members,
     node_devices,
     parse_prefs,
     queue_device,
     queues_for,
+)
+from snakepit_celery.policy.snapshot import (
+    FleetSnapshot,
+    NodeRecord,
+    device_taint_members,
     worker_taint_member,
 )
 

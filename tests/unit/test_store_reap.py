@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import redis
 
-import snakepit_celery.store.memory as memory_module
-import snakepit_celery.store.redis as redis_module
+import snakepit_celery.store.memory_nodes as memory_module
+import snakepit_celery.store.redis_nodes as redis_module
 from snakepit_celery.store import MemoryStore, RedisStore, Store
 from snakepit_celery.store.base import DEFAULT_GROUP, NODE_RETENTION
 

@@ -21,11 +21,8 @@ from celery import signals as celery_signals
 
 from snakepit_celery.celery.app_context import settings_for
 from snakepit_celery.celery.crash import ChildRecycled
-from snakepit_celery.hardware.gpu_health import (
-    notice_version,
-    process_gpu_memory_mb,
-    read_notice,
-)
+from snakepit_celery.hardware.gpu_health import process_gpu_memory_mb
+from snakepit_celery.hardware.gpu_notice import notice_version, read_notice
 
 __all__ = [
     "connect_child_recycling",

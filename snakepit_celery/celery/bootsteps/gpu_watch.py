@@ -32,12 +32,8 @@ from snakepit_celery import signals
 from snakepit_celery.celery.app_context import app_store, settings_for, taint_pools
 from snakepit_celery.celery.bootsteps.gpu_recycle import connect_child_recycling
 from snakepit_celery.errors import StoreUnavailableError
-from snakepit_celery.hardware.gpu_health import (
-    HealthNotice,
-    NvmlWatcher,
-    remove_notice,
-    write_notice,
-)
+from snakepit_celery.hardware.gpu_health import NvmlWatcher
+from snakepit_celery.hardware.gpu_notice import HealthNotice, remove_notice, write_notice
 from snakepit_celery.hardware.types import Accelerator, Device
 from snakepit_celery.metrics.gpu import enable_gpu_metrics
 from snakepit_celery.metrics.hooks import metrics_enabled

@@ -26,7 +26,7 @@ from snakepit_celery.celery.cli.output import (
 )
 from snakepit_celery.celery.poison import replay as replay_message
 from snakepit_celery.quarantine import Quarantine
-from snakepit_celery.store.base import QuarantineEntry
+from snakepit_celery.store.records import QuarantineEntry
 
 __all__ = ["quarantine"]
 

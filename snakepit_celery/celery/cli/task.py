@@ -27,7 +27,7 @@ from snakepit_celery.celery.cli.output import (
     table,
 )
 from snakepit_celery.celery.task import SnakepitTask
-from snakepit_celery.store.base import LedgerEntry
+from snakepit_celery.store.records import LedgerEntry
 
 __all__ = ["TaskFacts", "task_command", "task_facts"]
 
