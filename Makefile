@@ -25,7 +25,7 @@ types: $(STAMP)
 	$(BIN)/mypy --strict snakepit_celery examples
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -28,6 +28,7 @@ from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import RedisStore, fail_open, set_fail_open, store_error_count
+from snakepit_celery.store.base import DEFAULT_GROUP
 from snakepit_celery.testing.redis_cluster import LocalCluster
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from tests.support.deployments import CallLoop
@@ -261,7 +262,7 @@ FRESH_OBJECT_CALLS: dict[str, Callable[[RedisStore, str], object]] = {
 def test_multi_key_scripts_wait_out_a_slot_move_that_takes_a_second(
     cluster: LocalCluster, store: RedisStore, strict_store: None, kind: str
 ) -> None:
-    name = None if kind == "nodes" else "moving"
+    name = DEFAULT_GROUP if kind == "nodes" else "moving"
     slot = key_slot(store.key(kind, name).encode())
     target = next(node for node in cluster.nodes if node is not cluster.owner(slot))
     failures: list[BaseException] = []
@@ -276,7 +277,7 @@ def test_multi_key_scripts_wait_out_a_slot_move_that_takes_a_second(
     redirections_before = redirections(cluster)
     mover.start()
     time.sleep(SLOW_MIGRATION_STEP / 4)  # the slot is MIGRATING now, for about two seconds
-    FRESH_OBJECT_CALLS[kind](store, name or "")
+    FRESH_OBJECT_CALLS[kind](store, name)
     mover.join(30)
     assert failures == []
     assert redirections(cluster) > redirections_before  # the call met the slot mid-move
