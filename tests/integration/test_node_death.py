@@ -156,9 +156,9 @@ def held_by(fleet: ChaosFleet, node: WorkerNode, task_id: str) -> bool:
 
 def test_node_frozen_until_declared_dead_is_fenced_when_it_wakes(fleet: ChaosFleet) -> None:
     frozen = fleet.start(fleet.node_name(0), concurrency=1).wait_ready(60)
-    fleet.start(fleet.node_name(1)).wait_ready(60)
     task_id = fleet.send("chaos.once", 60.0)
     wait_until(lambda: running_on(fleet, task_id) == frozen.name, 30, what="on the frozen node")
+    fleet.start(fleet.node_name(1)).wait_ready(60)  # started after: the task cannot go there
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
         wait_until(lambda: not fleet.unfinished([task_id]), 30, interval=0.1, what="the reaper")
