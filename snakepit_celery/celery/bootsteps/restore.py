@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Celery
@@ -61,21 +61,27 @@ class UnackedRestorer:
 
     def restore(self, tags: Iterable[str]) -> list[str]:
         """Move the messages of ``tags`` still unacknowledged back to their queues; their tags."""
-        wanted = list(tags)
-        if not wanted:
-            return []
-        with self._lock:
-            channel = self._redis_channel()
-            if channel is None:
-                return []
-            try:
-                return [tag for tag in wanted if self._restore_one(channel, tag)]
-            except Exception:
-                self._close()
-                raise
+        return self._on_channel(
+            tags, lambda channel, wanted: [t for t in wanted if self._restore_one(channel, t)]
+        )
 
     def unacked(self, tags: Iterable[str]) -> list[str]:
         """The ``tags`` whose messages are still unacknowledged (in kombu's ``unacked`` hash)."""
+
+        def still_unacked(channel: Any, wanted: list[str]) -> list[str]:
+            pipe = channel.client.pipeline(transaction=False)
+            for tag in wanted:
+                pipe.hget(channel.unacked_key, tag)  # HEXISTS escapes kombu's key prefix
+            found = pipe.execute()
+            return [tag for tag, raw in zip(wanted, found, strict=True) if raw is not None]
+
+        return self._on_channel(tags, still_unacked)
+
+    def _on_channel(
+        self, tags: Iterable[str], work: Callable[[Any, list[str]], list[str]]
+    ) -> list[str]:
+        """``work(channel, tags)`` on the broker's Redis channel; the connection is dropped
+        on an error (the next call opens a new one). Nothing to do without tags or Redis."""
         wanted = list(tags)
         if not wanted:
             return []
@@ -84,14 +90,10 @@ class UnackedRestorer:
             if channel is None:
                 return []
             try:
-                pipe = channel.client.pipeline(transaction=False)
-                for tag in wanted:
-                    pipe.hget(channel.unacked_key, tag)  # HEXISTS escapes kombu's key prefix
-                found = pipe.execute()
+                return work(channel, wanted)
             except Exception:
                 self._close()
                 raise
-        return [tag for tag, raw in zip(wanted, found, strict=True) if raw is not None]
 
     def close(self) -> None:
         """Release the broker connection."""
