@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from snakepit_celery.store import MemoryStore, Store, store_from_url
+from snakepit_celery.store import MemoryStore, Store, fail_open, set_fail_open, store_from_url
+from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from snakepit_celery.testing.redis_server import redis_url as find_redis_url
 
 
@@ -64,3 +65,25 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test's own, to stop and restart (skipped without the binary)."""
+    binary = find_redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    server = EmbeddedRedis(binary).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def open_failing() -> Iterator[None]:
+    """``snakepit_fail_open`` on (the default) for this test, whatever ran before."""
+    previous = fail_open()
+    set_fail_open(True)
+    yield
+    set_fail_open(previous)

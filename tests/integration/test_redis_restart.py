@@ -23,7 +23,7 @@ from snakepit_celery.breaker.shared import STORE_RETRY_INTERVAL
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.store import fail_open, set_fail_open, store_from_url
 from snakepit_celery.testing import wait_until
-from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
+from snakepit_celery.testing.redis_server import EmbeddedRedis
 from tests.support.chaos import ChaosFleet, chaos_conf
 
 THRESHOLD = 5
@@ -31,26 +31,6 @@ THRESHOLD = 5
 MAX_STALENESS = 0.25
 CALLS_WHILE_DOWN = 20
 BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 1, "backoff": [0.05]}
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    binary = find_redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary")
-    server = EmbeddedRedis(binary).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def open_failing() -> Iterator[None]:
-    previous = fail_open()
-    set_fail_open(True)
-    yield
-    set_fail_open(previous)
 
 
 def _breaker(server: EmbeddedRedis, name: str, **kwargs: Any) -> CircuitBreaker:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from celery import Celery
 from snakepit_celery.celery.app_context import check_store
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.testing import wait_until
-from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
+from snakepit_celery.testing.redis_server import EmbeddedRedis
 from tests.support.chaos import ChaosFleet, chaos_conf
 
 MAX_RESTARTS = 2
@@ -30,18 +29,6 @@ BARRIER: dict[str, Any] = {
     "max_restarts": MAX_RESTARTS,
     "backoff": [0.05],
 }
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    binary = find_redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary")
-    server = EmbeddedRedis(binary).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def fleet_on(redis_base_url: str, store: EmbeddedRedis, fail_open: bool) -> ChaosFleet:

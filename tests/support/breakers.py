@@ -8,11 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
-
 from snakepit_celery import signals
-from snakepit_celery.store import fail_open, set_fail_open
-from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 
 BREAKER_SIGNALS = {
     "opened": signals.breaker_opened,
@@ -82,25 +78,3 @@ class CountingStore:
             return attr(*args, **kwargs)
 
         return counted
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    """A redis-server of this test's own, to stop and restart (skipped without the binary)."""
-    binary = find_redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary")
-    server = EmbeddedRedis(binary).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def open_failing() -> Iterator[None]:
-    """``snakepit_fail_open`` on (the default) for this test, whatever ran before."""
-    previous = fail_open()
-    set_fail_open(True)
-    yield
-    set_fail_open(previous)

@@ -16,9 +16,6 @@ from snakepit_celery.errors import CircuitOpenError
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.redis_server import EmbeddedRedis
-from tests.support.breakers import open_failing, private_redis
-
-__all__ = ["open_failing", "private_redis"]
 
 pytestmark = [pytest.mark.usefixtures("open_failing"), pytest.mark.timeout(60)]
 
