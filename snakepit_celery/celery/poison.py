@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from kombu.serialization import dumps
 
+from snakepit_celery.celery.app_context import namespace
 from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS, HEADER_FIRST_TRY
 from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.quarantine import REASON_STOPPED, Quarantine, QuarantinedMessage
@@ -206,7 +207,7 @@ def _publish(app: Celery, message: QuarantinedMessage, queue: Any, headers: Any)
 def _replay_queue(app: Celery, message: QuarantinedMessage) -> str:
     """Where a replay goes by default: the original queue, unless it was a node's own one."""
     routing_key = message.routing_key
-    if not routing_key or routing_key.startswith(node_queue("")):
+    if not routing_key or routing_key.startswith(node_queue("", prefix=namespace(app))):
         return str(app.conf.task_default_queue)
     return routing_key
 

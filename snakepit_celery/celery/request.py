@@ -29,7 +29,7 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from snakepit_celery.celery.app_context import app_group, app_store, taint_pools
+from snakepit_celery.celery.app_context import app_group, app_store, namespace, taint_pools
 from snakepit_celery.celery.crash import (
     ChildRecycled,
     CrashOutcome,
@@ -51,7 +51,6 @@ __all__ = ["SnakepitRequest"]
 logger = logging.getLogger(__name__)
 
 #: Queues bound to one node: a crashed task re-published from one is routed afresh.
-_NODE_QUEUE_PREFIX = "snakepit.node."
 
 
 class SnakepitRequest(Request):  # type: ignore[misc]
@@ -147,8 +146,9 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         headers = {**forwarded(request.headers or {}), HEADER_CRASHES: crashes}
         signature = task.signature_from_request(request, countdown=countdown, headers=headers)
         routing_key = str((self.delivery_info or {}).get("routing_key") or "")
+        node_queues = node_queue("", prefix=namespace(task.app))
         elsewhere = None if not routing_key else self._other_node_queue(task, routing_key)
-        if elsewhere is not None or routing_key.startswith(_NODE_QUEUE_PREFIX):
+        if elsewhere is not None or routing_key.startswith(node_queues):
             for option in ("queue", "exchange", "routing_key"):
                 signature.options.pop(option, None)
             if elsewhere is not None:
@@ -185,9 +185,10 @@ class SnakepitRequest(Request):  # type: ignore[misc]
 
         A task re-published from a node's own queue is left to the router instead.
         """
-        if queue.startswith(_NODE_QUEUE_PREFIX):
-            return None
         app = task.app
+        prefix = namespace(app)
+        if queue.startswith(node_queue("", prefix=prefix)):
+            return None
         try:
             snapshot = fleet_snapshot(app_store(app), taint_pools(app), app_group(app))
         except StoreUnavailableError as exc:
@@ -200,7 +201,7 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         )
         if not nodes:
             return None
-        return node_queue(nodes[zlib.crc32(self.id.encode()) % len(nodes)])
+        return node_queue(nodes[zlib.crc32(self.id.encode()) % len(nodes)], prefix=prefix)
 
     def _fail(self, error: WorkerCrashedError, cause: BaseException) -> None:
         """End the task FAILURE with ``WorkerCrashedError`` and acknowledge its message."""

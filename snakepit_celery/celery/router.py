@@ -25,11 +25,18 @@ from typing import Any
 
 from celery import Celery
 
-from snakepit_celery.celery.app_context import allow_waiting, app_group, app_store, taint_pools
+from snakepit_celery.celery.app_context import (
+    allow_waiting,
+    app_group,
+    app_store,
+    namespace,
+    taint_pools,
+)
 from snakepit_celery.celery.oom_retry import oom_retry_gpu, unpin_delivery
 from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.placement import place_by_memory
 from snakepit_celery.policy.routing import (
+    QUEUE_PREFIX,
     Pref,
     RouteDecision,
     decide_route,
@@ -77,8 +84,10 @@ class SnakepitRouter:
         snapshot_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         reserve: Reserve | None = None,
+        queue_prefix: str | Callable[[], str] = QUEUE_PREFIX,
     ) -> None:
         self.fetch_snapshot = fetch_snapshot
+        self.queue_prefix = queue_prefix
         self.reserve = reserve
         self.allow_waiting = allow_waiting
         self.snapshot_ttl = snapshot_ttl
@@ -137,6 +146,10 @@ class SnakepitRouter:
         value = self.allow_waiting
         return bool(value() if callable(value) else value)
 
+    def _prefix(self) -> str:
+        value = self.queue_prefix
+        return value() if callable(value) else value
+
     def route(
         self, name: str, prefs: Sequence[Pref], gpu_memory: float | None = None
     ) -> RouteDecision:
@@ -147,7 +160,8 @@ class SnakepitRouter:
             if not fail_open():
                 raise
             report_store_error(exc, task=name)
-            return RouteDecision(generic_queue(prefs[0]), str(prefs[0]), waiting=True)
+            queue = generic_queue(prefs[0], prefix=self._prefix())
+            return RouteDecision(queue, str(prefs[0]), waiting=True)
         if gpu_memory is not None:
             placed = self._place(name, prefs, snapshot, gpu_memory)
             if placed is not None:
@@ -158,6 +172,7 @@ class SnakepitRouter:
             task_name=name,
             allow_waiting=self._waiting_allowed(),
             pick=next(self._picks),
+            prefix=self._prefix(),
         )
         if decision.waiting:
             logger.warning(
@@ -175,7 +190,7 @@ class SnakepitRouter:
         """Place by free GPU memory and reserve the room; decide again after a lost race."""
         mb = math.ceil(gpu_memory)
         for _ in range(1 + sum(len(n.devices) for n in snapshot.nodes)):
-            placement = place_by_memory(prefs, snapshot, gpu_memory)
+            placement = place_by_memory(prefs, snapshot, gpu_memory, prefix=self._prefix())
             if placement is None:
                 return None
             gpu, room = placement.gpu, placement.room_mb
@@ -309,6 +324,7 @@ def install_router(app: Celery, router: SnakepitRouter | None = None) -> Snakepi
             ),
             allow_waiting=lambda: allow_waiting(app),
             reserve=_reserve(app),
+            queue_prefix=lambda: namespace(app),
         )
     existing = app.conf.task_routes
     if existing is None:

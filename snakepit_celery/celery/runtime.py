@@ -28,7 +28,7 @@ from snakepit_celery.hardware.gpu_notice import read_notice
 from snakepit_celery.hardware.types import Accelerator, Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.policy.retry import RetryPolicy
-from snakepit_celery.policy.routing import Pref, parse_prefs, queue_device
+from snakepit_celery.policy.routing import QUEUE_PREFIX, Pref, parse_prefs, queue_device
 from snakepit_celery.policy.task_options import (
     SNAKEPIT_OPTIONS,
     TaskOptions,
@@ -106,15 +106,16 @@ def known_options(base: type) -> frozenset[str]:
     return SNAKEPIT_OPTIONS | CELERY_TASK_OPTIONS | frozenset(public)
 
 
-def select_device(prefs: Any, routing_key: str) -> Device:
+def select_device(prefs: Any, routing_key: str, *, prefix: str = QUEUE_PREFIX) -> Device:
     """The device for a task preferring ``prefs`` delivered on ``routing_key``.
 
     A device queue's device when one of the preferences admits it, else the
     first available preference. A kind's shared queue (``snakepit.cuda``)
     never picks a GPU this node's health watch has tainted while another
-    GPU of that kind is healthy.
+    GPU of that kind is healthy. ``prefix``: the app's namespace, which
+    starts its queue names.
     """
-    routed = queue_device(routing_key)
+    routed = queue_device(routing_key, prefix=prefix)
     if routed is not None and any(_admits(p, routed) for p in parse_prefs(prefs)):
         device = hardware.select(str(routed))
         return device if routed.index is not None else healthy_device(device)

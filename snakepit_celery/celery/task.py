@@ -27,6 +27,7 @@ from celery import Celery, Task, shared_task
 
 from snakepit_celery import signals
 from snakepit_celery.breaker import CircuitBreaker
+from snakepit_celery.celery.app_context import namespace
 from snakepit_celery.celery.crash import note_gpu_fatal
 from snakepit_celery.celery.events import RUN_EVENT
 from snakepit_celery.celery.headers import (
@@ -188,7 +189,7 @@ class SnakepitTask(Task):  # type: ignore[misc]
         key = routing_key or ""
         device = cache.get(key)
         if device is None:
-            device = cache[key] = select_device(prefs, key)
+            device = cache[key] = select_device(prefs, key, prefix=namespace(self.app))
         return device
 
     def device_or_none(self, routing_key: str | None = None) -> Device | None:

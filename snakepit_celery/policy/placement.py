@@ -17,6 +17,7 @@ from typing import Any
 
 from snakepit_celery.policy.routing import (
     ACCELERATOR_KINDS,
+    QUEUE_PREFIX,
     Pref,
     RouteDecision,
     device_queue,
@@ -76,7 +77,11 @@ def _with_memory(snapshot: FleetSnapshot, kind: str) -> tuple[_Gpu, ...]:
 
 
 def place_by_memory(
-    prefs: Sequence[Pref], snapshot: FleetSnapshot, gpu_memory: float
+    prefs: Sequence[Pref],
+    snapshot: FleetSnapshot,
+    gpu_memory: float,
+    *,
+    prefix: str = QUEUE_PREFIX,
 ) -> Placement | None:
     """The GPU with the most room covering ``gpu_memory`` (MB), preference by preference.
 
@@ -84,7 +89,7 @@ def place_by_memory(
     task) when a CPU or ``auto`` preference comes before any GPU with room,
     or when no GPU of a preference reports its memory (no health watch); no
     GPU with room anywhere: the first preference's shared queue, waiting for
-    room (never a failure).
+    room (never a failure). Queue names are those of namespace ``prefix``.
     """
     for pref in prefs:
         if pref.kind not in ACCELERATOR_KINDS:
@@ -94,10 +99,11 @@ def place_by_memory(
             return None
         if best is not None:
             room, node, device = best
-            queue = device_queue(node, str(device["kind"]), int(device["index"]))
+            queue = device_queue(node, str(device["kind"]), int(device["index"]), prefix=prefix)
             decision = RouteDecision(queue, str(pref), node=node)
             return Placement(decision, str(device["uuid"]), room)
-    return Placement(RouteDecision(generic_queue(prefs[0]), str(prefs[0]), waiting=True))
+    waiting = RouteDecision(generic_queue(prefs[0], prefix=prefix), str(prefs[0]), waiting=True)
+    return Placement(waiting)
 
 
 def _roomiest(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from snakepit_celery.policy.routing import QUEUE_PREFIX, device_queue, kind_queue
 from snakepit_celery.policy.snapshot import NodeRecord
 
 __all__ = ["FleetView", "desired_queues", "live_untainted_others"]
@@ -51,13 +52,14 @@ def desired_queues(
     fleet: FleetView,
     *,
     extra_queues: Iterable[str] = (),
+    prefix: str = QUEUE_PREFIX,
 ) -> tuple[list[str], bool]:
     """The queues ``node`` should consume given the fleet, and whether it is tainted but alone.
 
     A tainted node keeps nothing (``extra_queues``, its non-snakepit queues,
     included) unless no other live, untainted node exists; a tainted device
     loses its device queue, and its kind's queue when no untainted device of
-    that kind is left.
+    that kind is left (queue names of namespace ``prefix``).
     """
     everything = [*all_queues, *(q for q in extra_queues if q not in all_queues)]
     if fleet.node_tainted(node):
@@ -67,13 +69,12 @@ def desired_queues(
     released: set[str] = set()
     usable_kinds: set[str] = set()
     for device in devices:
-        prefix = f"snakepit.node.{node}."
-        queue = f"{prefix}{device['kind']}.{device['index']}"
+        queue = device_queue(node, str(device["kind"]), int(device["index"]), prefix=prefix)
         if fleet.device_tainted(node, device):
             released.add(queue)
         else:
             usable_kinds.add(str(device["kind"]))
     for device in devices:
         if device["kind"] not in usable_kinds:
-            released.add(f"snakepit.{device['kind']}")
+            released.add(kind_queue(str(device["kind"]), prefix=prefix))
     return [q for q in everything if q not in released], False

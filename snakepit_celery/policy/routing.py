@@ -3,6 +3,10 @@
 Every worker consumes ``snakepit.cpu``, ``snakepit.<kind>`` for each kind of
 accelerator it has (``snakepit.cuda``), ``snakepit.node.<node>`` and
 ``snakepit.node.<node>.<kind>.<index>`` per device (see ``queues_for``).
+Queue names start with the app's namespace (``snakepit_key_prefix``, the
+``prefix`` argument of every function here): ``snakepit`` by default, so an
+app with namespace ``teamb`` consumes ``teamb.cpu``, ``teamb.node.<node>`` ...
+and two apps on one broker database never consume each other's queues.
 
 ``decide_route`` sends a task with a ``device`` preference to the queue of the
 first preference that some live, untainted node offers (``policy.placement``
@@ -41,7 +45,7 @@ __all__ = [
     "queues_for",
 ]
 
-#: Every queue of the package starts with this.
+#: Every queue of the default namespace starts with this (others start with their namespace).
 QUEUE_PREFIX = "snakepit"
 
 #: Accelerator kinds, best first: the order ``"auto"`` tries them in.
@@ -54,40 +58,44 @@ ALLOWED_PREFS = '"auto", "cpu", "cuda", "mps", "rocm", "cuda:N", "rocm:N", ("cud
 # -- queue names -----------------------------------------------------------------
 
 
-def cpu_queue() -> str:
+def cpu_queue(*, prefix: str = QUEUE_PREFIX) -> str:
     """The queue every node consumes: ``snakepit.cpu``."""
-    return f"{QUEUE_PREFIX}.cpu"
+    return f"{prefix}.cpu"
 
 
-def kind_queue(kind: str) -> str:
+def kind_queue(kind: str, *, prefix: str = QUEUE_PREFIX) -> str:
     """The queue of every node that has a device of ``kind``: ``snakepit.cuda``."""
-    return f"{QUEUE_PREFIX}.{kind}"
+    return f"{prefix}.{kind}"
 
 
-def node_queue(node: str) -> str:
-    """The queue of one node: ``snakepit.node.<node>``."""
-    return f"{QUEUE_PREFIX}.node.{node}"
+def node_queue(node: str, *, prefix: str = QUEUE_PREFIX) -> str:
+    """The queue of one node: ``snakepit.node.<node>`` (``node=""``: the start of every one)."""
+    return f"{prefix}.node.{node}"
 
 
-def device_queue(node: str, kind: str, index: int) -> str:
+def device_queue(node: str, kind: str, index: int, *, prefix: str = QUEUE_PREFIX) -> str:
     """The queue of one device of one node: ``snakepit.node.<node>.cuda.1``."""
-    return f"{QUEUE_PREFIX}.node.{node}.{kind}.{index}"
+    return f"{prefix}.node.{node}.{kind}.{index}"
 
 
-def queue_device(queue: str) -> Pref | None:
-    """The device a snakepit queue stands for (``snakepit.cuda`` → ``cuda``), else None.
+def queue_device(queue: str, *, prefix: str = QUEUE_PREFIX) -> Pref | None:
+    """The device a queue of namespace ``prefix`` stands for (``snakepit.cuda`` → ``cuda``).
 
     ``snakepit.cpu`` and ``snakepit.<kind>`` name a kind, a per-device queue
-    ``snakepit.node.<node>.<kind>.<index>`` one device; node queues and any
-    other queue name no device. Used by a worker to run a task on the
-    device it was routed to, not merely the first one of its preferences.
+    ``snakepit.node.<node>.<kind>.<index>`` one device; node queues, any
+    other queue and any other namespace's queue name no device (None). Used
+    by a worker to run a task on the device it was routed to, not merely the
+    first one of its preferences.
     """
-    parts = queue.split(".")
-    if len(parts) == 2 and parts[0] == QUEUE_PREFIX and parts[1] in ("cpu", *ACCELERATOR_KINDS):
-        return Pref(parts[1])
+    if not queue.startswith(f"{prefix}."):
+        return None
+    rest = queue[len(prefix) + 1 :]
+    if rest in ("cpu", *ACCELERATOR_KINDS):
+        return Pref(rest)
+    parts = rest.split(".")
     if (
-        len(parts) >= 5
-        and queue.startswith(f"{QUEUE_PREFIX}.node.")
+        len(parts) >= 4
+        and parts[0] == "node"
         and parts[-2] in ACCELERATOR_KINDS
         and parts[-1].isdigit()
     ):
@@ -129,19 +137,20 @@ def node_devices(hardware_info: Any) -> list[dict[str, Any]]:
     return devices
 
 
-def queues_for(node: str, hardware_info: Any) -> list[str]:
+def queues_for(node: str, hardware_info: Any, *, prefix: str = QUEUE_PREFIX) -> list[str]:
     """The queues a node consumes, given its ``detect()`` result (object or ``as_dict()``).
 
     ``snakepit.cpu``, ``snakepit.<kind>`` per accelerator kind present,
-    ``snakepit.node.<node>`` and ``snakepit.node.<node>.<kind>.<index>`` per device.
+    ``snakepit.node.<node>`` and ``snakepit.node.<node>.<kind>.<index>`` per
+    device (``prefix`` in place of ``snakepit`` for another namespace).
     """
     devices = node_devices(hardware_info)
-    queues = [cpu_queue()]
+    queues = [cpu_queue(prefix=prefix)]
     for kind in ACCELERATOR_KINDS:
         if any(dev["kind"] == kind for dev in devices):
-            queues.append(kind_queue(kind))
-    queues.append(node_queue(node))
-    queues.extend(device_queue(node, dev["kind"], dev["index"]) for dev in devices)
+            queues.append(kind_queue(kind, prefix=prefix))
+    queues.append(node_queue(node, prefix=prefix))
+    queues.extend(device_queue(node, dev["kind"], dev["index"], prefix=prefix) for dev in devices)
     return queues
 
 
@@ -214,22 +223,24 @@ class RouteDecision:
         return asdict(self)
 
 
-def generic_queue(pref: Pref) -> str:
+def generic_queue(pref: Pref, *, prefix: str = QUEUE_PREFIX) -> str:
     """The queue any node offering ``pref``'s kind consumes (``snakepit.cpu`` for auto/cpu)."""
-    return cpu_queue() if pref.kind in ("cpu", "auto") else kind_queue(pref.kind)
+    if pref.kind in ("cpu", "auto"):
+        return cpu_queue(prefix=prefix)
+    return kind_queue(pref.kind, prefix=prefix)
 
 
 def _match(
-    pref: Pref, offers: Sequence[tuple[str, str, int | None]], pick: int
+    pref: Pref, offers: Sequence[tuple[str, str, int | None]], pick: int, prefix: str
 ) -> RouteDecision | None:
     if pref.kind == "auto":
         for kind in (*ACCELERATOR_KINDS, "cpu"):
             if any(offer[1] == kind for offer in offers):
-                return RouteDecision(generic_queue(Pref(kind)), str(pref))
+                return RouteDecision(generic_queue(Pref(kind), prefix=prefix), str(pref))
         return None
     if pref.index is None:
         if any(offer[1] == pref.kind for offer in offers):
-            return RouteDecision(generic_queue(pref), str(pref))
+            return RouteDecision(generic_queue(pref, prefix=prefix), str(pref))
         return None
     nodes = sorted(
         {node for node, kind, index in offers if (kind, index) == (pref.kind, pref.index)}
@@ -237,7 +248,8 @@ def _match(
     if not nodes:
         return None
     node = nodes[pick % len(nodes)]
-    return RouteDecision(device_queue(node, pref.kind, pref.index), str(pref), node=node)
+    queue = device_queue(node, pref.kind, pref.index, prefix=prefix)
+    return RouteDecision(queue, str(pref), node=node)
 
 
 def decide_route(
@@ -247,6 +259,7 @@ def decide_route(
     task_name: str = "?",
     allow_waiting: bool = False,
     pick: int = 0,
+    prefix: str = QUEUE_PREFIX,
 ) -> RouteDecision:
     """Choose the queue for a task preferring ``prefs``, in order, given the fleet.
 
@@ -255,18 +268,19 @@ def decide_route(
     untainted node matches any preference. ``pick`` spreads explicit-index
     routes over the nodes that match. Nothing matches: the generic queue of
     the first preference when ``allow_waiting``, else ``DeviceNotAvailableError``.
+    Queue names are those of namespace ``prefix``.
     """
     if not prefs:
         raise ConfigError("device", list(prefs), ALLOWED_PREFS)
     for include_tainted_nodes in (False, True):
         offers = snapshot.offers(include_tainted_nodes=include_tainted_nodes)
         for pref in prefs:
-            decision = _match(pref, offers, pick)
+            decision = _match(pref, offers, pick, prefix)
             if decision is not None:
                 return decision
     requested = [str(pref) for pref in prefs]
     if allow_waiting:
-        return RouteDecision(generic_queue(prefs[0]), requested[0], waiting=True)
+        return RouteDecision(generic_queue(prefs[0], prefix=prefix), requested[0], waiting=True)
     raise DeviceNotAvailableError(
         requested,
         f"no live, untainted node offers {' or '.join(requested)} for task {task_name!r}; "

@@ -1,7 +1,8 @@
 """Two apps sharing one store never act on each other's nodes or tasks (issue 14, item 3).
 
 App A and app B have their own brokers and result backends (two Redis
-databases) and the same ``snakepit_store_url`` and key prefix. Real nodes.
+databases) and the same ``snakepit_store_url`` and key prefix; or one broker
+database and their own namespaces, which their queue names carry. Real nodes.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from snakepit_celery.celery.app_context import app_group
+from snakepit_celery.celery.app_context import app_group, app_store, namespace
 from snakepit_celery.celery.bootsteps.reaper import REAP_GRACE
 from snakepit_celery.celery.bootsteps.registry import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
+from snakepit_celery.celery.router import fleet_snapshot
+from snakepit_celery.policy.routing import cpu_queue
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
 from tests.support.chaos import ChaosFleet, chaos_conf
+from tests.support.fleet import CPU_HARDWARE, make_app, worker_node, write_hardware
 
 BARRIER: dict[str, Any] = {
     "enabled": True,
@@ -96,3 +101,44 @@ def test_apps_sharing_a_store_never_act_on_each_others_nodes(
     assert reaped["status"] == "FAILURE"
     assert reaped["result"]["exc_type"] == "WorkerCrashedError"
     assert b.states([orphan])[orphan] is None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_namespaces_on_one_broker_database_consume_only_their_own_queues(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """Two namespaces, one broker database: each app's device-routed tasks reach its own node."""
+    apps = {ns: make_app(redis_url, key_prefix, f"{key_prefix}-{ns}") for ns in ("a", "b")}
+    hardware = write_hardware(tmp_path / "cpu.json", CPU_HARDWARE)
+    nodes = [
+        worker_node(
+            f"{ns}@iso",
+            redis_url,
+            key_prefix,
+            tmp_path,
+            hardware=hardware,
+            env={"WORKER_APP_NAMESPACE": namespace(app)},
+        )
+        for ns, app in apps.items()
+    ]
+    try:
+        for node in nodes:
+            node.start().wait_ready(60)
+        for ns, app in apps.items():
+
+            def registered(app: Any = app) -> bool:
+                snapshot = fleet_snapshot(app_store(app), ("default",), app_group(app))
+                return bool(snapshot.nodes)
+
+            wait_until(registered, 30, what=f"{ns}'s node registered")
+        for ns, app in apps.items():
+            sent = [app.tasks["worker_app.prefer_cuda"].apply_async() for _ in range(6)]
+            results = [result.get(timeout=20) for result in sent]
+            assert {r["node"] for r in results} == {f"{ns}@iso"}
+            assert {r["queue"] for r in results} == {cpu_queue(prefix=namespace(app))}
+    finally:
+        for node in nodes:
+            node.stop()
+        for app in apps.values():
+            app.close()

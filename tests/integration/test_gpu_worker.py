@@ -36,7 +36,7 @@ def test_xid_79_taints_that_gpu_only_and_a_queued_cuda_task_runs_on_the_other(
     worker, nvml = gpu_node(fleet, "gpu@xid", gpus=2, concurrency=1)
     first = fleet.app.send_task("gpu_app.on_gpu", device="cuda").get(timeout=RESULT_TIMEOUT)
     assert (first["device"], first["uuid"]) == ("cuda:0", GPU0)
-    busy = fleet.app.tasks["worker_app.sleep"].apply_async((2.0,), queue="snakepit.cuda")
+    busy = fleet.app.tasks["worker_app.sleep"].apply_async((2.0,), queue=fleet.queue("cuda"))
     queued = fleet.app.send_task("gpu_app.on_gpu", kwargs={}, device="cuda")
     time.sleep(0.3)
     sent = time.monotonic()
@@ -47,11 +47,11 @@ def test_xid_79_taints_that_gpu_only_and_a_queued_cuda_task_runs_on_the_other(
 
     def released() -> bool:
         record = fleet.node("gpu@xid") or {}
-        return "snakepit.node.gpu@xid.cuda.0" not in record.get("queues", ())
+        return fleet.queue("node.gpu@xid.cuda.0") not in record.get("queues", ())
 
     wait_until(released, 5, what="the tainted GPU's queue to be released")
     record = fleet.node("gpu@xid") or {}
-    assert "snakepit.node.gpu@xid.cuda.1" in record["queues"]
+    assert fleet.queue("node.gpu@xid.cuda.1") in record["queues"]
     health = {d["uuid"]: d.get("health") for d in record["devices"]}
     assert health == {GPU0: "hardware", GPU1: "ok"}
     busy.get(timeout=RESULT_TIMEOUT)
@@ -74,7 +74,7 @@ def test_transient_finding_expires_and_the_gpu_returns_after_a_passing_probe(
 
     def consumed_again() -> bool:
         record = fleet.node("gpu@transient") or {}
-        return "snakepit.node.gpu@transient.cuda.1" in record.get("queues", ())
+        return fleet.queue("node.gpu@transient.cuda.1") in record.get("queues", ())
 
     wait_until(consumed_again, 10, what="its queue to come back")
     assert worker.alive()
@@ -100,10 +100,12 @@ def test_gpu_memory_routes_to_the_node_with_room_and_racers_do_not_share_the_las
         results = [r.get(timeout=RESULT_TIMEOUT) for r in (first, second, small)]
     finally:
         other.close()
-    assert results[0]["queue"] == "snakepit.node.gpu@big.cuda.0"
+    assert results[0]["queue"] == fleet.queue("node.gpu@big.cuda.0")
     assert results[0]["uuid"] == "GPU-big-0000"
-    assert results[1]["queue"] == "snakepit.cuda"  # lost the race: waits for room
-    assert results[2]["queue"] == "snakepit.node.gpu@small.cuda.0"  # big has 10000 left: too little
+    assert results[1]["queue"] == fleet.queue("cuda")  # lost the race: waits for room
+    assert results[2]["queue"] == fleet.queue(
+        "node.gpu@small.cuda.0"
+    )  # big has 10000 left: too little
     assert fleet.store.gpu_reservations() == {"GPU-big-0000": 20000, "GPU-small-0000": 11000}
 
 
@@ -165,4 +167,4 @@ def test_out_of_memory_retry_lands_on_the_other_gpu_with_more_room(fleet: Fleet)
     assert fleet.store.gpu_reserve(GPU1, "other", mb=45000, capacity_mb=50000, ttl=2.0)
     result = fleet.app.send_task("gpu_app.oom_once", args=(2.5,), device="cuda", gpu_memory=10000)
     value: dict[str, Any] = result.get(timeout=RESULT_TIMEOUT)
-    assert value == {"device": "cuda:1", "queue": "snakepit.node.gpu@oom.cuda.1"}
+    assert value == {"device": "cuda:1", "queue": fleet.queue("node.gpu@oom.cuda.1")}

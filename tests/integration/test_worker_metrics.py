@@ -19,7 +19,8 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from snakepit_celery.celery.app_context import app_group
+from snakepit_celery.celery.app_context import app_group, namespace
+from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.workers import WorkerNode
@@ -129,7 +130,8 @@ def test_nodes_of_one_host_share_the_port_and_their_samples(nodes: MetricsNodes)
     first = nodes.start("first@test", PROMETHEUS_MULTIPROC_DIR=shared)
     second = nodes.start("second@test", PROMETHEUS_MULTIPROC_DIR=shared)
     result = nodes.app.tasks["observe.flaky"].apply_async(
-        (str(nodes.tmp_path / "flaky"),), queue="snakepit.node.second@test"
+        (str(nodes.tmp_path / "flaky"),),
+        queue=node_queue("second@test", prefix=namespace(nodes.app)),
     )
     assert result.get(timeout=60) == "second attempt"
     assert "another node of this host serves it" in second.logs()

@@ -164,7 +164,7 @@ def test_per_device_nodes_each_register_their_own_gpu(
     assert [d["uuid"] for d in records["gpu0@t"]["devices"]] == ["GPU-test-0000"]
     assert [d["uuid"] for d in records["gpu1@t"]["devices"]] == ["GPU-test-0001"]
     assert records["cpu@t"]["devices"] == []
-    assert "snakepit.node.gpu1@t.cuda.0" in records["gpu1@t"]["queues"]
+    assert fleet.queue("node.gpu1@t.cuda.0") in records["gpu1@t"]["queues"]
 
 
 @pytest.mark.integration

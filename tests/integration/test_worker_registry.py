@@ -71,10 +71,10 @@ def test_node_consumes_the_snakepit_queues_of_its_hardware(fleet: Fleet) -> None
     fleet.start("cuda@test", cuda_hardware(1))
     record = fleet.node("cuda@test") or {}
     assert record["queues"] == [
-        "snakepit.cpu",
-        "snakepit.cuda",
-        "snakepit.node.cuda@test",
-        "snakepit.node.cuda@test.cuda.0",
+        fleet.queue("cpu"),
+        fleet.queue("cuda"),
+        fleet.queue("node.cuda@test"),
+        fleet.queue("node.cuda@test.cuda.0"),
         "celery",
     ]
 
@@ -84,7 +84,7 @@ def test_cpu_node_has_no_devices(fleet: Fleet) -> None:
     record = fleet.node("cpu@test") or {}
     assert record["devices"] == []
     assert record["identity"]["accelerator"] == "cpu"
-    assert "snakepit.cuda" not in record["queues"]
+    assert fleet.queue("cuda") not in record["queues"]
 
 
 def test_heartbeat_keeps_refreshing_the_record(fleet: Fleet) -> None:

@@ -46,7 +46,7 @@ def barrier(fleet: Fleet) -> CrashBarrier:
 def test_cuda_tasks_land_only_on_the_cuda_node(two_nodes: Fleet) -> None:
     results = [run(two_nodes, "worker_app.only_cuda") for _ in range(6)]
     assert {r["node"] for r in results} == {"cuda@test"}
-    assert {r["queue"] for r in results} == {"snakepit.cuda"}
+    assert {r["queue"] for r in results} == {two_nodes.queue("cuda")}
 
 
 def test_tasks_without_device_use_the_default_queue(two_nodes: Fleet) -> None:
@@ -54,11 +54,11 @@ def test_tasks_without_device_use_the_default_queue(two_nodes: Fleet) -> None:
 
 
 def test_tainted_device_reroutes_to_the_next_preference(two_nodes: Fleet) -> None:
-    assert run(two_nodes, "worker_app.prefer_cuda")["queue"] == "snakepit.cuda"
+    assert run(two_nodes, "worker_app.prefer_cuda")["queue"] == two_nodes.queue("cuda")
     barrier(two_nodes).taint_device("cuda@test", "cuda:0")
     two_nodes.router().invalidate()
     results = [run(two_nodes, "worker_app.prefer_cuda") for _ in range(4)]
-    assert {r["queue"] for r in results} == {"snakepit.cpu"}
+    assert {r["queue"] for r in results} == {two_nodes.queue("cpu")}
 
 
 def test_task_rerouted_off_a_tainted_gpu_runs_on_the_cpu_even_on_the_gpu_node(
@@ -69,7 +69,7 @@ def test_task_rerouted_off_a_tainted_gpu_runs_on_the_cpu_even_on_the_gpu_node(
     barrier(two_nodes).taint_device("cuda@test", "cuda:0")
     two_nodes.router().invalidate()
     results = [run(two_nodes, "worker_app.device_used") for _ in range(6)]
-    assert {r["queue"] for r in results} == {"snakepit.cpu"}
+    assert {r["queue"] for r in results} == {two_nodes.queue("cpu")}
     assert {r["device"] for r in results} == {"cpu"}
 
 
@@ -80,25 +80,25 @@ def test_tainted_device_releases_its_queues_on_the_node(fleet: Fleet, pool: str)
 
     def released() -> bool:
         queues = (fleet.node("cuda@test") or {}).get("queues", [])
-        return "snakepit.cpu" in queues and "snakepit.cuda" not in queues
+        return fleet.queue("cpu") in queues and fleet.queue("cuda") not in queues
 
     wait_until(released, 15, what="cuda@test to release snakepit.cuda")
     queues = (fleet.node("cuda@test") or {})["queues"]
-    assert "snakepit.node.cuda@test.cuda.0" not in queues
-    assert "snakepit.cpu" in queues
-    assert run(fleet, "worker_app.prefer_cuda")["queue"] == "snakepit.cpu"
+    assert fleet.queue("node.cuda@test.cuda.0") not in queues
+    assert fleet.queue("cpu") in queues
+    assert run(fleet, "worker_app.prefer_cuda")["queue"] == fleet.queue("cpu")
 
 
 def test_device_queues_come_back_when_the_taint_is_cleared(two_nodes: Fleet) -> None:
     crash_barrier = barrier(two_nodes)
     crash_barrier.taint_device("cuda@test", "cuda:0")
-    released = ["snakepit.cpu", "snakepit.node.cuda@test", "celery"]
+    released = [two_nodes.queue("cpu"), two_nodes.queue("node.cuda@test"), "celery"]
     wait_until(
         lambda: (two_nodes.node("cuda@test") or {}).get("queues") == released, 15, what="release"
     )
     crash_barrier.clear_taint(node="cuda@test")
     wait_until(
-        lambda: "snakepit.cuda" in (two_nodes.node("cuda@test") or {}).get("queues", []),
+        lambda: two_nodes.queue("cuda") in (two_nodes.node("cuda@test") or {}).get("queues", []),
         15,
         what="queues to come back",
     )
@@ -151,4 +151,4 @@ def test_dead_node_is_skipped_once_its_heartbeat_expires(fleet: Fleet) -> None:
 def test_explicit_device_index_goes_to_that_device_queue(fleet: Fleet) -> None:
     fleet.start("big@test", cuda_hardware(2))
     result = fleet.app.tasks["worker_app.plain"].apply_async(device="cuda:1")
-    assert result.get(timeout=RESULT_TIMEOUT)["queue"] == "snakepit.node.big@test.cuda.1"
+    assert result.get(timeout=RESULT_TIMEOUT)["queue"] == fleet.queue("node.big@test.cuda.1")

@@ -23,6 +23,8 @@ import psutil
 import redis
 from celery import Celery
 
+from snakepit_celery.celery.app_context import namespace
+from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.testing.workers import WorkerNode
 from tests.support import ROOT
 from tests.support.harness import celery_conf
@@ -195,7 +197,8 @@ class ChaosFleet:
 
     def _delete_amqp_queues(self) -> None:
         """Delete the RabbitMQ queues of the run (its task queue and its nodes' own queues)."""
-        names = [self.queue, *(f"snakepit.node.{name}" for name in self.nodes)]
+        prefix = namespace(self.client)
+        names = [self.queue, *(node_queue(name, prefix=prefix) for name in self.nodes)]
         with contextlib.suppress(Exception), self.client.connection_for_write() as conn:
             channel = conn.default_channel
             for name in names:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from snakepit_celery.celery.app_context import app_group
+from snakepit_celery.celery.app_context import app_group, namespace
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.testing import wait_until
@@ -73,14 +73,18 @@ def write_hardware(path: Path, hardware: dict[str, Any]) -> Path:
     return path
 
 
-def make_app(redis_url: str, key_prefix: str) -> Celery:
-    """The test app: broker, result backend and store on ``redis_url``, all under ``key_prefix``."""
+def make_app(redis_url: str, key_prefix: str, namespace: str | None = None) -> Celery:
+    """The test app: broker, result backend and store on ``redis_url``, all under ``key_prefix``.
+
+    ``namespace`` (``snakepit_key_prefix``) defaults to ``key_prefix``; two apps
+    with one ``key_prefix`` and their own namespaces share the broker database.
+    """
     app = Celery("worker_app", broker=redis_url, backend=redis_url, set_as_current=False)
     isolated = {"global_keyprefix": f"{key_prefix}:"}
     app.conf.broker_transport_options = isolated
     app.conf.result_backend_transport_options = isolated
     app.conf.snakepit_store_url = redis_url
-    app.conf.snakepit_key_prefix = key_prefix
+    app.conf.snakepit_key_prefix = namespace or key_prefix
     app.conf.broker_connection_retry_on_startup = True
     app.conf.worker_prefetch_multiplier = 1
 
@@ -192,6 +196,10 @@ class Fleet:
     def node(self, name: str) -> dict[str, Any] | None:
         """The registry record of node ``name``, or None."""
         return next((r for r in self.nodes() if r["node"] == name), None)
+
+    def queue(self, rest: str) -> str:
+        """A snakepit queue of the test's namespace: ``queue("cpu")`` is ``<key_prefix>.cpu``."""
+        return f"{namespace(self.app)}.{rest}"
 
     def router(self) -> Any:
         """The device router installed on the test's app."""

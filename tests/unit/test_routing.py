@@ -9,6 +9,7 @@ import pytest
 from snakepit_celery.celery.router import SnakepitRouter
 from snakepit_celery.errors import ConfigError, DeviceNotAvailableError, StoreUnavailableError
 from snakepit_celery.hardware import Device, HardwareInfo
+from snakepit_celery.policy.queues import desired_queues
 from snakepit_celery.policy.routing import (
     Pref,
     RouteDecision,
@@ -352,3 +353,52 @@ def test_router_leaves_sends_with_an_explicit_queue_alone() -> None:
 def test_queue_device_names_the_device_a_queue_stands_for(queue: str, expected: str | None) -> None:
     routed = queue_device(queue)
     assert (None if routed is None else str(routed)) == expected
+
+
+# -- namespaces ------------------------------------------------------------------------
+
+
+def test_a_namespace_starts_every_queue_name_of_its_nodes() -> None:
+    assert queues_for("n@h", cuda_hw(1), prefix="teamb") == [
+        "teamb.cpu",
+        "teamb.cuda",
+        "teamb.node.n@h",
+        "teamb.node.n@h.cuda.1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        ("team.b.cuda", "cuda"),
+        ("team.b.node.gpu0@host.cuda.1", "cuda:1"),
+        ("snakepit.cuda", None),  # the default namespace's queue is not this app's
+        ("snakepit.node.gpu0@host.cuda.1", None),
+        ("team.b.node.gpu0@host", None),
+    ],
+)
+def test_queue_device_reads_only_queues_of_its_namespace(queue: str, expected: str | None) -> None:
+    routed = queue_device(queue, prefix="team.b")
+    assert (None if routed is None else str(routed)) == expected
+
+
+def test_routes_and_placements_use_the_namespace_queue_names() -> None:
+    snapshot = fleet(TWO_GPU_NODE, CPU_NODE)
+    assert decide_route(parse_prefs("cuda"), snapshot, prefix="ns").queue == "ns.cuda"
+    assert (
+        decide_route(parse_prefs("cuda:1"), snapshot, prefix="ns").queue == "ns.node.big@h.cuda.1"
+    )
+    waiting = decide_route(parse_prefs("rocm"), snapshot, allow_waiting=True, prefix="ns")
+    assert waiting.queue == "ns.rocm"
+    router = SnakepitRouter(lambda: snapshot, queue_prefix=lambda: "ns")
+    assert router("proj.t", (), {}, {}, task=FakeTask(["cuda"])) == {"queue": "ns.cuda"}
+
+
+def test_a_tainted_device_releases_the_queues_of_its_namespace() -> None:
+    devices = node_devices(cuda_hw(0))
+    taints = device_taint_members("gpu0@h", devices[0])
+    queues = queues_for("gpu0@h", cuda_hw(0), prefix="ns")
+    wanted, alone = desired_queues(
+        "gpu0@h", queues, devices, fleet(GPU_NODE, taints=set(taints)), prefix="ns"
+    )
+    assert (wanted, alone) == (["ns.cpu", "ns.node.gpu0@h"], False)

@@ -19,7 +19,7 @@ from typing import Any
 from snakepit_celery import hardware
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.policy.queues import desired_queues
-from snakepit_celery.policy.routing import node_devices, queues_for
+from snakepit_celery.policy.routing import QUEUE_PREFIX, node_devices, queues_for
 from snakepit_celery.store.base import DEFAULT_GROUP, Store
 
 __all__ = ["APPLY_INTERVAL", "QueueReconciler", "consumer_queue_names"]
@@ -52,13 +52,15 @@ class QueueReconciler:
         pools: Sequence[str] = ("default",),
         extra_queues: Sequence[str] = (),
         group: str = DEFAULT_GROUP,
+        prefix: str = QUEUE_PREFIX,
     ) -> None:
         self.node = node
+        self.prefix = prefix
         self.store = store
         self.group = group
         self.pools = tuple(pools)
         self.devices = node_devices(info)
-        self.queues = queues_for(node, info)
+        self.queues = queues_for(node, info, prefix=prefix)
         self.extra_queues = [q for q in extra_queues if q not in self.queues]
         self._lock = threading.Lock()
         self._state = _QueueState(wanted=[*self.queues, *self.extra_queues], consuming=[])
@@ -81,7 +83,12 @@ class QueueReconciler:
         """Read the fleet and decide the wanted queues (store side: the heartbeat thread)."""
         snapshot = fleet_snapshot(self.store, self.pools, self.group)
         wanted, alone = desired_queues(
-            self.node, self.queues, self.devices, snapshot, extra_queues=self.extra_queues
+            self.node,
+            self.queues,
+            self.devices,
+            snapshot,
+            extra_queues=self.extra_queues,
+            prefix=self.prefix,
         )
         with self._lock:
             self._state.wanted = wanted

@@ -22,7 +22,13 @@ from celery.exceptions import WorkerShutdown
 from celery.worker import state as worker_state
 
 from snakepit_celery import signals as snakepit_signals
-from snakepit_celery.celery.app_context import app_group, app_store, check_store, taint_pools
+from snakepit_celery.celery.app_context import (
+    app_group,
+    app_store,
+    check_store,
+    namespace,
+    taint_pools,
+)
 from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_on_record_tasks
 from snakepit_celery.celery.bootsteps.children import PoolChildWatch
 from snakepit_celery.celery.bootsteps.current import note_worker_node
@@ -74,6 +80,7 @@ class NodeServices:
             pools=taint_pools(app),
             extra_queues=consumer_queue_names(c),
             group=group,
+            prefix=namespace(app),
         )
         registry = NodeRegistry(
             node, info, store, queues, held=lambda: held_deliveries(c), group=group
