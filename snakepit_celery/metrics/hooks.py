@@ -27,6 +27,7 @@ from snakepit_celery.signals import (
     SignalHook,
     SignalPayload,
     Tainted,
+    TaskQuarantined,
     WorkerCrash,
     WorkerTainted,
 )
@@ -91,6 +92,12 @@ _COUNTERS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         ("pool", "kind"),
     ),
     (
+        "quarantined",
+        "snakepit_quarantined",
+        "Messages put into the quarantine by this process, by reason.",
+        ("reason",),
+    ),
+    (
         "store_errors",
         "snakepit_store_errors",
         "Shared-store failures tolerated under fail-open.",
@@ -129,6 +136,7 @@ class ProcessMetrics:
     retries: Any
     crashes: Any
     taints: Any
+    quarantined: Any
     store_errors: Any
     script_errors: Any
     events: Any
@@ -218,6 +226,8 @@ class PrometheusHook(SignalHook):
             case Tainted():
                 kind = _TAINT_KINDS[type(payload)]
                 metrics.taints.labels(str(payload.pool or "default"), kind).inc()
+            case TaskQuarantined():
+                metrics.quarantined.labels(str(payload.reason or "unknown")).inc()
         metrics.sync_store_errors()
 
 

@@ -27,7 +27,9 @@ from snakepit_celery.barrier import CrashBarrier
 from snakepit_celery.breaker import CircuitBreaker
 from snakepit_celery.fleet import fleet_status
 from snakepit_celery.health import HealthMonitor
+from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.policy.crash import Classification
+from snakepit_celery.quarantine import REASON_MALFORMED, Quarantine, QuarantinedMessage
 from snakepit_celery.store import Store, report_store_error, store_from_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,6 +186,23 @@ def test_taints_are_counted_by_kind(server: metrics.MetricsServer, store: Store)
     samples = scrape(server.port)
     assert value(samples, "snakepit_taints_total", pool=pool, kind="worker") == 1
     assert value(samples, "snakepit_taints_total", pool=pool, kind="device") == 1
+
+
+def test_quarantined_messages_are_counted_by_reason(
+    server: metrics.MetricsServer, store: Store
+) -> None:
+    before = value(scrape(server.port), "snakepit_quarantined_total", reason=REASON_MALFORMED)
+    config = CrashBarrierConfig(enabled=True)
+    message = QuarantinedMessage.of(b"{}", headers={"task": "proj.t", "id": unique("id")})
+    entry_id = unique("entry")
+    try:
+        assert Quarantine(store, config).add(
+            entry_id, message, reason=REASON_MALFORMED, node="n@h", error="bad body"
+        )
+        after = value(scrape(server.port), "snakepit_quarantined_total", reason=REASON_MALFORMED)
+        assert after - before == 1
+    finally:
+        Quarantine(store, config).drop(entry_id)
 
 
 def test_store_errors_are_counted(server: metrics.MetricsServer) -> None:
