@@ -334,13 +334,17 @@ class CrashBarrier:
             LedgerEntry(starts=0, finishes=0, crashes=1, running_on=None),
         )
 
-    def ledger_release(self, task_id: str) -> None:
+    def ledger_release(self, task_id: str, *, died: bool = False) -> int:
         """Record that this node gives ``task_id``'s message back unstarted (warm shutdown).
 
         Its next delivery comes back ``redelivered`` but is then not counted
-        as a delivery lost with a crash.
+        as a delivery lost with a crash. ``died``: the node stops with an
+        error, a death counted against the message; returns the deaths so far
+        (fail-open: 0).
         """
-        self._guarded(lambda store: store.ledger_release(task_id, ttl=self.ledger_ttl), None)
+        return self._guarded(
+            lambda store: store.ledger_release(task_id, ttl=self.ledger_ttl, died=died), 0
+        )
 
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The ledger entry of ``task_id``, or None."""

@@ -29,6 +29,7 @@ from snakepit_celery.store.base import Store
 from snakepit_celery.store.records import QuarantineEntry
 
 __all__ = [
+    "REASON_KILLED_NODES",
     "REASON_MALFORMED",
     "REASON_STOPPED",
     "Quarantine",
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 REASON_STOPPED = "stopped"
 #: The message itself made the worker's main process fail.
 REASON_MALFORMED = "malformed"
+#: More than ``max_restarts`` nodes whose main process stopped with an error held it.
+REASON_KILLED_NODES = "killed_nodes"
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,7 @@ class GpuHealth(SignalPayload, signal="gpu_health"):
 
 
 class TaskQuarantined(SignalPayload, signal="task_quarantined"):
-    """A message went into the quarantine (``reason``: ``max_restarts`` or ``malformed``).
+    """A message went into the quarantine (``reason``: stopped, malformed, killed_nodes).
 
     ``entry_id``: its id there (the task id, or a digest without one);
     ``crashes``: the crashes counted; ``node``: the node that quarantined it.

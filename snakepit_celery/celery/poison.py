@@ -1,11 +1,13 @@
 """The Celery side of the quarantine: capture a message, quarantine it, replay it.
 
-Three places end a message for good and call in here, each with one line:
+Four places end a message for good and call in here, each with one line:
 the pool parent when the crash barrier fails a crashed task
 (``request.SnakepitRequest``), the crash-ledger gate when a message that
-came back is past ``max_restarts`` (``ledger_gate``), and the message guard
+came back is past ``max_restarts`` (``ledger_gate``), the message guard
 when a message would make Celery's main process fail
-(``bootsteps.message_guard``). The crash path adds each counted crash to
+(``bootsteps.message_guard``), and a node whose main process stops with an
+error holding a message that more than ``max_restarts`` such nodes held
+(``bootsteps.giveback``). The crash path adds each counted crash to
 the task's history (``note_crash``). None of them ever raises: a quarantine
 that cannot be written is logged, and the task still ends as it would have.
 """
@@ -16,13 +18,18 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import Celery, states
 from kombu.serialization import dumps
 
-from snakepit_celery.celery.app_context import namespace
+from snakepit_celery.celery.app_context import app_store, namespace, settings_for
 from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS, HEADER_FIRST_TRY
 from snakepit_celery.policy.routing import node_queue
-from snakepit_celery.quarantine import REASON_STOPPED, Quarantine, QuarantinedMessage
+from snakepit_celery.quarantine import (
+    REASON_STOPPED,
+    Quarantine,
+    QuarantinedMessage,
+    message_digest,
+)
 from snakepit_celery.store.records import QuarantineEntry
 
 if TYPE_CHECKING:
@@ -34,6 +41,7 @@ __all__ = [
     "kombu_message",
     "note_crash",
     "quarantine_crashed",
+    "quarantine_delivered",
     "quarantine_gave_up",
     "replay",
 ]
@@ -157,6 +165,42 @@ def quarantine_gave_up(task: Any, barrier: CrashBarrier, request: Any, crashes: 
         ),
         task_id,
     )
+
+
+def quarantine_delivered(
+    app: Celery,
+    node: str,
+    message: Any,
+    *,
+    reason: str,
+    failure: Exception,
+    crashes: int = 0,
+) -> None:
+    """Quarantine a message the worker's main process holds; FAILURE ``failure`` for its task.
+
+    Keyed by its task id, or by a digest of the message when it has no
+    usable one (no state is stored then). Never raises (logged).
+    """
+    headers = dict(getattr(message, "headers", None) or {})
+    task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+    entry_id = task_id or message_digest(message.body, headers)
+    try:
+        Quarantine(app_store(app), settings_for(app).crash_barrier).add(
+            entry_id,
+            kombu_message(message),
+            reason=reason,
+            node=node,
+            error=str(failure),
+            crashes=crashes,
+            task_id=task_id,
+        )
+    except Exception:
+        logger.exception("could not quarantine message %s", entry_id)
+    if task_id:
+        try:
+            app.backend.store_result(task_id, failure, states.FAILURE)
+        except Exception:
+            logger.exception("could not store the FAILURE of task %s", task_id)
 
 
 def replay(app: Celery, quarantine: Quarantine, entry: QuarantineEntry, queue: str | None) -> str:

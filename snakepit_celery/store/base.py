@@ -212,11 +212,13 @@ class Store(Protocol):
         """
         ...
 
-    def ledger_release(self, task_id: str, *, ttl: float) -> None:
+    def ledger_release(self, task_id: str, *, ttl: float, died: bool = False) -> int:
         """Mark the task's message as given back to the broker unstarted (warm shutdown).
 
         Its next delivery comes back ``redelivered`` but was not lost with a
-        crash; the entry lives at least ``ttl`` seconds.
+        crash; the entry lives at least ``ttl`` seconds. ``died``: the node
+        giving it back stops with an error, which counts a death against the
+        message (not a crash: it never ran). Returns the deaths counted so far.
         """
         ...
 

@@ -362,14 +362,16 @@ class MemoryStore(MemoryNodes, MemoryQuarantine):
             led.released = led.released_run = False
             return LedgerEntry(led.starts, led.finishes, led.crashes, None, released)
 
-    def ledger_release(self, task_id: str, *, ttl: float) -> None:
-        """Mark ``task_id``'s message as given back unstarted (its next delivery is no crash)."""
+    def ledger_release(self, task_id: str, *, ttl: float, died: bool = False) -> int:
+        """Mark ``task_id``'s message given back unstarted; ``died`` counts a death (returned)."""
         with self._lock:
             now = self.now()
             led = self._ledger(task_id, now) or LedgerState()
             self._ledgers[task_id] = led
             led.released = True
+            led.deaths += int(died)
             led.expires_at = max(led.expires_at, now + ttl)
+            return led.deaths
 
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The entry for ``task_id``, or None."""

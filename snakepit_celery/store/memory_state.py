@@ -91,6 +91,8 @@ class LedgerState:
     released: bool = False
     #: The running delivery followed such a give-back.
     released_run: bool = False
+    #: Nodes that stopped with an error while holding the message unstarted.
+    deaths: int = 0
 
 
 def _time(item: tuple[Any, ...]) -> float:

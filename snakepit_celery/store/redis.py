@@ -334,9 +334,10 @@ class RedisStore(RedisNodes, RedisQuarantine):
         )
         return LedgerEntry(int(starts), int(finishes), int(crashes), None, bool(released))
 
-    def ledger_release(self, task_id: str, *, ttl: float) -> None:
-        """Mark ``task_id``'s message as given back unstarted (its next delivery is no crash)."""
-        self._run("ledger_release", [self.key("task", task_id)], [ttl_ms_arg(ttl)])
+    def ledger_release(self, task_id: str, *, ttl: float, died: bool = False) -> int:
+        """Mark ``task_id``'s message given back unstarted; ``died`` counts a death (returned)."""
+        args = [ttl_ms_arg(ttl), "1" if died else "0"]
+        return int(self._run("ledger_release", [self.key("task", task_id)], args))
 
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The entry for ``task_id``, or None."""

@@ -60,7 +60,8 @@ KEY_SCHEMA: Mapping[str, str] = {
     # hash: taint member -> JSON details
     "taint_details": "{taint:<pool>}:details",
     # hash: starts, finishes, crashes, running_on, lease_until, released (a node gave the
-    # message back unstarted), released_run (the running delivery was such one) (TTL: ledger ttl)
+    # message back unstarted), released_run (the running delivery was such one), deaths (nodes
+    # that stopped with an error holding it unstarted) (TTL: ledger ttl)
     "ledger": "{task:<task_id>}",
     # zset: node name -> expiry of its last heartbeat; one set per app (group: app_group)
     "nodes": "{nodes:<group>}",
@@ -101,7 +102,7 @@ SCRIPTS: Mapping[str, str] = {
     "ledger_hold": "take or extend a running task's lease (creating the entry), or let it go",
     "ledger_finish": "count a finished execution, drop the lease",
     "ledger_crash": "count a crashed execution, drop the lease",
-    "ledger_release": "mark the message given back unstarted: its next delivery is no crash",
+    "ledger_release": "mark the message given back unstarted (no crash); count a death if asked",
     "ledger_get": "read a ledger (running_on only while leased); no writes",
     "node_register": "write a node record + expiry (live, per incarnation) unless reaped; prune",
     "node_list": "prune dead nodes, list the live records",

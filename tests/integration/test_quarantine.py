@@ -5,7 +5,8 @@ crash history, and ``celery -A proj snakepit quarantine`` lists, shows,
 replays (with a fresh crash count) and drops it. Messages that made Celery's
 main process exit (issue 14: a body that is not ``[args, kwargs, embed]``, a
 ``timelimit`` that is not two numbers, no ``id`` header) are quarantined by
-the message guard at once: the nodes stay alive and go on consuming.
+the message guard at once: the nodes stay alive and go on consuming. One
+the guard does not know is quarantined after ``max_restarts`` nodes died of it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from kombu import Producer
 
 from snakepit_celery.testing import wait_until
+from tests.apps.killer_task import EXIT_CODE
 from tests.support.chaos import ChaosFleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,5 +157,45 @@ def test_task_whose_node_dies_past_max_restarts_is_quarantined_by_the_ledger_gat
         assert (entry["reason"], entry["crashes"]) == ("stopped", 2)
         assert json.loads(entry["message"]["body"])[0] == [30.0]
         assert fleet.executions()[task_id] == 2
+    finally:
+        fleet.close()
+
+
+def test_message_that_stops_main_processes_is_quarantined_after_max_restarts_deaths(
+    redis_base_url: str,
+) -> None:
+    """A message Celery dies of (not one the guard knows): each node it stops counts a death.
+
+    max_restarts=1: the first node that dies of it gives it back, the second
+    quarantines it, ends its task FAILURE and acknowledges it; restarted
+    nodes then run the next good task.
+    """
+    extra = {"imports": ["tests.apps.killer_task"]}
+    fleet = ChaosFleet.create(redis_base_url, "spquarkill", BARRIER, extra=extra)
+    try:
+        fleet.start_all(2)
+        with fleet.client.connection_for_write() as conn:
+            task_id = str(uuid.uuid4())
+            fleet.client.send_task(
+                "killer.main_process", task_id=task_id, queue=fleet.queue, connection=conn
+            )
+        meta = _final(fleet, task_id, timeout=60)
+        assert meta["result"]["exc_type"] == "WorkerCrashedError", fleet.logs()
+
+        def exits() -> list[int | None] | None:
+            codes = [node.process.poll() if node.process else None for node in fleet.nodes.values()]
+            return None if None in codes else codes
+
+        assert wait_until(exits, 30, what="both nodes to exit") == [EXIT_CODE, EXIT_CODE]
+        entry = wait_until(lambda: _entries(fleet).get(task_id), 10, what="the quarantine entry")
+        assert (entry["reason"], entry["crashes"]) == ("killed_nodes", 2)
+        assert "held by 2 node(s)" in entry["error"] and "SystemExit" in entry["error"]
+        assert fleet.executions()[task_id] == 0
+
+        for name in list(fleet.nodes):
+            fleet.start(name).wait_ready(60)
+        good = fleet.send("chaos.idempotent", 0.01)
+        assert _final(fleet, good)["status"] == "SUCCESS"
+        assert task_id not in fleet.in_broker()
     finally:
         fleet.close()

@@ -517,6 +517,15 @@ def test_ledger_start_does_not_count_a_delivery_given_back_unstarted(store: Stor
     assert (before.crashes, before.released) == (0, True)
 
 
+def test_deaths_of_nodes_that_gave_a_message_back_add_up_and_are_no_crashes(store: Store) -> None:
+    assert store.ledger_release("task-1", ttl=60.0) == 0
+    assert store.ledger_release("task-1", ttl=60.0, died=True) == 1
+    assert store.ledger_release("task-1", ttl=60.0, died=True) == 2
+    assert store.ledger_release("task-1", ttl=60.0) == 2
+    before = store.ledger_start("task-1", worker_id="w1", lease=30.0, ttl=60.0, came_back=True)
+    assert (before.crashes, before.released) == (0, True)
+
+
 def test_ledger_entries_expire(store: Store) -> None:
     store.ledger_start("task-1", worker_id="w1", lease=0.1, ttl=SHORT)
     time.sleep(PAST_SHORT)

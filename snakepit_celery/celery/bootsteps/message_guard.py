@@ -27,13 +27,12 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from celery import bootsteps, states
+from celery import bootsteps
 from celery.exceptions import InvalidTaskError
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from snakepit_celery.celery.app_context import app_store, settings_for
-from snakepit_celery.celery.poison import kombu_message
-from snakepit_celery.quarantine import REASON_MALFORMED, Quarantine, message_digest
+from snakepit_celery.celery.poison import quarantine_delivered
+from snakepit_celery.quarantine import REASON_MALFORMED
 
 __all__ = ["MessageGuardStep", "guard_strategies", "message_problem"]
 
@@ -133,33 +132,11 @@ def _guarded(c: Any, strategy: Callable[..., Any]) -> Callable[..., Any]:
                 if connection_errors and isinstance(exc, connection_errors):
                     raise
                 problem = f"Celery failed on the message: {type(exc).__name__}: {exc}"
-        quarantine_malformed(c, message, problem)
-        raise InvalidTaskError(problem)
+        failure = InvalidTaskError(problem)
+        quarantine_delivered(
+            c.app, str(c.hostname), message, reason=REASON_MALFORMED, failure=failure
+        )
+        raise failure
 
     guarded.snakepit_guarded = True  # type: ignore[attr-defined]
     return guarded
-
-
-def quarantine_malformed(c: Any, message: Any, problem: str) -> None:
-    """Quarantine a message that would kill the node; FAILURE for its task id, if any."""
-    app = c.app
-    headers = dict(getattr(message, "headers", None) or {})
-    task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
-    entry_id = task_id or message_digest(message.body, headers)
-    try:
-        config = settings_for(app).crash_barrier
-        Quarantine(app_store(app), config).add(
-            entry_id,
-            kombu_message(message),
-            reason=REASON_MALFORMED,
-            node=str(c.hostname),
-            error=problem,
-            task_id=task_id,
-        )
-    except Exception:
-        logger.exception("could not quarantine message %s", entry_id)
-    if task_id:
-        try:
-            app.backend.store_result(task_id, InvalidTaskError(problem), states.FAILURE)
-        except Exception:
-            logger.exception("could not store the FAILURE of task %s", task_id)

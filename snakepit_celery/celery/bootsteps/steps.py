@@ -33,7 +33,7 @@ from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_
 from snakepit_celery.celery.bootsteps.children import PoolChildWatch
 from snakepit_celery.celery.bootsteps.current import note_worker_node
 from snakepit_celery.celery.bootsteps.fence import fence_node
-from snakepit_celery.celery.bootsteps.giveback import release_unstarted
+from snakepit_celery.celery.bootsteps.giveback import release_unstarted, stopping_error
 from snakepit_celery.celery.bootsteps.gpu_watch import GpuWatchStep
 from snakepit_celery.celery.bootsteps.in_flight import held_deliveries
 from snakepit_celery.celery.bootsteps.message_guard import MessageGuardStep
@@ -208,14 +208,16 @@ class SnakepitWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
         The pool has finished by now and the broker connection is still open
         (kombu restores the unacknowledged messages when it closes). A cold
-        shutdown marks nothing: the tasks it killed did start. The node leaves
-        the registry on ``worker_shutdown``.
+        shutdown marks nothing: the tasks it killed did start. A shutdown
+        caused by an error counts a death against each message given back
+        (``giveback``). The node leaves the registry on ``worker_shutdown``.
         """
+        died = stopping_error()
         self.stop(c)
         services = self.services
         if services is not None and not worker_state.should_terminate:
             never_raise(
-                lambda: release_unstarted(services.node, c, self.reserved_at_shutdown),
+                lambda: release_unstarted(services.node, c, self.reserved_at_shutdown, died=died),
                 "snakepit: could not mark the unstarted tasks of %s",
                 services.node,
             )
