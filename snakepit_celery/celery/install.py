@@ -4,16 +4,21 @@ One call validates the ``snakepit_*`` settings (``ConfigError`` on a typo or a
 bad value), picks the store (``snakepit_store_url``, else the broker, else the
 result backend when Redis), makes it this process's default store, and hooks
 the worker bootstep, the device router and the signal → event bridge into the
-app, and for a Redis broker makes ``snakepit_celery.transport.redis`` the
-transport (no message lost between pop and acknowledgement record; set
-``broker_transport = "redis"`` to keep kombu's). Calling it again is a no-op.
+app, and makes the app's broker connections use
+``snakepit_celery.transport.redis`` for a Redis broker URL (no message lost
+between pop and acknowledgement record; set ``broker_transport = "redis"`` to
+keep kombu's). That choice is made per connection, from the URL it connects
+to, so an app whose ``broker_url`` changes after ``install()`` (to RabbitMQ,
+say) connects with the right transport. Calling it again is a no-op.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
+from kombu.connection import Connection
 
 from snakepit_celery.celery.app_context import app_store, settings_for
 from snakepit_celery.celery.bootsteps.steps import install_worker
@@ -23,7 +28,13 @@ from snakepit_celery.config import SnakepitSettings
 from snakepit_celery.store import set_default_store, set_fail_open
 from snakepit_celery.store.urls import redact
 
-__all__ = ["REDIS_TRANSPORT", "install", "is_installed", "use_redis_transport"]
+__all__ = [
+    "REDIS_TRANSPORT",
+    "SnakepitConnection",
+    "install",
+    "is_installed",
+    "use_redis_transport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +73,36 @@ def install(app: Celery) -> SnakepitSettings:
     return settings
 
 
-def use_redis_transport(app: Celery) -> bool:
-    """Make ``snakepit_celery.transport.redis`` the app's transport for a Redis broker.
+class SnakepitConnection(Connection):
+    """kombu's ``Connection``, with snakepit's Redis transport for a Redis URL.
 
-    Only when ``broker_url`` is ``redis://``/``rediss://`` and the app names
-    no ``broker_transport`` of its own (``broker_transport = "redis"`` keeps
-    kombu's). True when it did.
+    Used when no transport is named: a ``redis://``/``rediss://`` URL gets
+    ``REDIS_TRANSPORT``, any other URL (and a named transport, such as
+    ``broker_transport = "redis"``) is left to kombu.
     """
-    url = app.conf.broker_url
+
+    def __init__(self, hostname: Any = "localhost", *args: Any, **kwargs: Any) -> None:
+        if not kwargs.get("transport") and _redis_scheme(hostname):
+            kwargs["transport"] = REDIS_TRANSPORT
+        super().__init__(hostname, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _redis_scheme(url: Any) -> bool:
     first = url[0] if isinstance(url, list | tuple) and url else url
-    scheme = str(first or "").partition("://")[0].lower()
-    if scheme not in ("redis", "rediss") or app.conf.broker_transport:
-        return False
-    app.conf.broker_transport = REDIS_TRANSPORT
-    return True
+    text = str(first or "").split(";", 1)[0]
+    return text.partition("://")[0].lower() in ("redis", "rediss")
+
+
+def use_redis_transport(app: Celery) -> bool:
+    """Make the app's broker connections use ``REDIS_TRANSPORT`` for Redis URLs.
+
+    The app's connection class becomes ``SnakepitConnection``, which picks
+    the transport per connection from its URL when the app names no
+    ``broker_transport`` of its own. True when the app's broker, as
+    configured now, gets it.
+    """
+    app.amqp.Connection = SnakepitConnection
+    return not app.conf.broker_transport and _redis_scheme(app.conf.broker_url)
 
 
 def _redacted(url: str | None) -> str | None:

@@ -22,8 +22,9 @@ worker consumes several queues, so this transport splits the two jobs:
 
 Per delivery this costs one round trip instead of two. Select it with
 ``broker_transport = "snakepit_celery.transport.redis:Transport"``;
-``install()`` does so for ``redis://``/``rediss://`` brokers unless the app
-names its own transport (``snakepit_broker_transport=False`` opts out).
+``install()`` makes every broker connection to a ``redis://``/``rediss://``
+URL use it unless the app names its own transport (``broker_transport =
+"redis"`` keeps kombu's).
 """
 
 from __future__ import annotations

@@ -101,6 +101,5 @@ app = add_tasks(
 app.conf.result_extended = True
 if os.environ.get("OBSERVE_BROKER_URL"):
     app.conf.broker_url = os.environ["OBSERVE_BROKER_URL"]
-    app.conf.broker_transport = None  # install() chose snakepit's Redis transport for Redis
     app.conf.broker_transport_options = {}
     app.conf.task_default_queue = os.environ["OBSERVE_DEFAULT_QUEUE"]

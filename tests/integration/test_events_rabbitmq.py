@@ -85,7 +85,6 @@ def rabbit_app(
         if not rabbitmq_answers():
             pytest.skip("RabbitMQ does not answer on 127.0.0.1:5672")
         app.conf.broker_url = AMQP_URL
-        app.conf.broker_transport = None  # install() chose snakepit's Redis transport for Redis
         app.conf.broker_transport_options = {}
         app.conf.task_default_queue = queue
         broker = {"OBSERVE_BROKER_URL": AMQP_URL, "OBSERVE_DEFAULT_QUEUE": queue}

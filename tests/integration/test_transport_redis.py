@@ -115,7 +115,21 @@ def test_install_picks_the_transport_for_redis_brokers_unless_one_is_named(
     app = Celery("t", set_as_current=False)
     app.conf.update(conf)
     assert use_redis_transport(app) is picked
-    assert (app.conf.broker_transport == REDIS_TRANSPORT) is picked
+    connection = app.connection_for_write()
+    assert (connection.transport_cls == REDIS_TRANSPORT) is picked
+    connection.release()
+
+
+def test_a_broker_url_changed_after_install_gets_its_own_transport(redis_url: str) -> None:
+    app = Celery("t", set_as_current=False)
+    app.conf.update(broker_url=redis_url, snakepit_store_url="memory://")
+    install(app)
+    with app.connection_for_write() as conn:
+        assert conn.transport_cls == REDIS_TRANSPORT
+    app.conf.broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+    with app.connection_for_write() as conn:
+        assert conn.transport_cls == "amqp"
+        assert conn.clone().transport_cls == "amqp"
 
 
 def test_installed_app_publishes_and_consumes_through_the_transport(redis_url: str) -> None:
