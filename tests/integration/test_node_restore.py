@@ -28,45 +28,32 @@ from celery import Celery
 from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
-from snakepit_celery.celery.task import snakepit_task
-from snakepit_celery.store import RedisStore
-from tests.support.chaos import chaos_conf
+from snakepit_celery.store import Store
+from tests.support.reaping import SHORT_TTL, reaper_app
 
-BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 2, "taint_duration": 1.0}
 QUEUE = "restore-test"
-SHORT_TTL = 0.2
-
-
-def noop(work: float = 0.0) -> None:
-    """Body of the test tasks (never run here: only their options matter)."""
 
 
 @pytest.fixture
 def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
-    app = Celery("restore_test", set_as_current=False)
-    app.conf.update(chaos_conf(redis_url, key_prefix, BARRIER))
-    snakepit_task(app=app, name="restore.idem", idempotent=True, shared=False)(noop)
-    snakepit_task(app=app, name="restore.once", shared=False)(noop)
-    snakepit_task(
-        app=app, name="restore.marked", crash_barrier={"start_marks": True}, shared=False
-    )(noop)
-    yield app
-    client = app.backend.client
-    keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    app.close()
+    yield from reaper_app(
+        redis_url,
+        key_prefix,
+        {
+            "restore.idem": {"idempotent": True},
+            "restore.once": {},
+            "restore.marked": {"crash_barrier": {"start_marks": True}},
+        },
+    )
 
 
 @pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
-    store = RedisStore(redis_url, key_prefix=key_prefix)
-    yield store
-    store.close()
+def store(redis_store: Store) -> Store:
+    return redis_store
 
 
 @pytest.fixture
-def agent(app: Celery, store: RedisStore) -> Iterator[OrphanReaper]:
+def agent(app: Celery, store: Store) -> Iterator[OrphanReaper]:
     reaper = OrphanReaper(app, "reaper@test", store, grace=0.0)
     yield reaper
     reaper.restorer.close()
@@ -86,7 +73,7 @@ def hold(app: Celery, name: str) -> tuple[str, str]:
         return str(message.delivery_tag), task_id
 
 
-def dead_node(app: Celery, store: RedisStore, name: str, held: list[list[str]]) -> None:
+def dead_node(app: Celery, store: Store, name: str, held: list[list[str]]) -> None:
     """A node whose last heartbeat listed ``held`` messages, and that then died."""
     record = {"in_flight": [], "in_flight_tasks": {}, "incarnation": "x", "held": held}
     store.node_register(name, record, ttl=SHORT_TTL, group=app_group(app))
@@ -104,7 +91,7 @@ def unacked_tags(app: Celery, key_prefix: str) -> set[str]:
 
 
 def test_held_message_of_a_dead_node_is_back_at_the_head_of_its_queue(
-    app: Celery, store: RedisStore, agent: OrphanReaper, key_prefix: str
+    app: Celery, store: Store, agent: OrphanReaper, key_prefix: str
 ) -> None:
     tag, task_id = hold(app, "restore.idem")
     app.send_task("restore.idem", args=(0.0,), queue=QUEUE)  # waiting behind it
@@ -120,7 +107,7 @@ def test_held_message_of_a_dead_node_is_back_at_the_head_of_its_queue(
 
 
 def test_acknowledged_message_is_not_restored(
-    app: Celery, store: RedisStore, agent: OrphanReaper, key_prefix: str
+    app: Celery, store: Store, agent: OrphanReaper, key_prefix: str
 ) -> None:
     tag, task_id = hold(app, "restore.idem")
     app.backend.client.hdel(f"{key_prefix}:unacked", tag)  # acknowledged before the death
@@ -143,7 +130,7 @@ def test_a_message_is_restored_once_however_often_it_is_asked(app: Celery, key_p
 
 
 def test_run_the_ledger_shows_on_the_dead_node_is_counted_as_a_crash(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     tag, task_id = hold(app, "restore.idem")
     store.ledger_start(task_id, worker_id="dead@test/123", lease=3600.0, ttl=3600.0)
@@ -155,7 +142,7 @@ def test_run_the_ledger_shows_on_the_dead_node_is_counted_as_a_crash(
 
 
 def test_start_marked_message_never_started_is_given_back_unstarted(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     tag, task_id = hold(app, "restore.marked")
     dead_node(app, store, "dead@test", [[tag, task_id, "restore.marked"]])
@@ -166,7 +153,7 @@ def test_start_marked_message_never_started_is_given_back_unstarted(
 
 
 def test_message_of_a_task_without_start_marks_leaves_the_ledger_alone(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     tag, task_id = hold(app, "restore.once")
     dead_node(app, store, "dead@test", [[tag, task_id, "restore.once"]])

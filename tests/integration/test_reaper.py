@@ -33,17 +33,15 @@ from snakepit_celery.celery.bootsteps.registry import (
     REAP_EVERY,
     NodeRegistry,
 )
-from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.health import HealthMonitor
-from snakepit_celery.store import RedisStore
+from snakepit_celery.store import Store, store_from_url
 from snakepit_celery.testing import wait_until
-from tests.support.chaos import ChaosFleet, chaos_conf
+from tests.support.chaos import ChaosFleet
+from tests.support.reaping import BARRIER, SHORT_TTL, reaper_app
 
 pytestmark = pytest.mark.timeout(150)
 
-BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 2, "taint_duration": 1.0}
-SHORT_TTL = 0.2
 #: Longest time from a node's death to its orphans' FAILURE: its record expires
 #: HEARTBEAT_TTL after its last beat, is claimable REAP_GRACE later, and a live
 #: node reaps every REAP_EVERY heartbeats; plus slack for a busy machine.
@@ -57,39 +55,26 @@ def entry(name: str, *, early_ack: bool = True, crash_barrier: bool = True) -> d
 # -- in process: OrphanReaper.reap() ---------------------------------------------------------
 
 
-def noop() -> None:
-    """Body of the in-process test tasks (never run: only their options matter)."""
-
-
 @pytest.fixture
 def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
     """An app whose result backend and store live under the test's key prefix."""
-    app = Celery("reaper_test", set_as_current=False)
-    app.conf.update(chaos_conf(redis_url, key_prefix, BARRIER))
-    snakepit_task(app=app, name="reap.once", shared=False)(noop)
-    snakepit_task(app=app, name="reap.idem", idempotent=True, shared=False)(noop)
-    yield app
-    client = app.backend.client
-    keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    app.close()
+    yield from reaper_app(
+        redis_url, key_prefix, {"reap.once": {}, "reap.idem": {"idempotent": True}}
+    )
 
 
 @pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
-    store = RedisStore(redis_url, key_prefix=key_prefix)
-    yield store
-    store.close()
+def store(redis_store: Store) -> Store:
+    return redis_store
 
 
 @pytest.fixture
-def agent(app: Celery, store: RedisStore) -> OrphanReaper:
+def agent(app: Celery, store: Store) -> OrphanReaper:
     """The live node that reaps (no grace, so a test only waits out the dead record's TTL)."""
     return OrphanReaper(app, "reaper@test", store, grace=0.0)
 
 
-def dead_node(store: RedisStore, name: str, tasks: dict[str, dict[str, Any]], group: str) -> None:
+def dead_node(store: Store, name: str, tasks: dict[str, dict[str, Any]], group: str) -> None:
     """A node of ``group`` whose last heartbeat listed ``tasks`` in flight, and that then died."""
     record = {"in_flight": sorted(tasks), "in_flight_tasks": tasks, "incarnation": "x"}
     store.node_register(name, record, ttl=SHORT_TTL, group=group)
@@ -97,7 +82,7 @@ def dead_node(store: RedisStore, name: str, tasks: dict[str, dict[str, Any]], gr
 
 
 def test_orphan_of_a_dead_node_ends_failure_naming_it(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     assert agent.reap() == ["t-orphan"]
@@ -111,7 +96,7 @@ def test_orphan_of_a_dead_node_ends_failure_naming_it(
 
 
 def test_orphan_is_counted_as_a_crash_in_the_ledger_and_health_monitor(
-    store: RedisStore, agent: OrphanReaper
+    store: Store, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     agent.reap()
@@ -122,7 +107,7 @@ def test_orphan_is_counted_as_a_crash_in_the_ledger_and_health_monitor(
 
 
 def test_task_with_a_final_state_is_not_overwritten(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     app.backend.mark_as_done("t-done", 42)
     dead_node(store, "dead@test", {"t-done": entry("reap.once")}, app_group(agent.app))
@@ -131,7 +116,7 @@ def test_task_with_a_final_state_is_not_overwritten(
 
 
 def test_late_acknowledged_task_is_left_to_its_message(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     tasks = {"t-idem": entry("reap.idem", early_ack=False)}
     dead_node(store, "dead@test", tasks, app_group(agent.app))
@@ -140,7 +125,7 @@ def test_late_acknowledged_task_is_left_to_its_message(
 
 
 def test_task_without_crash_barrier_keeps_celerys_behaviour(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     dead_node(
         store, "dead@test", {"t-plain": entry("celery.plain", crash_barrier=False)}, app_group(app)
@@ -161,7 +146,7 @@ class Dispatcher:
 
 
 def test_reaped_orphan_is_announced_as_task_failed_on_the_event_loop(
-    store: RedisStore, agent: OrphanReaper
+    store: Store, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     agent.reap()
@@ -174,14 +159,14 @@ def test_reaped_orphan_is_announced_as_task_failed_on_the_event_loop(
 
 
 def test_a_dead_node_is_reaped_by_one_live_node_only(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     other = OrphanReaper(app, "other@test", store, grace=0.0)
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     assert agent.reap() + other.reap() == ["t-orphan"]
 
 
-def test_live_node_is_not_reaped(app: Celery, store: RedisStore, agent: OrphanReaper) -> None:
+def test_live_node_is_not_reaped(app: Celery, store: Store, agent: OrphanReaper) -> None:
     info = hardware.detect()
     queues = QueueReconciler("live@test", info, store)
     live = NodeRegistry("live@test", info, store, queues, group=app_group(app))
@@ -191,7 +176,7 @@ def test_live_node_is_not_reaped(app: Celery, store: RedisStore, agent: OrphanRe
 
 
 def test_a_dead_node_of_another_app_is_not_reaped(
-    app: Celery, store: RedisStore, agent: OrphanReaper
+    app: Celery, store: Store, agent: OrphanReaper
 ) -> None:
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, "another-app")
     assert agent.reap() == []
@@ -212,18 +197,15 @@ def fleet(redis_base_url: str) -> Iterator[ChaosFleet]:
 
 def running_on(fleet: ChaosFleet, task_id: str) -> str | None:
     """The node whose registry record lists ``task_id`` in flight, if any."""
-    store = RedisStore(fleet.redis_url, key_prefix=fleet.key_prefix)
-    try:
-        return next(
-            (
-                str(r["node"])
-                for r in store.node_list(group=app_group(fleet.client))
-                if task_id in (r.get("in_flight") or [])
-            ),
-            None,
-        )
-    finally:
-        store.close()
+    store = store_from_url(fleet.redis_url, key_prefix=fleet.key_prefix)
+    return next(
+        (
+            str(r["node"])
+            for r in store.node_list(group=app_group(fleet.client))
+            if task_id in (r.get("in_flight") or [])
+        ),
+        None,
+    )
 
 
 def kill_mid_task(
