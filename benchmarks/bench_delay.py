@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 
 from benchmarks.apps.fleet import Batch, BenchFleet, machine_details
-from benchmarks.bench_throughput import measure, rate
+from benchmarks.bench_throughput import measure, rate, rates_cells
 
 #: Seconds added to every request the worker node sends to Redis.
 DELAY = 0.002
@@ -48,13 +48,7 @@ def report(rounds: dict[str, list[tuple[Batch, Batch]]], machine: str) -> str:
         "| pair | baseline tasks/s | measured tasks/s | drain-rate ratio |",
         "|---|---|---|---|",
     ]
-    for label, pairs in rounds.items():
-        ratios = [rate(m) / rate(b) for b, m in pairs]
-        lines.append(
-            f"| {label} | {statistics.median(rate(b) for b, _ in pairs):.0f} "
-            f"| {statistics.median(rate(m) for _, m in pairs):.0f} "
-            f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} |"
-        )
+    lines += [f"| {label} | {rates_cells(pairs)} |" for label, pairs in rounds.items()]
     main_pair = rounds[PAIRS[0][0]]
     median = statistics.median(rate(m) / rate(b) for b, m in main_pair)
     verdict = "meets" if median >= TARGET else "misses"

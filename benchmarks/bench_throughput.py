@@ -60,6 +60,20 @@ def rate(batch: Batch) -> float:
     return batch.tasks / batch.wall
 
 
+def min_median(values: Sequence[float]) -> str:
+    """Paired per-round ratios as a table cell: ``min / median``."""
+    return f"{min(values):.2f} / {statistics.median(values):.2f}"
+
+
+def rates_cells(pairs: Sequence[tuple[Batch, Batch]]) -> str:
+    """Median baseline and measured tasks/s and the throughput ratio cell of a pair's rounds."""
+    return (
+        f"{statistics.median(rate(b) for b, _ in pairs):.0f} "
+        f"| {statistics.median(rate(m) for _, m in pairs):.0f} "
+        f"| {min_median([rate(m) / rate(b) for b, m in pairs])}"
+    )
+
+
 def _cpu_ms(batch: Batch) -> float:
     return 1000 * batch.cpu / batch.tasks
 
@@ -81,15 +95,12 @@ def report(rounds: dict[str, list[tuple[Batch, Batch]]], machine: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for label, pairs in rounds.items():
-        throughput = [rate(m) / rate(b) for b, m in pairs]
         cpu = [_cpu_ms(b) / _cpu_ms(m) for b, m in pairs]
         lines.append(
-            f"| {label} | {statistics.median(rate(b) for b, _ in pairs):.0f} "
-            f"| {statistics.median(rate(m) for _, m in pairs):.0f} "
-            f"| {min(throughput):.2f} / {statistics.median(throughput):.2f} "
+            f"| {label} | {rates_cells(pairs)} "
             f"| {statistics.median(_cpu_ms(b) for b, _ in pairs):.2f} "
             f"| {statistics.median(_cpu_ms(m) for _, m in pairs):.2f} "
-            f"| {min(cpu):.2f} / {statistics.median(cpu):.2f} |"
+            f"| {min_median(cpu)} |"
         )
     main_pair = rounds[PAIRS[0][0]]
     median_cpu = statistics.median(_cpu_ms(b) / _cpu_ms(m) for b, m in main_pair)
