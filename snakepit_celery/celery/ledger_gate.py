@@ -90,7 +90,10 @@ def crash_ledger_gate(
         _retry_later(task, request, headers, exc)
     if before.running_on is not None and before.running_on != worker_id:
         _defer_duplicate(task, runtime, request, headers, before.running_on)
-    drop_if_ended(task, runtime, request)
+    if known or before.starts or before.crashes or redelivered(request):
+        # Only a message that ran or came back before can have a final state already:
+        # a start-marked task's first delivery costs its one ledger write, no backend read.
+        drop_if_ended(task, runtime, request)
     exact = before.released or barrier.config.start_marks
     crashes = max(message_crashes(request.delivery_info, headers, exact), before.crashes)
     if crashes == 0:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import Ignore
 
 from snakepit_celery import CrashBarrierConfig, install, snakepit_task
 from snakepit_celery.errors import ConfigError, WorkerCrashedError
@@ -74,3 +75,25 @@ def test_message_whose_start_died_with_its_node_counts_one_crash(app: Celery) ->
     barrier.ledger_crash("m-3")  # what the reaper records for a run on the dead node
     with pytest.raises(WorkerCrashedError, match="1 time"):
         task._crash_ledger_gate(task.snakepit_runtime, delivery("m-3", came_back=True), {})
+
+
+def test_first_delivery_reads_no_result_backend(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start mark is the one round trip: a first run cannot have a final state yet."""
+    reads: list[str] = []
+    real = app.backend.get_task_meta
+
+    def counted(task_id: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(task_id)
+        return real(task_id, *args, **kwargs)
+
+    monkeypatch.setattr(app.backend, "get_task_meta", counted)
+    task = marked_task(app)
+    task._crash_ledger_gate(task.snakepit_runtime, delivery("m-5", came_back=False), {})
+    assert reads == []
+    task.snakepit_runtime.barrier.ledger_finish("m-5")
+    app.backend.store_result("m-5", None, "SUCCESS")
+    with pytest.raises(Ignore):  # a copy of a run that ended: dropped, after one read
+        task._crash_ledger_gate(task.snakepit_runtime, delivery("m-5", came_back=False), {})
+    assert reads == ["m-5"]
