@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import time
 from typing import Any
 
 import redis
@@ -94,6 +95,14 @@ def poison() -> str:
     _log("poison")
     os.kill(os.getpid(), signal.SIGSEGV)
     return "unreachable"
+
+
+@snakepit_task(app=app, name="demo.long", idempotent=True)
+def long(seconds: float) -> str:
+    """Idempotent and slow: the tour kills its node while it runs."""
+    _log("long")
+    time.sleep(seconds)
+    return "done"
 
 
 @snakepit_task(app=app, name="demo.embed", device=["cuda", "cpu"])

@@ -39,7 +39,8 @@ def test_demo_tour_holds_every_check_and_leaves_nothing_running() -> None:
     assert proc.returncode == 0, output[-6000:]
     assert "All checks held" in output
     assert "[FAIL]" not in output
-    for step in ("shared by two processes", "RetryPolicy", "segfaults", "GPU routing", "status"):
+    steps = ("shared by two processes", "RetryPolicy", "segfaults", "quarantine", "GPU routing")
+    for step in (*steps, "status", "SIGKILLed while its task runs"):
         assert step in output
     url = re.search(r"Redis at (redis://\S+)", output)
     assert url is not None
