@@ -113,8 +113,9 @@ MIX: dict[str, Kind] = {
 }
 #: Work (s) of a long task: longer than the broker's visibility timeout.
 LONG_WORK = (VISIBILITY_TIMEOUT + 2.0, VISIBILITY_TIMEOUT + 4.0)
-#: Chaos actions and their weights (``kill_store`` only while the store runs).
-ACTIONS = {"kill_child": 4, "segv_child": 3, "kill_node": 2, "kill_store": 1}
+#: Chaos actions and their weights (``kill_store`` only while the store runs: the
+#: store is down about a sixth of the time).
+ACTIONS = {"kill_child": 4.0, "segv_child": 3.0, "kill_node": 2.0, "kill_store": 0.5}
 #: How long (s) a killed node, and the killed store, stay down.
 NODE_DOWN = (0.5, 2.0)
 STORE_DOWN = (2.0, 4.0)
@@ -387,7 +388,7 @@ class Chaos:
             return "none"
         action = self.rng.choices(list(ACTIONS), weights=list(ACTIONS.values()))[0]
         if not self.actions["kill_store"]:
-            action = "kill_store"  # every run has a store outage, however short it is
+            action = "kill_store"  # every run, however short, has a store outage
         fleet, node = self.rng.choice(alive)
         if (action == "kill_store" and self._store_back is not None) or (
             action == "kill_node" and len(fleet.alive()) < 2
