@@ -1,29 +1,53 @@
 """Reliability under chaos: real worker nodes killed at random lose no task.
 
-Three prefork nodes of ``tests/apps/chaos_app.py`` run a mix of idempotent,
-non-idempotent and always-crashing tasks while a chaos loop SIGKILLs and
-SIGSEGVs random pool children, SIGKILLs whole nodes (parent and children) and
-restarts them. The run happens once per size (a module fixture); each test
-checks one invariant from the result backend and the execution log the tasks
-write (one ``LPUSH`` of the task id per execution):
+Two apps share one snakepit store (``snakepit_store_url`` and
+``snakepit_key_prefix``), each with its own broker database, key prefix and
+result backend: the first app runs three prefork nodes of
+``tests/apps/chaos_app.py``, the second two. Each sends its own mix of
+idempotent, non-idempotent and always-crashing tasks, and of long tasks
+(``chaos.long``, ``chaos.long_once``: 8 to 10 s of work, longer than the
+broker's 6 s visibility timeout, so only the nodes' visibility keeper stops the
+broker from delivering them twice). Meanwhile a chaos loop
+
+- SIGKILLs (``kill_child``) and SIGSEGVs (``segv_child``) random pool children;
+- SIGKILLs whole nodes, parent and children (``kill_node``), of either app,
+  and restarts them 0.5 to 2 s later;
+- SIGKILLs the store's own redis-server (``kill_store``; the first act of
+  every run, then at random) and restarts it on the same port 2 to 4 s later.
+  The store persists every write (AOF, ``appendfsync always``), so it comes
+  back with its data, as a production store with persistence does; the nodes
+  run fail-open (``snakepit_fail_open``, the default) meanwhile. A store that
+  comes back empty is not part of the run: node records and crash ledgers
+  are the store's to keep, and an acknowledged task of a node that died
+  around such a restart has nothing left to give it a final state.
+
+The run happens once per size (a module fixture); each test checks one
+invariant, for each app, from its result backend and the execution log its
+tasks write (a ``start`` record when a run begins, an ``end`` record when its
+body ends; see ``tests/apps/chaos_app.py``):
 
 - no task is lost: every task id a node received reaches a final state in
   bounded time (a message kombu's Redis transport loses before any node
   receives it is counted apart, see ``TRANSPORT_LOSS``);
-- every idempotent task that does not crash by itself succeeds (unless the
-  chaos loop killed each of its ``max_restarts + 1`` runs);
+- every idempotent task that does not crash by itself succeeds, unless the
+  chaos loop killed each of its ``max_restarts + 1`` runs (long tasks are hit
+  that often): then it ends FAILURE (WorkerCrashedError);
 - no non-idempotent task runs twice;
 - no task runs more than ``max_restarts + 1`` times;
-- a task that crashes its process every time ends FAILURE (WorkerCrashedError).
+- no task has two executions that overlap in time (see
+  ``test_no_task_has_two_executions_that_overlap_in_time``);
+- a task that crashes its process every time ends FAILURE (WorkerCrashedError);
+- neither app's tasks reach the other's result backend or nodes.
 
-The small run (about 80 tasks, bounded at 90 s) is part of ``make test``; the
-full run (1,000 tasks, bounded at 5 minutes) runs with ``make chaos``
-(``SNAKEPIT_CHAOS_FULL=1 pytest -m slow tests/chaos/test_chaos.py``). Knobs:
-``CHAOS_KILLS=N`` (env ``SNAKEPIT_CHAOS_KILLS``) keeps the full run going, with
-more tasks, until N whole nodes were SIGKILLed; ``CHAOS_BROKER=amqp``
-(``SNAKEPIT_CHAOS_BROKER``) runs it on RabbitMQ (127.0.0.1:5672, quorum
-queues) instead of Redis (``snakepit_celery.transport.redis``, which
-``install()`` picks for Redis brokers).
+The small run (about 80 + 40 tasks, bounded at 150 s) is part of ``make
+test``; the full run (1,000 + 500 tasks, bounded at 6 minutes) runs with
+``make chaos`` (``SNAKEPIT_CHAOS_FULL=1 pytest -m slow
+tests/chaos/test_chaos.py``). Knobs: ``CHAOS_KILLS=N`` (env
+``SNAKEPIT_CHAOS_KILLS``) keeps the full run going, with more tasks, until N
+whole nodes were SIGKILLed; ``CHAOS_BROKER=amqp`` (``SNAKEPIT_CHAOS_BROKER``)
+runs the first app on RabbitMQ (127.0.0.1:5672, quorum queues) instead of
+Redis (``snakepit_celery.transport.redis``, which ``install()`` picks for
+Redis brokers); the second app stays on Redis.
 """
 
 from __future__ import annotations
@@ -32,17 +56,20 @@ import os
 import random
 import signal
 import time
-from collections import Counter
-from collections.abc import Iterator
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pytest
 
 from benchmarks.__main__ import record
 from benchmarks.apps.fleet import machine_details
+from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from snakepit_celery.testing.workers import WorkerNode
-from tests.support.chaos import ChaosFleet
+from tests.support.chaos import VISIBILITY_TIMEOUT, ChaosFleet, Execution, run_db
 
 FULL = os.environ.get("SNAKEPIT_CHAOS_FULL") == "1"
 #: Whole-node kills the full run goes on to (0: the run ends when its tasks do).
@@ -62,13 +89,40 @@ BARRIER: dict[str, Any] = {
     "taint_duration": 1.0,
     "backoff": [0.05, 0.1],
 }
-#: Task name -> (share of the tasks, idempotent, crashes by itself).
-MIX: dict[str, tuple[float, bool, bool]] = {
-    "chaos.idempotent": (0.5, True, False),
-    "chaos.once": (0.3, False, False),
-    "chaos.poison": (0.1, True, True),
-    "chaos.poison_once": (0.1, False, True),
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A task of the mix: its share of the tasks and how it behaves."""
+
+    share: float
+    idempotent: bool
+    #: Kills its own process on every run.
+    crashes: bool = False
+    #: Works ``LONG_WORK`` seconds, longer than the broker's visibility timeout.
+    long: bool = False
+
+
+MIX: dict[str, Kind] = {
+    "chaos.idempotent": Kind(0.5, idempotent=True),
+    "chaos.once": Kind(0.28, idempotent=False),
+    "chaos.poison": Kind(0.1, idempotent=True, crashes=True),
+    "chaos.poison_once": Kind(0.1, idempotent=False, crashes=True),
+    "chaos.long": Kind(0.01, idempotent=True, long=True),
+    "chaos.long_once": Kind(0.01, idempotent=False, long=True),
 }
+#: Work (s) of a long task: longer than the broker's visibility timeout.
+LONG_WORK = (VISIBILITY_TIMEOUT + 2.0, VISIBILITY_TIMEOUT + 4.0)
+#: Chaos actions and their weights (``kill_store`` only while the store runs: the
+#: store is down about a sixth of the time).
+ACTIONS = {"kill_child": 4.0, "segv_child": 3.0, "kill_node": 2.0, "kill_store": 0.5}
+#: How long (s) a killed node, and the killed store, stay down.
+NODE_DOWN = (0.5, 2.0)
+STORE_DOWN = (2.0, 4.0)
+#: ``redis.conf`` lines of the store: every write on disk before it is answered.
+STORE_PERSISTENCE = ("appendonly yes", "appendfsync always")
+#: The two apps of a run, in the order the ``chaos`` fixture returns them.
+APPS = ("first", "second")
 
 
 @dataclass(frozen=True)
@@ -80,26 +134,38 @@ class Size:
     chaos: float
     drain: float
     nodes: int = 3
+    #: Nodes of the second app (which sends half as many tasks).
+    second_nodes: int = 2
     #: Keep the chaos going (more tasks) until this many whole nodes were killed.
     kills: int = 0
 
 
 SMALL = Size(tasks=80, work=(0.1, 0.4), chaos=15.0, drain=35.0)
-LARGE = Size(tasks=1000, work=(0.05, 0.25), chaos=120.0 + KILLS * 4.0, drain=90.0, kills=KILLS)
+#: The full run drains longer: a poison task's last trips through a long queue come late.
+LARGE = Size(tasks=1000, work=(0.05, 0.25), chaos=120.0 + KILLS * 4.0, drain=150.0, kills=KILLS)
 
 
 @dataclass
 class ChaosRun:
-    """What a run did and what it left: task kinds, final states, execution counts."""
+    """What a run did and what it left for one app: task kinds, final states, executions."""
 
     kinds: dict[str, str]
     states: dict[str, dict[str, Any] | None]
-    executions: Counter[str]
+    runs: dict[str, list[Execution]]
     actions: Counter[str] = field(default_factory=Counter)
+    #: pid -> when (``time.time()``) the chaos loop killed it, for every process it killed.
+    deaths: dict[int, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     logs: str = ""
     #: Tasks whose messages the broker still held at the end (queued or unacknowledged).
     in_broker: set[str] = field(default_factory=set)
+    #: This app's tasks found in another app's result backend or execution log.
+    strays: list[str] = field(default_factory=list)
+
+    @cached_property
+    def executions(self) -> Counter[str]:
+        """How many times each task started running."""
+        return Counter({task_id: len(runs) for task_id, runs in self.runs.items()})
 
     def received(self, task_id: str) -> bool:
         """True when some node logged receiving the task (Celery's "Task ...[id] received")."""
@@ -123,22 +189,9 @@ class ChaosRun:
         return [
             task_id
             for task_id, kind in self.kinds.items()
-            if (idempotent is None or MIX[kind][1] == idempotent)
-            and (crashes is None or MIX[kind][2] == crashes)
+            if (idempotent is None or MIX[kind].idempotent == idempotent)
+            and (crashes is None or MIX[kind].crashes == crashes)
         ]
-
-    def killed_out(self, task_id: str) -> bool:
-        """A task the chaos loop killed on each of its ``max_restarts + 1`` runs.
-
-        The crash barrier rightly stops it (FAILURE ``WorkerCrashedError``):
-        a task that does not crash by itself fails only when every one of its
-        runs was killed (its child or its whole node).
-        """
-        return (
-            self.status(task_id) == "FAILURE"
-            and self.error_type(task_id) == "WorkerCrashedError"
-            and self.executions[task_id] == MAX_RESTARTS + 1
-        )
 
     def status(self, task_id: str) -> str | None:
         meta = self.states.get(task_id)
@@ -147,6 +200,55 @@ class ChaosRun:
     def error_type(self, task_id: str) -> str | None:
         result = (self.states.get(task_id) or {}).get("result")
         return str(result.get("exc_type")) if isinstance(result, dict) else None
+
+    def ended(self, execution: Execution) -> float | None:
+        """When ``execution`` ended: its end record, else the loop's first kill of its process.
+
+        None when neither is known (its process died otherwise, or it still runs).
+        """
+        if execution.end is not None:
+            return execution.end
+        kills = self.deaths.get(execution.pid, [])
+        return min((at for at in kills if at >= execution.start), default=None)
+
+    def killed_every_run(self, task_id: str) -> bool:
+        """The chaos loop killed each of the task's ``max_restarts + 1`` runs: none ended."""
+        runs = self.runs.get(task_id, [])
+        return len(runs) == MAX_RESTARTS + 1 and all(
+            run.end is None and self.ended(run) is not None for run in runs
+        )
+
+    def unsuccessful(self) -> list[str]:
+        """Idempotent tasks that do not crash themselves, a node received, and did not succeed.
+
+        Save those the chaos loop killed on each of their allowed runs, which
+        end FAILURE (WorkerCrashedError).
+        """
+        transport = set(self.lost_by_transport())
+        return [
+            t
+            for t in self.ids(idempotent=True, crashes=False)
+            if self.status(t) != "SUCCESS"
+            and t not in transport
+            and not (self.killed_every_run(t) and self.error_type(t) == "WorkerCrashedError")
+        ]
+
+    def overlapping(self) -> list[str]:
+        """Tasks with a run that started before an earlier run of theirs ended."""
+        return [t for t in self.kinds if _overlap(self.runs.get(t, []), self.ended)]
+
+    def longest_long_run(self) -> float:
+        """The longest run (s) of a long task, up to its end or its kill (0: none known)."""
+        return max(
+            (
+                end - execution.start
+                for task_id, kind in self.kinds.items()
+                if MIX[kind].long
+                for execution in self.runs.get(task_id, [])
+                if (end := self.ended(execution)) is not None
+            ),
+            default=0.0,
+        )
 
     def summary(self) -> str:
         """Outcomes per task kind and how often tasks ran, for the test log."""
@@ -157,16 +259,15 @@ class ChaosRun:
         lines = [f"{count:4d} x {key}" for key, count in sorted(outcomes.items(), key=str)]
         return "\n".join(lines)
 
-    def report(self, seed: int) -> str:
-        """The run's figures as Markdown, for ``benchmarks/RESULTS.md`` (full runs)."""
+    def report(self) -> str:
+        """The run's invariants and outcomes as Markdown, for ``benchmarks/RESULTS.md``."""
         non_idempotent = self.ids(idempotent=False)
         unrun = [
             t for t in non_idempotent if self.status(t) == "FAILURE" and not self.executions[t]
         ]
         healthy = self.ids(idempotent=True, crashes=False)
         rows = [
-            ("tasks / seconds / seed", f"{len(self.kinds)} / {self.seconds:.0f} s / {seed}"),
-            ("chaos actions", ", ".join(f"{k} {v}" for k, v in sorted(self.actions.items()))),
+            ("tasks", str(len(self.kinds))),
             (
                 "tasks a node received without a final state",
                 str(len(self.lost(list(self.kinds))) - len(self.lost_by_transport())),
@@ -178,9 +279,14 @@ class ChaosRun:
             (
                 "idempotent tasks that do not crash themselves: SUCCESS",
                 f"{sum(self.status(t) == 'SUCCESS' for t in healthy)} of {len(healthy)} "
-                f"({sum(self.killed_out(t) for t in healthy)} killed on all "
+                f"({sum(self.killed_every_run(t) for t in healthy)} killed on all "
                 f"{MAX_RESTARTS + 1} runs: stopped by max_restarts)",
             ),
+            (
+                "... FAILURE, each of their max_restarts + 1 runs killed by the chaos loop",
+                str(sum(self.killed_every_run(t) for t in healthy)),
+            ),
+            ("... neither (the invariant)", str(len(self.unsuccessful()))),
             (
                 "non-idempotent tasks run twice",
                 str(sum(self.executions[t] > 1 for t in non_idempotent)),
@@ -189,16 +295,16 @@ class ChaosRun:
                 "tasks run more than max_restarts + 1 times",
                 str(sum(self.executions[t] > MAX_RESTARTS + 1 for t in self.kinds)),
             ),
+            ("tasks with two executions overlapping in time", str(len(self.overlapping()))),
+            ("tasks in the other app's backend or log", str(len(self.strays))),
             (
                 "non-idempotent tasks failed without running (held by a SIGKILLed node)",
                 f"{len(unrun)} of {len(non_idempotent)}",
             ),
+            ("longest run of a long task", f"{self.longest_long_run():.1f} s"),
         ]
         table = "\n".join(f"| {what} | {value} |" for what, value in rows)
         return (
-            "`make chaos`: 3 prefork nodes (concurrency 2), random SIGKILL/SIGSEGV of pool "
-            "children and SIGKILL of whole nodes, restarted; final states from the result "
-            "backend, executions from a log each task writes first.\n\n"
             f"| invariant | result |\n|---|---|\n{table}\n\n"
             f"Outcomes (kind, status, error, runs):\n\n```\n{self.summary()}\n```"
         )
@@ -210,88 +316,197 @@ class ChaosRun:
             for task_id in ids[:limit]
         ) + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
 
+    def describe_runs(self, ids: list[str], limit: int = 10) -> str:
+        """Each task's executions: node, pid, start and end (``?``: unknown), in seconds."""
+        first = min((r.start for t in ids for r in self.runs.get(t, [])), default=0.0)
 
-def _chaos_step(fleet: ChaosFleet, rng: random.Random, restarts: dict[str, float]) -> str:
-    """One random act of violence; returns its name."""
-    alive = fleet.alive()
-    if not alive:
-        return "none"
-    action = rng.choices(["kill_child", "segv_child", "kill_node"], weights=[4, 3, 2])[0]
-    if action == "kill_node" and len(alive) < 2:
-        action = "kill_child"
-    if action == "kill_node":
-        node = rng.choice(alive)
-        node.kill()
-        restarts[node.name] = time.monotonic() + rng.uniform(0.5, 2.0)
+        def span(execution: Execution) -> str:
+            end = self.ended(execution)
+            until = "?" if end is None else f"{end - first:.3f}"
+            return f"{execution.node}/{execution.pid} {execution.start - first:.3f}..{until}"
+
+        return "; ".join(
+            f"{task_id} {self.kinds[task_id]} status={self.status(task_id)}: "
+            + ", ".join(map(span, self.runs.get(task_id, [])))
+            for task_id in ids[:limit]
+        )
+
+
+def _overlap(runs: list[Execution], ended: Callable[[Execution], float | None]) -> bool:
+    """True when one of ``runs`` started before an earlier one ended (its end known)."""
+    ordered = sorted(runs, key=lambda execution: execution.start)
+    for index, earlier in enumerate(ordered):
+        end = ended(earlier)
+        if end is not None and any(later.start < end for later in ordered[index + 1 :]):
+            return True
+    return False
+
+
+@dataclass
+class App:
+    """One app of a run: its fleet, how many nodes and tasks it starts with, what it sent."""
+
+    fleet: ChaosFleet
+    nodes: int
+    tasks: int
+    #: task id -> its kind (a name of ``MIX``).
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def send(self, rng: random.Random, count: int, work: tuple[float, float]) -> None:
+        """Send one task of each kind, then ``count`` more picked by share."""
+        names = list(MIX)
+        picked = names + rng.choices(names, weights=[MIX[name].share for name in names], k=count)
+        for name in picked:
+            seconds = rng.uniform(*(LONG_WORK if MIX[name].long else work))
+            self.kinds[self.fleet.send(name, seconds)] = name
+
+    def unfinished(self, last: int | None = None) -> list[str]:
+        """The app's tasks (the ``last`` ones sent) without a final state."""
+        ids = list(self.kinds)
+        return self.fleet.unfinished(ids if last is None else ids[-last:])
+
+
+class Chaos:
+    """The chaos loop's acts on the apps' nodes and on the store, and what it must restart."""
+
+    def __init__(self, fleets: list[ChaosFleet], store: EmbeddedRedis, rng: random.Random) -> None:
+        self.fleets = fleets
+        self.store = store
+        self.rng = rng
+        self.actions: Counter[str] = Counter()
+        #: pid -> when (``time.time()``) this loop killed it.
+        self.deaths: defaultdict[int, list[float]] = defaultdict(list)
+        #: node name -> its fleet and when (monotonic) to restart it.
+        self._restarts: dict[str, tuple[ChaosFleet, float]] = {}
+        #: When (monotonic) to restart the store; None while it runs.
+        self._store_back: float | None = None
+
+    def step(self) -> None:
+        """One random act of violence, counted under its name in ``actions``."""
+        self.actions[self._act()] += 1
+
+    def _act(self) -> str:
+        alive = [(fleet, node) for fleet in self.fleets for node in fleet.alive()]
+        if not alive:
+            return "none"
+        action = self.rng.choices(list(ACTIONS), weights=list(ACTIONS.values()))[0]
+        if not self.actions["kill_store"]:
+            action = "kill_store"  # every run, however short, has a store outage
+        fleet, node = self.rng.choice(alive)
+        if (action == "kill_store" and self._store_back is not None) or (
+            action == "kill_node" and len(fleet.alive()) < 2
+        ):
+            action = "kill_child"
+        if action == "kill_store":
+            self.store.kill()
+            self._store_back = time.monotonic() + self.rng.uniform(*STORE_DOWN)
+        elif action == "kill_node":
+            pids = [node.pid, *fleet.pool_children(node)]
+            node.kill()
+            self._killed(pids)
+            self._restarts[node.name] = (fleet, time.monotonic() + self.rng.uniform(*NODE_DOWN))
+        else:
+            children = fleet.pool_children(node)
+            if not children:
+                return "none"
+            child = self.rng.choice(children)
+            try:
+                os.kill(child, signal.SIGKILL if action == "kill_child" else signal.SIGSEGV)
+            except ProcessLookupError:
+                return "none"
+            self._killed([child])
         return action
-    children = fleet.pool_children(rng.choice(alive))
-    if not children:
-        return "none"
-    try:
-        os.kill(rng.choice(children), signal.SIGKILL if action == "kill_child" else signal.SIGSEGV)
-    except ProcessLookupError:
-        return "none"
-    return action
+
+    def _killed(self, pids: list[int]) -> None:
+        now = time.time()
+        for pid in pids:
+            self.deaths[pid].append(now)
+
+    def revive(self, *, everything: bool = False) -> None:
+        """Restart the nodes and the store whose time came (``everything``: all now).
+
+        A node that died by itself (a pool child killed while it started) is
+        restarted at once.
+        """
+        now = time.monotonic()
+        for fleet in self.fleets:
+            for name, node in fleet.nodes.items():
+                if name not in self._restarts and _dead(node):
+                    self._restarts[name] = (fleet, now)
+        for name, (fleet, when) in list(self._restarts.items()):
+            if everything or now >= when:
+                fleet.start(name)
+                del self._restarts[name]
+        if self._store_back is not None and (everything or now >= self._store_back):
+            self.store.start()
+            self._store_back = None
 
 
 def _dead(node: WorkerNode) -> bool:
     return node.process is not None and node.process.poll() is not None
 
 
-def _send_tasks(fleet: ChaosFleet, rng: random.Random, size: Size, kinds: dict[str, str]) -> None:
-    """Send ``size.tasks`` tasks of the mix, noting each one's kind in ``kinds``."""
-    names = list(MIX)
-    weights = [MIX[name][0] for name in names]
-    for _ in range(size.tasks):
-        name = rng.choices(names, weights=weights)[0]
-        kinds[fleet.send(name, rng.uniform(*size.work))] = name
-
-
-def run_chaos(fleet: ChaosFleet, size: Size, seed: int) -> ChaosRun:
-    """Send the tasks, unleash chaos, restart every node, and wait for final states."""
+def run_chaos(apps: list[App], store: EmbeddedRedis, size: Size, seed: int) -> list[ChaosRun]:
+    """Send the tasks, unleash chaos, restart every node and the store, wait for final states."""
     rng = random.Random(seed)
     started = time.monotonic()
-    fleet.start_all(size.nodes)
-    kinds: dict[str, str] = {}
-    _send_tasks(fleet, rng, size, kinds)
-    ids = list(kinds)
-    actions: Counter[str] = Counter()
-    restarts: dict[str, float] = {}
+    for app in apps:
+        app.fleet.start_all(app.nodes)
+    for app in apps:
+        app.send(rng, app.tasks, size.work)
+    chaos = Chaos([app.fleet for app in apps], store, rng)
     chaos_until = time.monotonic() + size.chaos
     while time.monotonic() < chaos_until and (
-        fleet.unfinished(ids) or actions["kill_node"] < size.kills
+        any(app.unfinished() for app in apps) or chaos.actions["kill_node"] < size.kills
     ):
-        if not fleet.unfinished(ids[-size.tasks // 4 :]):
-            _send_tasks(fleet, rng, Size(size.tasks // 4, size.work, 0, 0), kinds)
-            ids = list(kinds)
+        for app in apps:
+            if not app.unfinished(last=app.tasks // 4):
+                app.send(rng, app.tasks // 4, size.work)
         time.sleep(rng.uniform(0.3, 0.9))
-        actions[_chaos_step(fleet, rng, restarts)] += 1
-        for name, node in fleet.nodes.items():
-            if (
-                name not in restarts
-                and node.process is not None
-                and node.process.poll() is not None
-            ):
-                restarts[name] = time.monotonic()  # died by itself (a child killed at start-up)
-        for name, when in list(restarts.items()):
-            if time.monotonic() >= when:
-                fleet.start(name)
-                del restarts[name]
-    for name, node in list(fleet.nodes.items()):
-        if name in restarts or _dead(node):
-            fleet.start(name)
+        chaos.step()
+        chaos.revive()
+    chaos.revive(everything=True)
     drain_until = time.monotonic() + size.drain
-    while fleet.unfinished(ids) and time.monotonic() < drain_until:
+    while any(app.unfinished() for app in apps) and time.monotonic() < drain_until:
         time.sleep(0.25)
-    return ChaosRun(
-        kinds=kinds,
-        states=fleet.states(ids),
-        executions=fleet.executions(),
-        actions=actions,
-        seconds=time.monotonic() - started,
-        logs=fleet.logs(0),
-        in_broker=fleet.in_broker(),
-    )
+    seconds = time.monotonic() - started
+    return [
+        ChaosRun(
+            kinds=app.kinds,
+            states=app.fleet.states(list(app.kinds)),
+            runs=app.fleet.runs(),
+            actions=chaos.actions,
+            deaths=dict(chaos.deaths),
+            seconds=seconds,
+            logs=app.fleet.logs(0),
+            in_broker=app.fleet.in_broker(),
+            strays=_strays(app, [other for other in apps if other is not app]),
+        )
+        for app in apps
+    ]
+
+
+def _strays(app: App, others: list[App]) -> list[str]:
+    """``app``'s tasks that another app's result backend or execution log holds."""
+    ids = list(app.kinds)
+    found: set[str] = set()
+    for other in others:
+        found.update(t for t, meta in other.fleet.states(ids).items() if meta is not None)
+        found.update(t for t in other.fleet.runs() if t in app.kinds)
+    return sorted(found)
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[EmbeddedRedis]:
+    """The apps' shared snakepit store: a redis-server of the module, killed by the chaos loop."""
+    binary = find_redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    server = EmbeddedRedis(binary, config=STORE_PERSISTENCE).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(
@@ -301,84 +516,146 @@ def run_chaos(fleet: ChaosFleet, size: Size, seed: int) -> ChaosRun:
         pytest.param(LARGE, id="full", marks=[pytest.mark.slow, pytest.mark.integration]),
     ],
 )
-def chaos(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[ChaosRun]:
-    """One chaos run of the requested size, shared by the tests of the module."""
+def chaos(
+    request: pytest.FixtureRequest, redis_base_url: str, store: EmbeddedRedis
+) -> Iterator[list[ChaosRun]]:
+    """One chaos run of the requested size, shared by the tests of the module: one per app."""
     size: Size = request.param
     if size is LARGE and not FULL:
         pytest.skip("the 1,000-task chaos run needs SNAKEPIT_CHAOS_FULL=1 (make chaos)")
-    extra = AMQP_CONF if BROKER == "amqp" and size is LARGE else None
-    fleet = ChaosFleet.create(redis_base_url, "spchaos", BARRIER, extra=extra)
+    shared = {
+        "snakepit_store_url": f"{store.url}/0",
+        "snakepit_key_prefix": f"spchaos-{uuid.uuid4().hex[:10]}",
+    }
+    amqp = AMQP_CONF if BROKER == "amqp" and size is LARGE else {}
+    first = ChaosFleet.create(redis_base_url, "spchaos", BARRIER, extra={**amqp, **shared})
+    second = ChaosFleet.create(
+        redis_base_url, "spchaos2", BARRIER, db=1 + run_db() % 14, extra=shared
+    )
     seed = int(os.environ.get("SNAKEPIT_CHAOS_SEED", "1234"))
     try:
-        run = run_chaos(fleet, size, seed=seed)
-        print(
-            f"chaos run: {len(run.kinds)} tasks in {run.seconds:.1f}s, actions {dict(run.actions)}"
-            f"\n(kind, status, error, runs):\n{run.summary()}"
-        )
+        apps = [App(first, size.nodes, size.tasks), App(second, size.second_nodes, size.tasks // 2)]
+        runs = run_chaos(apps, store, size, seed=seed)
+        print(f"chaos run: {runs[0].seconds:.1f}s, actions {dict(runs[0].actions)}")
+        for name, run in zip(APPS, runs, strict=True):
+            print(f"{name} app, {len(run.kinds)} tasks (kind, status, error, runs):")
+            print(run.summary())
         log_file = os.environ.get("SNAKEPIT_CHAOS_LOG_FILE")
         if log_file:
             with open(log_file, "w", encoding="utf-8") as out:
-                out.write(run.logs)
+                out.write("\n".join(run.logs for run in runs))
         if size is LARGE:
-            broker = f"broker: {BROKER}, whole-node kills asked: {KILLS or 'none'}"
             section = "chaos" if BROKER == "redis" else f"chaos-{BROKER}"
-            record(section, f"{machine_details(fleet.redis)}\n{broker}\n\n{run.report(seed)}")
-        yield run
+            record(section, f"{machine_details(first.redis)}\n{_report(runs, seed)}")
+        yield runs
     finally:
-        fleet.close()
+        first.close()
+        second.close()
+
+
+def _report(runs: list[ChaosRun], seed: int) -> str:
+    """The full run's section of ``benchmarks/RESULTS.md``."""
+    first = runs[0]
+    actions = ", ".join(f"{k} {v}" for k, v in sorted(first.actions.items()))
+    sections = "\n\n".join(
+        f"{name.capitalize()} app:\n\n{run.report()}" for name, run in zip(APPS, runs, strict=True)
+    )
+    return (
+        f"broker: {BROKER} (the second app: redis), whole-node kills asked: {KILLS or 'none'}\n\n"
+        "`make chaos`: two apps sharing one store (3 and 2 prefork nodes, concurrency 2); "
+        "random SIGKILL/SIGSEGV of pool children, SIGKILL of whole nodes and of the store's "
+        "redis-server (AOF), restarted; final states from each app's result backend, "
+        "executions from a log each task writes.\n\n"
+        f"{len(first.kinds) + len(runs[1].kinds)} tasks in {first.seconds:.0f} s, seed {seed}; "
+        f"chaos actions: {actions}\n\n{sections}"
+    )
+
+
+@pytest.fixture(params=range(len(APPS)), ids=APPS)
+def run(request: pytest.FixtureRequest, chaos: list[ChaosRun]) -> ChaosRun:
+    """The chaos run of one app: each invariant is checked for both."""
+    result: ChaosRun = chaos[request.param]
+    return result
 
 
 pytestmark = pytest.mark.timeout(int(360 + KILLS * 6) if FULL else 150)
 
 
-def test_chaos_actually_happened(chaos: ChaosRun) -> None:
-    assert chaos.actions["kill_child"] + chaos.actions["segv_child"] > 0
-    assert chaos.actions["kill_node"] > 0
+def test_chaos_actually_happened(chaos: list[ChaosRun]) -> None:
+    actions = chaos[0].actions
+    assert actions["kill_child"] + actions["segv_child"] > 0
+    assert actions["kill_node"] > 0
+    assert actions["kill_store"] > 0
+    for run in chaos:
+        assert set(run.kinds.values()) == set(MIX)
+        assert run.executions, "the app ran no task"
+    longest = max(run.longest_long_run() for run in chaos)
+    assert longest > VISIBILITY_TIMEOUT, f"no long task outlived the visibility timeout: {longest}"
 
 
-def _lost_by_us(chaos: ChaosRun, ids: list[str]) -> list[str]:
+def _lost_by_us(run: ChaosRun, ids: list[str]) -> list[str]:
     """Lost tasks that are not the transport's (a node received them, or the broker holds them)."""
-    transport = set(chaos.lost_by_transport())
-    return [t for t in chaos.lost(ids) if t not in transport]
+    transport = set(run.lost_by_transport())
+    return [t for t in run.lost(ids) if t not in transport]
 
 
-def test_no_task_a_node_received_is_lost(chaos: ChaosRun) -> None:
-    lost = _lost_by_us(chaos, list(chaos.kinds))
-    assert not lost, f"{len(lost)} task(s) without a final state: {chaos.describe(lost)}"
+def test_no_task_a_node_received_is_lost(run: ChaosRun) -> None:
+    lost = _lost_by_us(run, list(run.kinds))
+    assert not lost, f"{len(lost)} task(s) without a final state: {run.describe(lost)}"
 
 
-def test_no_message_is_lost_by_the_broker_transport(chaos: ChaosRun) -> None:
-    lost = chaos.lost_by_transport()
-    assert not lost, f"{len(lost)} message(s) never received by any node: {chaos.describe(lost)}"
+def test_no_message_is_lost_by_the_broker_transport(run: ChaosRun) -> None:
+    lost = run.lost_by_transport()
+    assert not lost, f"{len(lost)} message(s) never received by any node: {run.describe(lost)}"
 
 
-def test_every_idempotent_task_that_does_not_crash_itself_succeeds(chaos: ChaosRun) -> None:
-    transport = set(chaos.lost_by_transport())
-    failed = [
-        t
-        for t in chaos.ids(idempotent=True, crashes=False)
-        if chaos.status(t) != "SUCCESS" and t not in transport and not chaos.killed_out(t)
-    ]
-    assert not failed, f"{len(failed)} idempotent task(s) did not succeed: {chaos.describe(failed)}"
+def test_every_idempotent_task_that_does_not_crash_itself_succeeds(run: ChaosRun) -> None:
+    """Unless the chaos loop killed each of its ``max_restarts + 1`` runs (see ``unsuccessful``)."""
+    failed = run.unsuccessful()
+    assert not failed, (
+        f"{len(failed)} idempotent task(s) did not succeed: {run.describe_runs(failed)}"
+    )
 
 
-def test_no_non_idempotent_task_runs_twice(chaos: ChaosRun) -> None:
-    twice = [t for t in chaos.ids(idempotent=False) if chaos.executions[t] > 1]
-    assert not twice, f"{len(twice)} non-idempotent task(s) ran twice: {chaos.describe(twice)}"
+def test_no_non_idempotent_task_runs_twice(run: ChaosRun) -> None:
+    twice = [t for t in run.ids(idempotent=False) if run.executions[t] > 1]
+    assert not twice, f"{len(twice)} non-idempotent task(s) ran twice: {run.describe_runs(twice)}"
 
 
-def test_no_task_runs_more_than_max_restarts_plus_one_times(chaos: ChaosRun) -> None:
-    over = [t for t in chaos.kinds if chaos.executions[t] > MAX_RESTARTS + 1]
-    assert not over, f"{len(over)} task(s) ran > {MAX_RESTARTS + 1} times: {chaos.describe(over)}"
+def test_no_task_runs_more_than_max_restarts_plus_one_times(run: ChaosRun) -> None:
+    over = [t for t in run.kinds if run.executions[t] > MAX_RESTARTS + 1]
+    assert not over, f"{len(over)} task(s) ran > {MAX_RESTARTS + 1} times: {run.describe(over)}"
 
 
-def test_task_crashing_its_process_every_time_ends_failure(chaos: ChaosRun) -> None:
-    poison = [t for t in chaos.ids(crashes=True) if t not in chaos.lost_by_transport()]
-    wrong = [t for t in poison if chaos.status(t) != "FAILURE"]
-    assert not wrong, f"{len(wrong)} poison task(s) not FAILURE: {chaos.describe(wrong)}"
-    assert {chaos.error_type(t) for t in poison} == {"WorkerCrashedError"}
+def test_no_task_has_two_executions_that_overlap_in_time(run: ChaosRun) -> None:
+    """No run of a task starts while an earlier run of it is still going (no concurrent copy).
+
+    Runs are ordered by their start record; a later run overlaps an earlier
+    one when it starts before the earlier one ended. The earlier run ended at
+    its end record (written when the task's body returns or raises, or right
+    before a poison task kills its own process); a run without one was killed
+    by the chaos loop, and ended when the loop's SIGKILL or SIGSEGV reached
+    its process (the loop notes the pid and time of each kill, whole nodes'
+    pool children included). A run with neither (its process died otherwise)
+    is only compared as the later run. Times are ``time.time()`` of one machine.
+    """
+    overlapping = run.overlapping()
+    assert not overlapping, (
+        f"{len(overlapping)} task(s) ran twice at once: {run.describe_runs(overlapping)}"
+    )
 
 
-def test_every_task_that_ran_is_in_the_log(chaos: ChaosRun) -> None:
-    never_ran = [t for t in chaos.kinds if chaos.status(t) == "SUCCESS" and not chaos.executions[t]]
-    assert not never_ran, f"SUCCESS without an execution: {chaos.describe(never_ran)}"
+def test_task_crashing_its_process_every_time_ends_failure(run: ChaosRun) -> None:
+    poison = [t for t in run.ids(crashes=True) if t not in run.lost_by_transport()]
+    wrong = [t for t in poison if run.status(t) != "FAILURE"]
+    assert not wrong, f"{len(wrong)} poison task(s) not FAILURE: {run.describe(wrong)}"
+    assert {run.error_type(t) for t in poison} == {"WorkerCrashedError"}
+
+
+def test_every_task_that_ran_is_in_the_log(run: ChaosRun) -> None:
+    never_ran = [t for t in run.kinds if run.status(t) == "SUCCESS" and not run.executions[t]]
+    assert not never_ran, f"SUCCESS without an execution: {run.describe(never_ran)}"
+
+
+def test_no_task_reaches_the_other_apps_backend_or_nodes(run: ChaosRun) -> None:
+    assert not run.strays, f"in the other app: {run.describe(run.strays)}"

@@ -4,8 +4,9 @@
 (broker, result backend and store on the test's Redis, every key under one
 prefix through kombu's ``global_keyprefix``), starts nodes with
 ``snakepit_celery.testing.workers.WorkerNode``, reads final states from the
-result backend and the execution log the tasks write, and deletes every key
-of the run at the end.
+result backend and the execution log the tasks write (``Execution``: when
+and where each run of a task started, and ended when it did), and deletes
+every key of the run at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import psutil
@@ -35,6 +37,26 @@ FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 #: Broker visibility timeout (s): the message of a killed node comes back after it.
 VISIBILITY_TIMEOUT = 6.0
 T = TypeVar("T")
+
+
+def run_db() -> int:
+    """The Redis database (1..14) of this test process's fleets, by default."""
+    return 1 + os.getpid() % 14
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One run of a task, from the execution log: where, and when it started and ended.
+
+    ``end`` (``time.time()``) is None when the run left no end record: its
+    process died in the middle (or it still runs).
+    """
+
+    task_id: str
+    node: str
+    pid: int
+    start: float
+    end: float | None = None
 
 
 def chaos_conf(
@@ -75,7 +97,7 @@ class ChaosFleet:
 
         ``extra`` is added to (or overrides) the app's ``chaos_conf``.
         """
-        redis_url = f"{redis_base_url}/{1 + os.getpid() % 14 if db is None else db}"
+        redis_url = f"{redis_base_url}/{run_db() if db is None else db}"
         key_prefix = f"{label}-{uuid.uuid4().hex[:10]}"
         return cls(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, barrier, extra))
 
@@ -175,8 +197,23 @@ class ChaosFleet:
 
     def executions(self) -> Counter[str]:
         """How many times each task id started running (from the execution log)."""
-        raw_ids = self.redis.lrange(self.log_key, 0, -1)
-        return Counter(r.decode() if isinstance(r, bytes) else str(r) for r in raw_ids)
+        return Counter({task_id: len(runs) for task_id, runs in self.runs().items()})
+
+    def runs(self) -> dict[str, list[Execution]]:
+        """Each task's executions in the order they started (an end joins its run's start)."""
+        runs: dict[str, list[Execution]] = {}
+        open_runs: dict[tuple[str, int], int] = {}  # (task id, pid) -> index of its open run
+        for raw in reversed(self.redis.lrange(self.log_key, 0, -1)):  # LPUSH: newest first
+            record = json.loads(raw)
+            task_id, pid, at = str(record["id"]), int(record["pid"]), float(record["at"])
+            if record["event"] == "start":
+                task_runs = runs.setdefault(task_id, [])
+                open_runs[(task_id, pid)] = len(task_runs)
+                task_runs.append(Execution(task_id, str(record["node"]), pid, at))
+            elif (task_id, pid) in open_runs:
+                index = open_runs.pop((task_id, pid))
+                runs[task_id][index] = replace(runs[task_id][index], end=at)
+        return runs
 
     # -- the end --------------------------------------------------------------------------
     def close(self) -> None:
