@@ -26,6 +26,7 @@ import pytest
 from celery import Celery
 
 from snakepit_celery.celery.app_context import app_group
+from snakepit_celery.celery.bootsteps.in_flight import HeldDelivery
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
 from snakepit_celery.store import Store
@@ -73,11 +74,25 @@ def hold(app: Celery, name: str) -> tuple[str, str]:
         return str(message.delivery_tag), task_id
 
 
-def dead_node(app: Celery, store: Store, name: str, held: list[list[str]]) -> None:
+def dead_node(
+    app: Celery, store: Store, name: str, held: list[list[str]], pids: tuple[int, ...] = (123,)
+) -> None:
     """A node whose last heartbeat listed ``held`` messages, and that then died."""
-    record = {"in_flight": [], "in_flight_tasks": {}, "incarnation": "x", "held": held}
+    record = {
+        "in_flight": [],
+        "in_flight_tasks": {},
+        "incarnation": "x",
+        "held": held,
+        "worker_pids": list(pids),
+    }
     store.node_register(name, record, ttl=SHORT_TTL, group=app_group(app))
     time.sleep(SHORT_TTL + 0.1)
+
+
+def live_node(app: Celery, store: Store, name: str, held: list[list[str]], pids: list[int]) -> None:
+    """A live node (restarted under ``name``, say) holding ``held`` in processes ``pids``."""
+    record = {"incarnation": "y", "held": held, "worker_pids": pids}
+    store.node_register(name, record, ttl=30.0, group=app_group(app))
 
 
 def queued(app: Celery, key_prefix: str) -> list[dict[str, Any]]:
@@ -159,3 +174,44 @@ def test_message_of_a_task_without_start_marks_leaves_the_ledger_alone(
     dead_node(app, store, "dead@test", [[tag, task_id, "restore.once"]])
     agent.reap()
     assert store.ledger_get(task_id) is None
+
+
+def test_a_tag_a_live_node_holds_again_is_not_restored_nor_its_run_counted(
+    app: Celery, store: Store, agent: OrphanReaper, key_prefix: str
+) -> None:
+    """kombu restored the dead node's message (same tag) and the restarted node runs it."""
+    tag, task_id = hold(app, "restore.idem")
+    store.ledger_start(task_id, worker_id="dead@test/456", lease=3600.0, ttl=3600.0)
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]], pids=(123,))
+    live_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]], pids=[456])
+    agent.reap()
+    assert queued(app, key_prefix) == []
+    assert tag in unacked_tags(app, key_prefix)
+    entry = store.ledger_get(task_id)
+    assert entry is not None and (entry.crashes, entry.running_on) == (0, "dead@test/456")
+
+
+def test_a_tag_the_reapers_own_node_holds_is_not_restored(
+    app: Celery, store: Store, key_prefix: str
+) -> None:
+    tag, task_id = hold(app, "restore.idem")
+    held = [HeldDelivery(tag, task_id, "restore.idem")]
+    reaper = OrphanReaper(app, "reaper@test", store, grace=0.0, held=lambda: held)
+    try:
+        dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]])
+        reaper.reap()
+    finally:
+        reaper.restorer.close()
+    assert queued(app, key_prefix) == []
+
+
+def test_a_run_of_a_restarted_node_of_that_name_is_no_crash_of_the_dead_one(
+    app: Celery, store: Store, agent: OrphanReaper
+) -> None:
+    tag, task_id = hold(app, "restore.idem")
+    store.ledger_start(task_id, worker_id="dead@test/456", lease=3600.0, ttl=3600.0)
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]], pids=(123,))
+    live_node(app, store, "dead@test", [], pids=[456])
+    agent.reap()
+    entry = store.ledger_get(task_id)
+    assert entry is not None and (entry.crashes, entry.running_on) == (0, "dead@test/456")

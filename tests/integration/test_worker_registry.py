@@ -51,6 +51,7 @@ def test_node_record_describes_the_worker(fleet: Fleet) -> None:
     assert record is not None
     assert worker.process is not None
     assert record["pid"] == worker.process.pid
+    assert record["worker_pids"] == [worker.process.pid]  # threads pool: tasks run in it
     assert record["state"] == "running"
     assert record["tainted"] is False
     assert record["identity"] == {

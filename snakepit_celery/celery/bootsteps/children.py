@@ -19,7 +19,13 @@ from typing import Any
 
 from celery import bootsteps
 
-__all__ = ["CHILD_WATCH_INTERVAL", "PoolChildWatch", "maintain_if_child_died", "pool_processes"]
+__all__ = [
+    "CHILD_WATCH_INTERVAL",
+    "PoolChildWatch",
+    "maintain_if_child_died",
+    "pool_pids",
+    "pool_processes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,11 @@ def pool_processes(pool: Any) -> list[Any]:
     """The child processes of Celery's prefork ``TaskPool`` (empty for solo, threads...)."""
     children = getattr(getattr(pool, "_pool", None), "_pool", None)
     return list(children) if isinstance(children, list) else []
+
+
+def pool_pids(pool: Any) -> list[int]:
+    """The pids of a prefork pool's children (none for other pools)."""
+    return [int(child.pid) for child in pool_processes(pool) if child.pid]
 
 
 def maintain_if_child_died(pool: Any) -> bool:

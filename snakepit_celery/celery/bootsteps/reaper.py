@@ -18,14 +18,23 @@ incarnation is fenced) and
   is counted as a crash (its lease would otherwise make the new delivery look
   like a duplicate), and a ``start_marks`` task the ledger shows never started
   is marked given back unstarted, so it runs normally.
+
+A delivery tag names a message, not one delivery of it: kombu restores a
+message (visibility timeout) with its tag, so by the time a late reaper runs
+(the store was down, say) a live node may hold the dead node's message again
+under the same tag. The reaper leaves alone every tag its own node holds
+(read in-process) or a live node's record lists, and settles a ledger run
+only when it names a process of the dead incarnation (``worker_pids`` of its
+record: a node restarted under the same name runs its tasks in new
+processes).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from celery import Celery
 from celery.app.task import Context
@@ -64,8 +73,11 @@ class OrphanReaper:
         *,
         grace: float = REAP_GRACE,
         restorer: UnackedRestorer | None = None,
+        held: Callable[[], Sequence[HeldDelivery] | None] | None = None,
     ) -> None:
         self.app = app
+        #: The messages this reaper's own node holds (None: not known, e.g. AMQP).
+        self.held = held
         self.node = node
         self.store = store
         self.grace = grace
@@ -84,7 +96,7 @@ class OrphanReaper:
         for record in self.store.node_reap(grace=self.grace, group=app_group(self.app)):
             reaped = self._reap_node(record)
             failed.extend(reaped)
-            self._restore_held(str(record.get("node")), record.get("held"), set(reaped))
+            self._restore_held(record, set(reaped))
         return failed
 
     def send_events(self, dispatcher: Any) -> None:
@@ -129,23 +141,26 @@ class OrphanReaper:
                 )
         return failed
 
-    def _restore_held(self, dead: str, held: Any, failed: set[str]) -> list[str]:
+    def _restore_held(self, record: Mapping[str, Any], failed: set[str]) -> list[str]:
         """Move the messages the dead node held back to their queues; their delivery tags.
 
         ``failed``: tasks this reaper just ended FAILURE (their ledger is settled).
         """
+        dead = str(record.get("node"))
         deliveries = [
             HeldDelivery(*map(str, item))
-            for item in held or ()
+            for item in record.get("held") or ()
             if isinstance(item, list | tuple) and len(item) == 3
         ]
         if not deliveries:
             return []
         try:
+            live = self._live()
+            deliveries = [d for d in deliveries if d.tag not in live.tags]
             unacked = set(self.restorer.unacked(d.tag for d in deliveries))
             for delivery in deliveries:
                 if delivery.tag in unacked and delivery.task_id not in failed:
-                    self._settle_ledger(dead, delivery)
+                    self._settle_ledger(record, delivery, live)
             restored = self.restorer.restore(d.tag for d in deliveries if d.tag in unacked)
         except StoreUnavailableError as exc:
             report_store_error(exc, node=self.node)
@@ -169,7 +184,21 @@ class OrphanReaper:
             )
         return restored
 
-    def _settle_ledger(self, dead: str, delivery: HeldDelivery) -> None:
+    def _live(self) -> _LiveNodes:
+        """What the live nodes hold and run: this node's tags now, the others' last records."""
+        live = _LiveNodes({d.tag for d in (self.held() if self.held else None) or ()}, set())
+        for record in self.store.node_list(group=app_group(self.app)):
+            for item in record.get("held") or ():
+                if isinstance(item, list | tuple) and item:
+                    live.tags.add(str(item[0]))
+            pids = record.get("worker_pids")
+            if isinstance(pids, list):
+                live.workers.update(f"{record.get('node')}/{pid}" for pid in pids)
+        return live
+
+    def _settle_ledger(
+        self, record: Mapping[str, Any], delivery: HeldDelivery, live: _LiveNodes
+    ) -> None:
         """Count the dead node's run of a barrier task as a crash, or mark it never started.
 
         A run the ledger shows on the dead node holds a lease that would make
@@ -185,7 +214,7 @@ class OrphanReaper:
             return
         entry = barrier.ledger_get(delivery.task_id)
         running_on = entry.running_on if entry is not None else None
-        if running_on is not None and running_on.startswith(f"{dead}/"):
+        if running_on is not None and _ran_on_dead(record, running_on, live):
             barrier.ledger_crash(delivery.task_id)
         elif running_on is None and barrier.config.start_marks:
             barrier.ledger_release(delivery.task_id)
@@ -256,3 +285,24 @@ def failed_request(task_id: str, name: str, context: Any) -> Context | None:
         return None
     fields = {key: context[key] for key in CONTEXT_FIELDS if key in context}
     return Context(id=task_id, task=name, delivery_info={"is_eager": False}, **fields)
+
+
+class _LiveNodes(NamedTuple):
+    """Delivery tags the live nodes hold, and their task processes (``<node>/<pid>``)."""
+
+    tags: set[str]
+    workers: set[str]
+
+
+def _ran_on_dead(record: Mapping[str, Any], running_on: str, live: _LiveNodes) -> bool:
+    """True when a ledger's ``running_on`` names a process of the dead incarnation.
+
+    One of the ``worker_pids`` of its record (main process and pool children
+    at its last beat); else any process of its name that no live record
+    claims: a node restarted under the same name runs in new processes.
+    """
+    dead = str(record.get("node"))
+    pids = record.get("worker_pids")
+    if isinstance(pids, list) and running_on in {f"{dead}/{pid}" for pid in pids}:
+        return True
+    return running_on.startswith(f"{dead}/") and running_on not in live.workers

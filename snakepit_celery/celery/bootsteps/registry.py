@@ -79,6 +79,10 @@ def _nothing_held() -> Sequence[HeldDelivery] | None:
     return None
 
 
+def _no_children() -> Sequence[int]:
+    return ()
+
+
 def never_raise(action: Callable[[], object], failure: str, node: str) -> None:
     """Run ``action``; report store errors (fail-open) and log any other error.
 
@@ -106,6 +110,7 @@ class NodeRegistry:
         interval: float = HEARTBEAT_INTERVAL,
         ttl: float = HEARTBEAT_TTL,
         held: Callable[[], Sequence[HeldDelivery] | None] = _nothing_held,
+        children: Callable[[], Sequence[int]] = _no_children,
         group: str = DEFAULT_GROUP,
     ) -> None:
         self.node = node
@@ -121,6 +126,8 @@ class NodeRegistry:
         self._recorded_orphanable: frozenset[str] = frozenset()
         #: The messages this node holds unacknowledged (None: the broker does not say).
         self.held = held
+        #: The pids of the pool's children (none for a solo or threads pool).
+        self.children = children
         self._recorded_tags: frozenset[str] = frozenset()
         #: Tasks in flight in the last record the store accepted (ack_on_record may ack them).
         self.recorded_in_flight: frozenset[str] = frozenset()
@@ -148,6 +155,9 @@ class NodeRegistry:
             "incarnation": self.incarnation,
             "heartbeat_interval": self.interval,
             "held": [list(delivery) for delivery in held],
+            # The processes that run its tasks, as a crash ledger names them (``<node>/<pid>``):
+            # a reaper tells this incarnation's runs from those of a restart under its name.
+            "worker_pids": sorted({os.getpid(), *self.children()}),
         }
 
     def devices(self) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from snakepit_celery.celery.app_context import (
     taint_pools,
 )
 from snakepit_celery.celery.bootsteps.ack import ACK_INTERVAL, AckOnRecord, ack_on_record_tasks
-from snakepit_celery.celery.bootsteps.children import PoolChildWatch
+from snakepit_celery.celery.bootsteps.children import PoolChildWatch, pool_pids
 from snakepit_celery.celery.bootsteps.current import note_worker_node
 from snakepit_celery.celery.bootsteps.fence import fence_node
 from snakepit_celery.celery.bootsteps.giveback import release_unstarted, stopping_error
@@ -83,9 +83,15 @@ class NodeServices:
             prefix=namespace(app),
         )
         registry = NodeRegistry(
-            node, info, store, queues, held=lambda: held_deliveries(c), group=group
+            node,
+            info,
+            store,
+            queues,
+            held=lambda: held_deliveries(c),
+            children=lambda: pool_pids(c.pool),
+            group=group,
         )
-        reaper = OrphanReaper(app, node, store)
+        reaper = OrphanReaper(app, node, store, held=lambda: held_deliveries(c))
         logger.info(
             "node %s: %s, queues %s",
             node,
