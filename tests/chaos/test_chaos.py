@@ -142,7 +142,7 @@ class Size:
 
 SMALL = Size(tasks=80, work=(0.1, 0.4), chaos=15.0, drain=35.0)
 #: The full run drains longer: a poison task's last trips through a long queue come late.
-LARGE = Size(tasks=1000, work=(0.05, 0.25), chaos=120.0 + KILLS * 4.0, drain=150.0, kills=KILLS)
+LARGE = Size(tasks=1000, work=(0.05, 0.25), chaos=120.0 + KILLS * 6.0, drain=150.0, kills=KILLS)
 
 
 @dataclass
@@ -578,7 +578,7 @@ def run(request: pytest.FixtureRequest, chaos: list[ChaosRun]) -> ChaosRun:
     return result
 
 
-pytestmark = pytest.mark.timeout(int(360 + KILLS * 6) if FULL else 150)
+pytestmark = pytest.mark.timeout(int(420 + KILLS * 8) if FULL else 150)
 
 
 def test_chaos_actually_happened(chaos: list[ChaosRun]) -> None:
