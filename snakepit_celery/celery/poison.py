@@ -23,6 +23,7 @@ from kombu.serialization import dumps
 
 from snakepit_celery.celery.app_context import app_store, namespace, settings_for
 from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS, HEADER_FIRST_TRY
+from snakepit_celery.errors import StoreUnavailableError
 from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.quarantine import (
     REASON_STOPPED,
@@ -30,6 +31,7 @@ from snakepit_celery.quarantine import (
     QuarantinedMessage,
     message_digest,
 )
+from snakepit_celery.store import report_store_error
 from snakepit_celery.store.records import QuarantineEntry
 
 if TYPE_CHECKING:
@@ -184,8 +186,8 @@ def quarantine_delivered(
     headers = dict(getattr(message, "headers", None) or {})
     task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
     entry_id = task_id or message_digest(message.body, headers)
-    try:
-        Quarantine(app_store(app), settings_for(app).crash_barrier).add(
+    _never_raise(
+        lambda: Quarantine(app_store(app), settings_for(app).crash_barrier).add(
             entry_id,
             kombu_message(message),
             reason=reason,
@@ -193,9 +195,9 @@ def quarantine_delivered(
             error=str(failure),
             crashes=crashes,
             task_id=task_id,
-        )
-    except Exception:
-        logger.exception("could not quarantine message %s", entry_id)
+        ),
+        entry_id,
+    )
     if task_id:
         try:
             app.backend.store_result(task_id, failure, states.FAILURE)
@@ -257,8 +259,14 @@ def _replay_queue(app: Celery, message: QuarantinedMessage) -> str:
 
 
 def _never_raise(action: Callable[[], object], task_id: str) -> None:
-    """Run ``action``; log (never raise) what it raises: the task still ends as it would."""
+    """Run ``action``; log (never raise) what it raises: the task still ends as it would.
+
+    A store that does not answer is reported like every store outage (counted,
+    logged once a minute), not with a traceback per message.
+    """
     try:
         action()
+    except StoreUnavailableError as exc:
+        report_store_error(exc, task_id=task_id)
     except Exception:
         logger.exception("could not quarantine task %s", task_id, extra={"task_id": task_id})

@@ -10,13 +10,14 @@ from celery import Celery
 from celery.app.task import Context
 from celery.worker.request import Request
 from kombu import Connection, Exchange, Queue
+from kombu.message import Message
 
 from snakepit_celery import signals
-from snakepit_celery.celery.poison import kombu_message, request_message
+from snakepit_celery.celery.poison import kombu_message, quarantine_delivered, request_message
 from snakepit_celery.errors import ConfigError
 from snakepit_celery.policy.barrier_config import CrashBarrierConfig
 from snakepit_celery.quarantine import Quarantine, QuarantinedMessage, message_digest
-from snakepit_celery.store import Store
+from snakepit_celery.store import Store, store_error_count
 
 
 def _record(n: int) -> dict[str, object]:
@@ -133,3 +134,18 @@ def test_message_rebuilt_from_a_task_request_matches_the_delivered_one() -> None
     assert rebuilt.headers["id"] == original.headers["id"] == "id-1"
     assert rebuilt.headers["task"] == "rebuild.add"
     assert json.loads(rebuilt.body)[:2] == json.loads(original.body)[:2] == [[1, 2], {}]
+
+
+def test_a_quarantine_the_store_cannot_take_is_reported_as_an_outage(
+    open_failing: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No traceback per message while the store is down: counted, like every outage."""
+    app = Celery("quarantine_down", set_as_current=False)
+    app.conf.update(broker_url="memory://", snakepit_store_url="redis://127.0.0.1:1/0")
+    message = Message(body="{}", headers={"task": "t"}, content_type="application/json")
+    before = store_error_count()
+    quarantine_delivered(
+        app, "n@h", message, reason="malformed", failure=RuntimeError("bad message")
+    )
+    assert store_error_count() > before
+    assert not [r for r in caplog.records if r.exc_info]
