@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from celery import Celery
@@ -22,6 +20,7 @@ from celery import Celery
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.workers import WorkerNode
 from tests.apps.observe_app import add_tasks
+from tests.support.events import Capture
 from tests.support.fleet import CPU_HARDWARE, ROOT, make_app, write_hardware
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -37,40 +36,6 @@ def rabbitmq_answers() -> bool:
     except OSError:
         return False
     return True
-
-
-class Receiver:
-    """Every event of one node, collected by ``app.events.Receiver`` in a thread."""
-
-    def __init__(self, app: Celery, node: str) -> None:
-        self.node = node
-        self.events: list[dict[str, Any]] = []
-        self.ready = threading.Event()
-        self.connection = app.connection_for_read()
-        self.receiver = app.events.Receiver(self.connection, handlers={"*": self._on_event})
-        self.receiver.on_consume_ready = lambda *_, **__: self.ready.set()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("hostname") == self.node:
-            self.events.append(event)
-
-    def _run(self) -> None:
-        with contextlib.suppress(Exception):  # the connection is closed under it at teardown
-            self.receiver.capture(limit=None, timeout=None, wakeup=False)
-
-    def of_type(self, type_: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == type_]
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        assert self.ready.wait(10), "the receiver did not start"
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.receiver.should_stop = True
-        self.thread.join(5)
-        self.connection.close()
 
 
 @pytest.fixture(params=["redis", "amqp"])
@@ -115,7 +80,7 @@ def test_every_crash_event_of_the_main_process_arrives(
     rabbit_app: tuple[Celery, WorkerNode],
 ) -> None:
     app, node = rabbit_app
-    with Receiver(app, NODE) as receiver:
+    with Capture(app, keep=lambda event: event.get("hostname") == NODE) as receiver:
         task_ids = []
         for _ in range(CRASHES):
             result = app.tasks["observe.segfault"].delay()

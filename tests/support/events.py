@@ -1,9 +1,10 @@
-"""A real ``app.events.Receiver`` in a thread, collecting the snakepit events a test causes."""
+"""A real ``app.events.Receiver`` in a thread, collecting the events a test causes."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -11,10 +12,18 @@ from celery import Celery
 from snakepit_celery.testing import wait_until
 
 
-class Capture:
-    """An ``app.events.Receiver`` collecting every snakepit event in a background thread."""
+def snakepit_event(event: dict[str, Any]) -> bool:
+    """The events ``Capture`` keeps by default: snakepit's own."""
+    return "snakepit" in event.get("type", "")
 
-    def __init__(self, app: Celery) -> None:
+
+class Capture:
+    """An ``app.events.Receiver`` collecting the events ``keep`` accepts, in a background thread."""
+
+    def __init__(
+        self, app: Celery, keep: Callable[[dict[str, Any]], bool] = snakepit_event
+    ) -> None:
+        self.keep = keep
         self.events: list[dict[str, Any]] = []
         self.ready = threading.Event()
         self.connection = app.connection_for_read()
@@ -23,7 +32,7 @@ class Capture:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        if "snakepit" in event.get("type", ""):
+        if self.keep(event):
             self.events.append(event)
 
     def _on_ready(self, *_: Any, **__: Any) -> None:
@@ -42,6 +51,10 @@ class Capture:
         self.receiver.should_stop = True
         self.thread.join(5)
         self.connection.close()
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        """The events of ``type_`` collected so far."""
+        return [e for e in self.events if e["type"] == type_]
 
     def wait_for(self, type_: str) -> dict[str, Any]:
         return wait_until(
