@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from snakepit_celery.celery.app_context import app_group, namespace
 from snakepit_celery.celery.cli.fleet import Fleet
 from snakepit_celery.celery.cli.output import (
     EXIT_OK,
@@ -27,6 +28,7 @@ from snakepit_celery.celery.cli.output import (
     table,
 )
 from snakepit_celery.celery.task import SnakepitTask
+from snakepit_celery.policy.routing import queue_device
 from snakepit_celery.store.records import LedgerEntry
 
 __all__ = ["TaskFacts", "task_command", "task_facts"]
@@ -53,8 +55,8 @@ class TaskFacts:
         return self.state != "PENDING" or self.running_on is not None or self.crashes > 0
 
 
-def _device_of(queue: str | None, task: SnakepitTask | None) -> str | None:
-    """The device of a task with a device option, as its queue names it.
+def _device_of(queue: str | None, task: SnakepitTask | None, prefix: str) -> str | None:
+    """The device of a task with a device option, as its queue (namespace ``prefix``) names it.
 
     ``snakepit.node.<n>.cuda.1`` → ``cuda:1``, ``snakepit.cuda`` → ``cuda``;
     else the task's preference (``cuda,cpu``).
@@ -62,16 +64,14 @@ def _device_of(queue: str | None, task: SnakepitTask | None) -> str | None:
     prefs = None if task is None else task.device
     if prefs is None:
         return None
-    parts = (queue or "").split(".")
-    if len(parts) >= 2 and parts[-1].isdigit():
-        return f"{parts[-2]}:{parts[-1]}"
-    if parts[0] == "snakepit" and parts[-1] in {"cpu", "cuda", "rocm", "mps"}:
-        return parts[-1]
+    routed = queue_device(queue or "", prefix=prefix)
+    if routed is not None:
+        return str(routed)
     return ",".join([prefs] if isinstance(prefs, str) else prefs)
 
 
 def _in_flight_node(fleet: Fleet, task_id: str) -> str | None:
-    for record in fleet.store.node_list():
+    for record in fleet.store.node_list(group=app_group(fleet.app)):
         if task_id in (record.get("in_flight") or ()):
             return str(record["node"])
     return None
@@ -99,7 +99,7 @@ def task_facts(fleet: Fleet, task_id: str) -> TaskFacts:
         running_on=running_on,
         queue=queue,
         breaker=None if breaker is None else breaker.name,
-        device=_device_of(queue, task),
+        device=_device_of(queue, task, namespace(fleet.app)),
         crashes=0 if ledger is None else ledger.crashes,
         attempt=None if retries is None else int(retries) + 1,
     )
