@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from celery.exceptions import WorkerShutdown, WorkerTerminate
@@ -30,6 +30,7 @@ from celery.exceptions import WorkerShutdown, WorkerTerminate
 from snakepit_celery.celery.bootsteps.in_flight import (
     active_requests,
     barrier_enabled,
+    channel_deliveries,
     held_deliveries,
 )
 from snakepit_celery.celery.poison import quarantine_delivered
@@ -167,14 +168,5 @@ def _held_messages(consumer: Any, reserved: Sequence[Any]) -> list[tuple[str, st
             for request in reserved
             if request.time_start is None and not request.acknowledged
         ]
-    delivered = _channel_deliveries(consumer)
+    delivered = {str(tag): m for tag, m in tuple((channel_deliveries(consumer) or {}).items())}
     return [(d.task_id, d.name, delivered.get(d.tag)) for d in held]
-
-
-def _channel_deliveries(consumer: Any) -> Mapping[Any, Any]:
-    """The kombu messages the channel holds, by delivery tag (as strings)."""
-    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
-    delivered = getattr(getattr(channel, "qos", None), "_delivered", None)
-    if not isinstance(delivered, Mapping):
-        return {}
-    return {str(tag): message for tag, message in tuple(delivered.items())}

@@ -25,6 +25,7 @@ __all__ = [
     "acked_early",
     "active_requests",
     "barrier_enabled",
+    "channel_deliveries",
     "held_deliveries",
     "in_flight_tasks",
     "orphanable",
@@ -43,6 +44,16 @@ class HeldDelivery(NamedTuple):
     name: str
 
 
+def channel_deliveries(consumer: Any) -> Mapping[Any, Any] | None:
+    """kombu's delivered, unacknowledged messages of the task channel by tag (``qos._delivered``).
+
+    None for a transport that does not keep them (AMQP).
+    """
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    delivered = getattr(getattr(channel, "qos", None), "_delivered", None)
+    return delivered if isinstance(delivered, Mapping) else None
+
+
 def held_deliveries(consumer: Any) -> list[HeldDelivery] | None:
     """Every message the consumer's channel holds unacknowledged (reserved, ETA, running).
 
@@ -51,10 +62,9 @@ def held_deliveries(consumer: Any) -> list[HeldDelivery] | None:
     broker itself redelivers on connection loss). Acknowledged deliveries not
     yet dropped from ``_delivered`` are left out.
     """
-    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
-    qos = getattr(channel, "qos", None)
-    delivered = getattr(qos, "_delivered", None)
-    if not isinstance(delivered, Mapping):
+    qos = getattr(getattr(getattr(consumer, "task_consumer", None), "channel", None), "qos", None)
+    delivered = channel_deliveries(consumer)
+    if delivered is None:
         return None
     for _ in range(5):
         try:
