@@ -121,7 +121,7 @@ def client_from_url(url: str, socket_timeout: float, connect_timeout: float) -> 
             tls["ssl_cert_reqs"] = conf.ssl_cert_reqs
         return RedisCluster(
             startup_nodes=[
-                ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                ClusterNode(host, port)  # type: ignore[no-untyped-call,unused-ignore]
                 for host, port in conf.hosts
             ],
             username=conf.username,
@@ -153,13 +153,13 @@ def _sentinel_client(url: str, timeouts: dict[str, Any]) -> Any:
     sentinel_kwargs = dict(timeouts)
     if conf.sentinel_password:
         sentinel_kwargs["password"] = conf.sentinel_password
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(conf.hosts), sentinel_kwargs=sentinel_kwargs, **timeouts
     )
     tls: dict[str, Any] = {}
     if conf.ssl and conf.ssl_cert_reqs:
         tls["ssl_cert_reqs"] = conf.ssl_cert_reqs
-    return sentinel.master_for(  # type: ignore[no-untyped-call]
+    return sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         conf.service,
         db=conf.db,
         username=conf.username,
