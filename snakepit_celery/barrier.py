@@ -327,10 +327,14 @@ class CrashBarrier:
         """Record that the running execution of ``task_id`` ended (any outcome but a crash)."""
         self._guarded(lambda store: store.ledger_finish(task_id), None)
 
-    def ledger_crash(self, task_id: str) -> LedgerEntry:
-        """Record that the running execution of ``task_id`` died; returns the entry after it."""
+    def ledger_crash(self, task_id: str, *, holder: str | None = None) -> LedgerEntry:
+        """Record that the running execution of ``task_id`` died; returns the entry after it.
+
+        ``holder``: count only a run the ledger shows on that worker (see
+        ``Store.ledger_crash``), so two observers of one death count it once.
+        """
         return self._guarded(
-            lambda store: store.ledger_crash(task_id, ttl=self.ledger_ttl),
+            lambda store: store.ledger_crash(task_id, ttl=self.ledger_ttl, holder=holder),
             LedgerEntry(starts=0, finishes=0, crashes=1, running_on=None),
         )
 

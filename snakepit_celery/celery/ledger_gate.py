@@ -7,10 +7,13 @@ the larger of what the message proves (``headers.message_crashes``: its
 header, which holds every crash so far, plus its lost delivery) and what the
 ledger proves (runs whose lease ran out, or that a pool parent saw die), so
 the count grows while the store is down. A copy whose first run still holds
-its lease (renewed by its node's heartbeat while it runs long) is sent again
-for later, and a message whose task already has a final state (its result
-was stored, its acknowledgement lost) is dropped: neither runs again. Fail-closed, a store
-that does not answer retries the task after ``STORE_DOWN_COUNTDOWN``.
+its lease (renewed by its node's heartbeat while it runs long) runs only when
+the node registry shows that run's process dead (``celery.holders``: the
+dead run is counted as a crash first); while it lives the copy is sent again
+and checked every ``DUPLICATE_RECHECK`` seconds. A message whose task already
+has a final state (its result was stored, its acknowledgement lost) is
+dropped: neither runs twice. Fail-closed, a store that does not answer
+retries the task after ``STORE_DOWN_COUNTDOWN``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from celery import Celery, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.headers import (
     HEADER_CRASHES,
     HEADER_DEFERRALS,
@@ -31,12 +35,15 @@ from snakepit_celery.celery.headers import (
     message_crashes,
     parse_headers,
 )
+from snakepit_celery.celery.holders import holder_alive
 from snakepit_celery.celery.poison import quarantine_gave_up
 from snakepit_celery.celery.runtime import TaskRuntime
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.store import report_store_error
+from snakepit_celery.store.records import LedgerEntry
 
 __all__ = [
+    "DUPLICATE_RECHECK",
     "STORE_DOWN_COUNTDOWN",
     "GatedTask",
     "crash_ledger_gate",
@@ -49,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 #: Countdown (s) of a task retried because the store did not answer (fail-closed).
 STORE_DOWN_COUNTDOWN = 2.0
+#: Countdown (s) of a copy of a task whose first run lives (or may: its node's record has
+#: not expired yet, ``HEARTBEAT_TTL``): it is checked again then.
+DUPLICATE_RECHECK = 3.0
 
 
 class GatedTask(Protocol):
@@ -80,12 +90,25 @@ def crash_ledger_gate(
     barrier = runtime.barrier
     worker_id = f"{request.hostname}/{os.getpid()}"
     known = parse_headers(headers).crashes
+    # With start marks the ledger holds every run: a lost delivery is no crash by itself.
+    came_back = redelivered(request) and not barrier.config.start_marks
     try:
-        # With start marks the ledger holds every run: a lost delivery is no crash by itself.
-        came_back = redelivered(request) and not barrier.config.start_marks
         before = barrier.ledger_start(
             request.id, worker_id, runtime.lease, known, came_back=came_back
         )
+        holder = before.running_on
+        if holder is not None and holder != worker_id and _holder_died(task, runtime, before):
+            barrier.ledger_crash(request.id, holder=holder)
+            logger.warning(
+                "task %s[%s]: its run on %s died with its process; this copy takes over",
+                task.name,
+                request.id,
+                holder,
+                extra={"task_id": request.id, "running_on": holder},
+            )
+            before = barrier.ledger_start(
+                request.id, worker_id, runtime.lease, known, came_back=came_back
+            )
     except StoreUnavailableError as exc:
         _retry_later(task, request, headers, exc)
     if before.running_on is not None and before.running_on != worker_id:
@@ -110,25 +133,44 @@ def crash_ledger_gate(
     _give_up(task, runtime, request, crashes)
 
 
+def _holder_died(task: GatedTask, runtime: TaskRuntime, entry: LedgerEntry) -> bool:
+    """True when the node registry shows the process holding ``entry``'s lease dead.
+
+    One registry read, only for a copy delivered while another run holds the
+    lease. A registry that cannot be read shows nothing dead.
+    """
+    holder = entry.running_on
+    if holder is None:
+        return False
+    try:
+        records = runtime.store.node_list(group=app_group(task.app))
+    except StoreUnavailableError as exc:
+        report_store_error(exc)
+        return False
+    return not holder_alive(records, holder, entry.held_for)
+
+
 def _defer_duplicate(
     task: GatedTask, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any], holder: str
 ) -> NoReturn:
-    """A copy of a task whose first run holds a live lease: send it again for later, drop this.
+    """A copy of a task whose first run lives: send it again for later, drop this delivery.
 
-    It never runs while that run lives; sent again (after a lease's length,
-    its stored state unchanged) rather than dropped, so the task is not lost
-    should the holder die: a copy of a task that ended is dropped then.
+    It never runs while that run lives; sent again (checked after
+    ``DUPLICATE_RECHECK``, its stored state unchanged) rather than dropped,
+    so the task is not lost should the holder die: a copy of a task that
+    ended is dropped then.
     """
+    countdown = min(runtime.lease, DUPLICATE_RECHECK)
     logger.warning(
         "task %s[%s] is still running on %s: duplicate delivery deferred %.1fs",
         task.name,
         request.id,
         holder,
-        runtime.lease,
+        countdown,
         extra={"task_id": request.id, "running_on": holder},
     )
     later = {**forwarded(headers), HEADER_CRASHES: parse_headers(headers).crashes}
-    task.signature_from_request(request, countdown=runtime.lease, headers=later).apply_async()
+    task.signature_from_request(request, countdown=countdown, headers=later).apply_async()
     raise Ignore()
 
 

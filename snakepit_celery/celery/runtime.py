@@ -51,6 +51,7 @@ __all__ = [
     "relax_header",
     "select_device",
     "takes_device",
+    "visibility_timeout",
 ]
 
 #: Kombu's default ``visibility_timeout`` for Redis (s).
@@ -186,8 +187,6 @@ def build_runtime(app: Celery, task_name: str, breaker: Any, options: TaskOption
     store = app_store(app)
     health_settings = dict(settings.health)
     app_pool = str(health_settings.pop("pool", "default"))
-    transport = app.conf.broker_transport_options or {}
-    visibility = float(transport.get("visibility_timeout") or DEFAULT_VISIBILITY_TIMEOUT)
     barrier_config = settings.crash_barrier.merged(options.crash_barrier)
     return TaskRuntime(
         settings=settings,
@@ -197,9 +196,18 @@ def build_runtime(app: Celery, task_name: str, breaker: Any, options: TaskOption
         barrier=CrashBarrier(barrier_config, pool=app_pool, store=store),
         health=HealthMonitor(pool=options.pool or app_pool, store=store, **health_settings),
         defer_on_open=settings.defer_on_open,
-        lease=visibility * LEASE_FRACTION,
+        lease=visibility_timeout(app) * LEASE_FRACTION,
         task_events=bool(app.conf.worker_send_task_events),
     )
+
+
+def visibility_timeout(app: Celery) -> float:
+    """The broker's visibility timeout (s) as the app configures it, else kombu's default.
+
+    Crash-ledger leases are ``LEASE_FRACTION`` of it on every broker, AMQP too.
+    """
+    transport = app.conf.broker_transport_options or {}
+    return float(transport.get("visibility_timeout") or DEFAULT_VISIBILITY_TIMEOUT)
 
 
 def _breaker_of(

@@ -183,8 +183,9 @@ class Store(Protocol):
         the message proves: ``known`` (its crash header), plus its lost delivery
         when it ``came_back`` and was not given back unstarted. While
         *another* worker still holds a live lease nothing is written and the
-        result's ``running_on`` names that worker: the caller must not run the
-        task (duplicate delivery).
+        result's ``running_on`` names that worker (``held_for``: since when it
+        last took or renewed that lease): the caller must not run the task
+        while that worker lives (duplicate delivery).
         ``released`` is true when this delivery follows a ``ledger_release``
         (the mark is consumed; ``ledger_crash`` of this run reports it too).
         """
@@ -204,11 +205,15 @@ class Store(Protocol):
         """Record that the running execution ended (any outcome); no-op without an entry."""
         ...
 
-    def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
+    def ledger_crash(self, task_id: str, *, ttl: float, holder: str | None = None) -> LedgerEntry:
         """Record that the running execution died; returns the entry after it.
 
         ``released`` is true when the delivery that died followed a
         ``ledger_release`` (whether or not its run got to ``ledger_start``).
+        With ``holder``, only a run the ledger shows on that worker is counted:
+        otherwise nothing is written (it was counted already, or another
+        worker has taken the task over), so two observers of one death count
+        it once.
         """
         ...
 

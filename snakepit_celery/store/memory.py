@@ -304,15 +304,20 @@ class MemoryStore(MemoryNodes, MemoryQuarantine):
             self._ledgers[task_id] = led
             if led.running_on is not None:
                 if led.lease_until > now and led.running_on != worker_id:
-                    return LedgerEntry(led.starts, led.finishes, led.crashes, led.running_on)
+                    return LedgerEntry(
+                        led.starts,
+                        led.finishes,
+                        led.crashes,
+                        led.running_on,
+                        held_for=led.held_for(now),
+                    )
                 if led.lease_until <= now:
                     led.crashes += 1
             led.crashes = max(led.crashes, known + int(came_back and not led.released))
             before = LedgerEntry(led.starts, led.finishes, led.crashes, None, led.released)
             led.released_run, led.released = led.released, False
             led.starts += 1
-            led.running_on = worker_id
-            led.lease_until = now + lease
+            led.hold(worker_id, lease, now)
             led.expires_at = now + ttl
             return before
 
@@ -328,13 +333,13 @@ class MemoryStore(MemoryNodes, MemoryQuarantine):
         led = self._ledger(task_id, now)
         if lease <= 0:
             if led is not None and led.running_on == worker_id:
-                led.running_on, led.lease_until = None, 0.0
+                led.let_go()
             return True
         if led is None:
             led = self._ledgers[task_id] = LedgerState()
         elif led.running_on not in (None, worker_id) and led.lease_until > now:
             return False
-        led.running_on, led.lease_until = worker_id, now + lease
+        led.hold(worker_id, lease, now)
         led.expires_at = max(led.expires_at, now + ttl)
         return True
 
@@ -344,19 +349,19 @@ class MemoryStore(MemoryNodes, MemoryQuarantine):
             led = self._ledger(task_id, self.now())
             if led is not None:
                 led.finishes += 1
-                led.running_on = None
-                led.lease_until = 0.0
+                led.let_go()
                 led.released_run = False
 
-    def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
-        """Record that the running execution died; returns the entry after it."""
+    def ledger_crash(self, task_id: str, *, ttl: float, holder: str | None = None) -> LedgerEntry:
+        """Record that the running execution (``holder``'s only, if named) died; the entry after."""
         with self._lock:
             now = self.now()
             led = self._ledger(task_id, now) or LedgerState()
+            if holder is not None and led.running_on != holder:
+                return LedgerEntry(led.starts, led.finishes, led.crashes)
             self._ledgers[task_id] = led
             led.crashes += 1
-            led.running_on = None
-            led.lease_until = 0.0
+            led.let_go()
             led.expires_at = now + ttl
             released = led.released or led.released_run
             led.released = led.released_run = False
@@ -381,7 +386,9 @@ class MemoryStore(MemoryNodes, MemoryQuarantine):
             if led is None:
                 return None
             running = led.running_on if led.lease_until > now else None
-            return LedgerEntry(led.starts, led.finishes, led.crashes, running, led.released)
+            return LedgerEntry(
+                led.starts, led.finishes, led.crashes, running, led.released, led.held_for(now)
+            )
 
     def close(self) -> None:
         """Nothing to release."""

@@ -86,6 +86,8 @@ class LedgerState:
     crashes: int = 0
     running_on: str | None = None
     lease_until: float = 0.0
+    #: When ``running_on`` last took or renewed its lease.
+    lease_at: float = 0.0
     expires_at: float = 0.0
     #: A node gave the message back unstarted; the next delivery is no crash.
     released: bool = False
@@ -93,6 +95,20 @@ class LedgerState:
     released_run: bool = False
     #: Nodes that stopped with an error while holding the message unstarted.
     deaths: int = 0
+
+    def hold(self, worker_id: str, lease: float, now: float) -> None:
+        """``worker_id`` takes or renews the lease until ``now + lease``."""
+        self.running_on, self.lease_until, self.lease_at = worker_id, now + lease, now
+
+    def let_go(self) -> None:
+        """No worker holds the lease."""
+        self.running_on, self.lease_until, self.lease_at = None, 0.0, 0.0
+
+    def held_for(self, now: float) -> float | None:
+        """Seconds since the live lease was taken or renewed (None without one)."""
+        if self.running_on is None or self.lease_until <= now:
+            return None
+        return max(0.0, now - self.lease_at)
 
 
 def _time(item: tuple[Any, ...]) -> float:

@@ -114,7 +114,10 @@ class LedgerEntry:
     outcome); ``crashes``: executions known to have died; ``running_on``: the
     worker holding a live lease on the task, if any; ``released``: the
     delivery concerned is one a node gave back unstarted (``ledger_release``),
-    so it was not lost with a crash.
+    so it was not lost with a crash; ``held_for``: seconds (store clock) since
+    the ``running_on`` worker last took or renewed its lease (None when no
+    live lease is reported; not compared), so a caller can tell whether a
+    node record written since lists that worker (``celery.holders``).
     """
 
     starts: int
@@ -122,6 +125,7 @@ class LedgerEntry:
     crashes: int
     running_on: str | None = None
     released: bool = False
+    held_for: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from snakepit_celery.store.redis_schema import (
     BREAKER_TTL,
     HEALTH_TOTAL_TTL,
     count_arg,
+    ledger_entry,
     opt_text,
     seconds_arg,
     text,
@@ -299,7 +300,7 @@ class RedisStore(RedisNodes, RedisQuarantine):
         came_back: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts an execution; the entry before it (see ``Store``)."""
-        starts, finishes, crashes, running, released = self._run(
+        reply = self._run(
             "ledger_start",
             [self.key("task", task_id)],
             [
@@ -310,9 +311,7 @@ class RedisStore(RedisNodes, RedisQuarantine):
                 int(came_back),
             ],
         )
-        return LedgerEntry(
-            int(starts), int(finishes), int(crashes), opt_text(running), bool(released)
-        )
+        return ledger_entry(reply)
 
     def ledger_hold(self, holds: Mapping[str, str], *, lease: float, ttl: float) -> list[bool]:
         """Take, extend or (``lease <= 0``) let go of running tasks' leases; one pipeline."""
@@ -327,10 +326,10 @@ class RedisStore(RedisNodes, RedisQuarantine):
         """Record that the running execution ended (any outcome)."""
         self._run("ledger_finish", [self.key("task", task_id)], [])
 
-    def ledger_crash(self, task_id: str, *, ttl: float) -> LedgerEntry:
-        """Record that the running execution died; returns the entry after it."""
+    def ledger_crash(self, task_id: str, *, ttl: float, holder: str | None = None) -> LedgerEntry:
+        """Record that the running execution (``holder``'s only, if named) died; the entry after."""
         starts, finishes, crashes, released = self._run(
-            "ledger_crash", [self.key("task", task_id)], [ttl_ms_arg(ttl)]
+            "ledger_crash", [self.key("task", task_id)], [ttl_ms_arg(ttl), holder or ""]
         )
         return LedgerEntry(int(starts), int(finishes), int(crashes), None, bool(released))
 
@@ -342,12 +341,7 @@ class RedisStore(RedisNodes, RedisQuarantine):
     def ledger_get(self, task_id: str) -> LedgerEntry | None:
         """The entry for ``task_id``, or None."""
         reply = self._run("ledger_get", [self.key("task", task_id)], [])
-        if reply is None:
-            return None
-        starts, finishes, crashes, running, released = reply
-        return LedgerEntry(
-            int(starts), int(finishes), int(crashes), opt_text(running), bool(released)
-        )
+        return None if reply is None else ledger_entry(reply)
 
 
 def _config(stored: Any) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any
 
 from snakepit_celery.errors import ConfigError
-from snakepit_celery.store.records import QuarantineEntry
+from snakepit_celery.store.records import LedgerEntry, QuarantineEntry
 
 __all__ = [
     "BREAKER_TTL",
@@ -29,6 +29,7 @@ __all__ = [
     "SHAS",
     "SOURCES",
     "count_arg",
+    "ledger_entry",
     "node_record",
     "opt_text",
     "quarantine_entry",
@@ -172,6 +173,23 @@ def text(value: Any) -> str:
 def opt_text(value: Any) -> str | None:
     """``text(value)``, None for a nil reply."""
     return None if value is None else text(value)
+
+
+def ledger_entry(reply: Any) -> LedgerEntry:
+    """The entry of a ``ledger_start`` or ``ledger_get`` reply.
+
+    The reply: starts, finishes, crashes, running_on, released, held_for (nil
+    without a live lease).
+    """
+    starts, finishes, crashes, running, released, held_for = reply
+    return LedgerEntry(
+        int(starts),
+        int(finishes),
+        int(crashes),
+        opt_text(running),
+        bool(released),
+        None if held_for is None else max(0.0, float(held_for)),
+    )
 
 
 def node_record(node: str, raw: Any, now: float) -> dict[str, Any]:

@@ -6,6 +6,8 @@ would call it for a message that came back.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -14,8 +16,10 @@ import pytest
 from celery import Celery
 from celery.exceptions import Ignore, Retry
 
+from snakepit_celery.celery.app_context import app_group, app_store
 from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS
 from snakepit_celery.celery.install import install
+from snakepit_celery.celery.ledger_gate import DUPLICATE_RECHECK
 from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.store import set_default_store, set_fail_open
 
@@ -47,12 +51,15 @@ def came_back(task_id: str, hostname: str = "b@host", retries: int = 0) -> Any:
     )
 
 
-def test_a_copy_of_a_task_whose_first_run_holds_its_lease_is_deferred_not_run(
-    app: Celery, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    task = gated(app)
-    runtime = task.snakepit_runtime
-    runtime.barrier.ledger_hold({"long-1": "a@host/1"}, 30.0)
+def beat(app: Celery, node: str, pids: list[int]) -> None:
+    """Write a live registry record of ``node`` listing ``pids`` (heartbeat every 0.1 s)."""
+    record = {"incarnation": f"{node}-1", "worker_pids": pids, "heartbeat_interval": 0.1}
+    store = app_store(app)
+    assert store.node_register(node, record, ttl=30.0, group=app_group(app))
+
+
+def deferrals(monkeypatch: pytest.MonkeyPatch, task: Any) -> list[dict[str, Any]]:
+    """The options of every re-publication of the task (none is sent)."""
     sent: list[dict[str, Any]] = []
 
     def signature_from_request(request: Any, **options: Any) -> Any:
@@ -60,10 +67,77 @@ def test_a_copy_of_a_task_whose_first_run_holds_its_lease_is_deferred_not_run(
         return SimpleNamespace(apply_async=lambda: None)
 
     monkeypatch.setattr(task, "signature_from_request", signature_from_request)
+    return sent
+
+
+def test_a_copy_of_a_task_whose_first_run_lives_is_deferred_not_run(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = gated(app)
+    runtime = task.snakepit_runtime
+    beat(app, "a@host", [1])
+    runtime.barrier.ledger_hold({"long-1": "a@host/1"}, 30.0)
+    sent = deferrals(monkeypatch, task)
     with pytest.raises(Ignore):
         task._crash_ledger_gate(runtime, came_back("long-1"), {})
-    assert sent == [{"countdown": runtime.lease, "headers": {HEADER_CRASHES: 0}}]
+    assert sent == [{"countdown": DUPLICATE_RECHECK, "headers": {HEADER_CRASHES: 0}}]
     assert app.AsyncResult("long-1").state == "PENDING"
+    entry = runtime.barrier.ledger_get("long-1")
+    assert entry is not None and (entry.running_on, entry.crashes) == ("a@host/1", 0)
+
+
+def test_a_copy_runs_at_once_when_the_node_of_the_first_run_has_no_live_record(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ redelivers a dead node's message at once: its live lease must not hold it."""
+    task = gated(app)
+    runtime = task.snakepit_runtime
+    runtime.barrier.ledger_hold({"gone-1": "dead@host/7"}, 3000.0)
+    sent = deferrals(monkeypatch, task)
+    assert task._crash_ledger_gate(runtime, came_back("gone-1"), {}) == 1
+    assert sent == []
+    entry = runtime.barrier.ledger_get("gone-1")
+    assert entry is not None
+    assert (entry.crashes, entry.running_on) == (1, f"b@host/{os.getpid()}")
+
+
+def test_a_copy_runs_when_the_record_written_since_the_lease_no_longer_lists_its_process(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead pool child (or a process of a node restarted under the same name)."""
+    task = gated(app)
+    runtime = task.snakepit_runtime
+    runtime.barrier.ledger_hold({"child-1": "a@host/7"}, 3000.0)
+    time.sleep(0.4)
+    beat(app, "a@host", [1, 8])
+    sent = deferrals(monkeypatch, task)
+    assert task._crash_ledger_gate(runtime, came_back("child-1"), {}) == 1
+    assert sent == []
+
+
+def test_a_copy_waits_for_a_child_younger_than_its_nodes_last_record(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that took its lease after the last beat is not listed yet: it lives."""
+    task = gated(app)
+    runtime = task.snakepit_runtime
+    beat(app, "a@host", [1])
+    time.sleep(0.4)
+    runtime.barrier.ledger_hold({"young-1": "a@host/9"}, 3000.0)
+    sent = deferrals(monkeypatch, task)
+    with pytest.raises(Ignore):
+        task._crash_ledger_gate(runtime, came_back("young-1"), {})
+    assert [options["countdown"] for options in sent] == [DUPLICATE_RECHECK]
+
+
+def test_two_copies_that_find_one_dead_run_count_its_crash_once(app: Celery) -> None:
+    task = gated(app)
+    barrier = task.snakepit_runtime.barrier
+    barrier.ledger_hold({"twice-1": "dead@host/7"}, 3000.0)
+    assert barrier.ledger_crash("twice-1", holder="dead@host/7").crashes == 1
+    assert barrier.ledger_crash("twice-1", holder="dead@host/7").crashes == 1
+    entry = barrier.ledger_get("twice-1")
+    assert entry is not None and (entry.crashes, entry.running_on) == (1, None)
 
 
 def test_a_copy_of_a_task_that_ended_is_dropped_even_when_a_rerun_is_allowed(

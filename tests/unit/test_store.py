@@ -456,6 +456,31 @@ def test_ledger_crash_counts_and_returns_entry_after(store: Store) -> None:
     assert (after.starts, after.finishes, after.crashes, after.running_on) == (1, 0, 1, None)
 
 
+def test_ledger_crash_of_a_named_holder_counts_only_that_holders_run(store: Store) -> None:
+    start(store, "w1")
+    assert store.ledger_crash("task-1", ttl=60.0, holder="w2").crashes == 0
+    assert store.ledger_crash("task-1", ttl=60.0, holder="w1").crashes == 1
+    assert store.ledger_crash("task-1", ttl=60.0, holder="w1").crashes == 1
+    entry = store.ledger_get("task-1")
+    assert entry is not None and (entry.crashes, entry.running_on) == (1, None)
+
+
+def test_a_refused_start_and_a_read_say_how_long_ago_the_holder_renewed(store: Store) -> None:
+    store.ledger_hold({"task-1": "w1"}, lease=60.0, ttl=60.0)
+    time.sleep(0.3)
+    refused = start(store, "w2")
+    read = store.ledger_get("task-1")
+    assert read is not None and read.running_on == "w1"
+    for entry in (refused, read):
+        assert entry.held_for is not None and 0.25 <= entry.held_for < 5.0
+    store.ledger_hold({"task-1": "w1"}, lease=60.0, ttl=60.0)
+    renewed = store.ledger_get("task-1")
+    assert renewed is not None and renewed.held_for is not None and renewed.held_for < 0.25
+    store.ledger_finish("task-1")
+    ended = store.ledger_get("task-1")
+    assert ended is not None and ended.held_for is None
+
+
 def test_start_after_expired_lease_counts_earlier_start_as_crash(store: Store) -> None:
     start(store, "w1", lease=SHORT)
     time.sleep(PAST_SHORT)

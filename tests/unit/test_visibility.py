@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from celery.worker import state as worker_state
 from kombu import Connection
 
 from snakepit_celery.celery.bootsteps.visibility import VisibilityKeeper
+from snakepit_celery.celery.install import install
+from snakepit_celery.celery.task import snakepit_task
 
 OLD = 1000.0  # a delivery time long past any visibility timeout
 
@@ -105,6 +108,39 @@ def test_short_lived_messages_cost_nothing_under_a_long_timeout(
     assert score(client, key, "young") == OLD
 
 
-def test_other_transports_are_left_alone() -> None:
-    keeper = VisibilityKeeper(SimpleNamespace(task_consumer=None), 2.0)
-    keeper.keep()
+def test_without_a_visibility_timeout_the_leases_of_long_runs_are_still_renewed(
+    redis_url: str, key_prefix: str, held: list[FakeRequest]
+) -> None:
+    """AMQP: no delivery time to move, but a copy redelivered on a connection loss must
+    find the running task's lease live (its holder then decides, ``celery.holders``)."""
+    app = Celery("keeper_amqp", broker="amqp://127.0.0.1:1//", set_as_current=False)
+    app.conf.snakepit_store_url = redis_url
+    app.conf.snakepit_key_prefix = key_prefix
+    app.conf.broker_transport_options = {"visibility_timeout": 4.0}
+    app.conf.snakepit_crash_barrier = {"enabled": True}
+    install(app)
+
+    @snakepit_task(app=app, name="keeper.long", idempotent=True, shared=False)
+    def long() -> None:
+        return None
+
+    request = FakeRequest("amqp-1", "1", worker_pid=4321, task=long)
+    held.append(request)
+    worker_state.active_requests.add(request)
+    try:
+        keeper = VisibilityKeeper(SimpleNamespace(task_consumer=None, app=app), 0.5)
+        assert keeper.threshold(4.0) == pytest.approx(1.0)
+        keeper.keep()
+        barrier = long.snakepit_runtime.barrier
+        assert barrier.ledger_get("amqp-1") is None  # younger than the threshold: no cost
+        time.sleep(0.6)
+        keeper.keep()
+        entry = barrier.ledger_get("amqp-1")
+        assert entry is not None and entry.running_on == "node@test/4321"
+        worker_state.active_requests.discard(request)
+        keeper.keep()
+        after = barrier.ledger_get("amqp-1")  # let go: no run holds it (a bare entry reads None)
+        assert after is None
+    finally:
+        worker_state.active_requests.discard(request)
+        app.close()

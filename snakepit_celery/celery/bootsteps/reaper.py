@@ -215,7 +215,7 @@ class OrphanReaper:
         entry = barrier.ledger_get(delivery.task_id)
         running_on = entry.running_on if entry is not None else None
         if running_on is not None and _ran_on_dead(record, running_on, live):
-            barrier.ledger_crash(delivery.task_id)
+            barrier.ledger_crash(delivery.task_id, holder=running_on)
         elif running_on is None and barrier.config.start_marks:
             barrier.ledger_release(delivery.task_id)
 

@@ -12,7 +12,9 @@ nothing for tasks shorter than that. It also takes or renews, in one store
 batch, the crash-ledger lease of each running crash-barrier task among them
 (``CrashBarrier.ledger_hold``), so a copy restored in a race is dropped by the
 ledger gate; it lets go of those leases when the tasks end. Other transports
-have no visibility timeout: nothing to do.
+(AMQP) have no visibility timeout: the broker redelivers a message when its
+consumer's connection drops, so only the leases are kept, on the schedule
+of the app's configured (or kombu's default) timeout, as the lease is 0.8 x that.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from celery.worker import state as worker_state
 
 from snakepit_celery.celery.bootsteps.in_flight import active_requests, barrier_enabled
-from snakepit_celery.celery.runtime import TaskRuntime
+from snakepit_celery.celery.runtime import TaskRuntime, visibility_timeout
 from snakepit_celery.celery.task import SnakepitTask
 
 __all__ = ["VisibilityKeeper", "held_requests"]
@@ -79,9 +81,10 @@ class VisibilityKeeper:
     def keep(self) -> None:
         """One pass (heartbeat thread): refresh what is due, let go of leases of ended tasks."""
         channel = self._channel()
-        if channel is None:
-            return
-        timeout = float(channel.visibility_timeout)
+        if channel is not None:
+            timeout = float(channel.visibility_timeout)
+        else:
+            timeout = visibility_timeout(self.consumer.app)
         now = time.monotonic()
         held = {str(r.message.delivery_tag): r for r in held_requests() if _tag(r) is not None}
         for tag in [t for t in self._fresh if t not in held]:
@@ -95,7 +98,8 @@ class VisibilityKeeper:
             self._hold(due)
         finally:
             if due:
-                self._extend(channel, [str(r.message.delivery_tag) for r in due])
+                if channel is not None:
+                    self._extend(channel, [str(r.message.delivery_tag) for r in due])
                 for request in due:
                     self._fresh[str(request.message.delivery_tag)] = now
 

@@ -7,7 +7,7 @@ local h = redis.call('HMGET', KEYS[1], 'running_on', 'lease_until')
 local lease = tonumber(ARGV[2])
 if lease <= 0 then
   if h[1] == ARGV[1] then
-    redis.call('HDEL', KEYS[1], 'running_on', 'lease_until')
+    redis.call('HDEL', KEYS[1], 'running_on', 'lease_until', 'lease_at')
   end
   return 1
 end
@@ -15,7 +15,8 @@ local now = store_now()
 if h[1] and h[1] ~= ARGV[1] and (tonumber(h[2]) or 0) > now then
   return 0
 end
-redis.call('HSET', KEYS[1], 'running_on', ARGV[1], 'lease_until', fmt(now + lease))
+redis.call('HSET', KEYS[1], 'running_on', ARGV[1], 'lease_until', fmt(now + lease), 'lease_at',
+  fmt(now))
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
