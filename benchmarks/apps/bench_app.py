@@ -3,7 +3,8 @@
 
 Broker, result backend and store are the private Redis named by env
 ``BENCH_REDIS_URL`` (each benchmark starts its own, so ``MONITOR`` and
-``INFO`` see only this app). The crash barrier is on for the whole app, so
+``INFO`` see only this app); env ``BENCH_BROKER_URL`` names another broker
+(RabbitMQ) instead of it. The crash barrier is on for the whole app, so
 the snakepit tasks pay for everything a user switching it on pays for. Pairs
 of no-op tasks differ only in being declared with ``@snakepit_task``. With
 env ``BENCH_PLAIN_CELERY=1`` the node is plain Celery (no ``install()``).
@@ -17,7 +18,7 @@ import time
 import redis
 from celery import Celery
 
-from benchmarks.apps import DEATH_STARTS, ENV_PLAIN, ENV_URL, HANG_PIDS
+from benchmarks.apps import DEATH_STARTS, ENV_BROKER, ENV_PLAIN, ENV_URL, HANG_PIDS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import snakepit_task
 
@@ -26,7 +27,7 @@ BREAKER = "bench-noop"
 
 app = Celery("bench_app", set_as_current=True)
 app.conf.update(
-    broker_url=os.environ.get(ENV_URL, "redis://127.0.0.1:6379/0"),
+    broker_url=os.environ.get(ENV_BROKER) or os.environ.get(ENV_URL, "redis://127.0.0.1:6379/0"),
     result_backend=os.environ.get(ENV_URL, "redis://127.0.0.1:6379/0"),
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=4,

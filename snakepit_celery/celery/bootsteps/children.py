@@ -9,7 +9,9 @@ the fd, and only its 5 s ``maintain_pool`` timer finds the death (up to
 it exited (``waitpid(WNOHANG)``: one system call per child) every
 ``CHILD_WATCH_INTERVAL`` seconds on the event loop, and runs the pool's
 maintenance as soon as one did: the task it ran fails (``WorkerLostError``,
-then the crash barrier) and a fresh child replaces it.
+then the crash barrier) and a fresh child replaces it. It also has the pool
+mark a job it sends to another child after its first child died
+(``putback.mark_put_back_jobs``), so that run is not a silent second one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 from typing import Any
 
 from celery import bootsteps
+
+from snakepit_celery.celery.bootsteps.putback import mark_put_back_jobs
 
 __all__ = [
     "CHILD_WATCH_INTERVAL",
@@ -68,7 +72,8 @@ class PoolChildWatch(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
 
     def start(self, c: Any) -> None:
-        """Start looking (on the consumer's event-loop timer)."""
+        """Start looking (on the consumer's event-loop timer); mark put-back jobs."""
+        mark_put_back_jobs(c.pool)
         self.tref = c.timer.call_repeatedly(CHILD_WATCH_INTERVAL, self._watch, (c,), priority=10)
 
     def _watch(self, c: Any) -> None:
