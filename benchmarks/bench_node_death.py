@@ -83,8 +83,9 @@ class DeathBench:
     def start(self) -> None:
         if self.broker is not None:  # RabbitMQ keeps the queue between runs
             with self.client.connection_for_write() as connection:
-                connection.default_channel.queue_declare(QUEUE, durable=True)
-                connection.default_channel.queue_purge(QUEUE)
+                channel = connection.default_channel
+                channel.queue_declare(QUEUE, durable=True, auto_delete=False)
+                channel.queue_purge(QUEUE)
         for node in self.nodes.values():
             node.start()
         for node in self.nodes.values():

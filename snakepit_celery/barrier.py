@@ -286,6 +286,8 @@ class CrashBarrier:
         lease: float,
         known: int = 0,
         came_back: bool = False,
+        *,
+        strict: bool = False,
     ) -> LedgerEntry:
         """Record that ``worker_id`` starts running ``task_id``; returns the entry *before*.
 
@@ -295,19 +297,21 @@ class CrashBarrier:
         duplicate delivery, do not run the task. ``known`` (the message's crash
         header) and ``came_back`` (it was redelivered: one more, unless given back
         unstarted) raise the ledger's count to what the message proves.
-        Fail-open reads as empty.
+        Fail-open reads as empty; ``strict`` raises ``StoreUnavailableError``
+        in both modes (the caller decides).
         """
-        return self._guarded(
-            lambda store: store.ledger_start(
+
+        def start(store: Store) -> LedgerEntry:
+            return store.ledger_start(
                 task_id,
                 worker_id=worker_id,
                 lease=lease,
                 ttl=self.ledger_ttl,
                 known=known,
                 came_back=came_back,
-            ),
-            _EMPTY_LEDGER,
-        )
+            )
+
+        return start(self.store) if strict else self._guarded(start, _EMPTY_LEDGER)
 
     def ledger_hold(self, holds: Mapping[str, str], lease: float) -> dict[str, bool]:
         """Take or extend (``lease <= 0``: let go) leases of running tasks ``task_id -> worker``.

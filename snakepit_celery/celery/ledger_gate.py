@@ -12,8 +12,12 @@ the node registry shows that run's process dead (``celery.holders``: the
 dead run is counted as a crash first); while it lives the copy is sent again
 and checked every ``DUPLICATE_RECHECK`` seconds. A message whose task already
 has a final state (its result was stored, its acknowledgement lost) is
-dropped: neither runs twice. Fail-closed, a store that does not answer
-retries the task after ``STORE_DOWN_COUNTDOWN``.
+dropped: neither runs twice. A store that does not answer retries the task
+after ``STORE_DOWN_COUNTDOWN``, its crashes (the lost delivery included) in
+the re-published message's header: always fail-closed, and fail-open for a
+message that came back (the broker re-sends it with the header it had, so a
+count kept only there would never grow). Fail-open, any other message runs on
+its header's count.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from snakepit_celery.celery.holders import holder_alive
 from snakepit_celery.celery.poison import quarantine_gave_up
 from snakepit_celery.celery.runtime import TaskRuntime
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
-from snakepit_celery.store import report_store_error
+from snakepit_celery.store import fail_open, report_store_error
 from snakepit_celery.store.records import LedgerEntry
 
 __all__ = [
@@ -90,27 +94,15 @@ def crash_ledger_gate(
     barrier = runtime.barrier
     worker_id = f"{request.hostname}/{os.getpid()}"
     known = parse_headers(headers).crashes
-    # With start marks the ledger holds every run: a lost delivery is no crash by itself.
-    came_back = redelivered(request) and not barrier.config.start_marks
     try:
-        before = barrier.ledger_start(
-            request.id, worker_id, runtime.lease, known, came_back=came_back
-        )
-        holder = before.running_on
-        if holder is not None and holder != worker_id and _holder_died(task, runtime, before):
-            barrier.ledger_crash(request.id, holder=holder)
-            logger.warning(
-                "task %s[%s]: its run on %s died with its process; this copy takes over",
-                task.name,
-                request.id,
-                holder,
-                extra={"task_id": request.id, "running_on": holder},
-            )
-            before = barrier.ledger_start(
-                request.id, worker_id, runtime.lease, known, came_back=came_back
-            )
+        before = _start(task, runtime, request, worker_id, known)
     except StoreUnavailableError as exc:
-        _retry_later(task, request, headers, exc)
+        # A message that came back carries a stale count (the broker re-sends its bytes):
+        # only a re-published copy, its lost delivery counted in the header, keeps it growing.
+        if redelivered(request) or not fail_open():
+            _retry_later(task, request, headers, exc)
+        report_store_error(exc, task_id=request.id)
+        before = LedgerEntry(0, 0, 0)
     if before.running_on is not None and before.running_on != worker_id:
         _defer_duplicate(task, runtime, request, headers, before.running_on)
     if known or before.starts or before.crashes or redelivered(request):
@@ -131,6 +123,32 @@ def crash_ledger_gate(
         )
         return crashes
     _give_up(task, runtime, request, crashes)
+
+
+def _start(
+    task: GatedTask, runtime: TaskRuntime, request: Any, worker_id: str, known: int
+) -> LedgerEntry:
+    """``ledger_start`` of this run, taking over from a holder whose process died.
+
+    Raises ``StoreUnavailableError`` in both fail modes (the gate decides).
+    """
+    barrier = runtime.barrier
+    # With start marks the ledger holds every run: a lost delivery is no crash by itself.
+    came_back = redelivered(request) and not barrier.config.start_marks
+    lease = runtime.lease
+    before = barrier.ledger_start(request.id, worker_id, lease, known, came_back, strict=True)
+    holder = before.running_on
+    if holder is None or holder == worker_id or not _holder_died(task, runtime, before):
+        return before
+    barrier.ledger_crash(request.id, holder=holder)
+    logger.warning(
+        "task %s[%s]: its run on %s died with its process; this copy takes over",
+        task.name,
+        request.id,
+        holder,
+        extra={"task_id": request.id, "running_on": holder},
+    )
+    return barrier.ledger_start(request.id, worker_id, lease, known, came_back, strict=True)
 
 
 def _holder_died(task: GatedTask, runtime: TaskRuntime, entry: LedgerEntry) -> bool:

@@ -21,6 +21,7 @@ from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.ledger_gate import DUPLICATE_RECHECK
 from snakepit_celery.celery.task import snakepit_task
+from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.store import set_default_store, set_fail_open
 
 
@@ -150,11 +151,14 @@ def test_a_copy_of_a_task_that_ended_is_dropped_even_when_a_rerun_is_allowed(
     assert app.AsyncResult("ended-1").state == "SUCCESS"
 
 
-def test_fail_closed_a_store_that_does_not_answer_retries_the_task_keeping_its_crashes(
-    app: Celery, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_a_message_that_came_back_while_the_store_is_down_is_retried_its_loss_counted(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, fail_open: bool
 ) -> None:
+    """The broker re-sends a restored message with its old header: running it on that
+    count would let a node-killing task loop while the store is down (both modes)."""
     app.conf.snakepit_store_url = "redis://127.0.0.1:1/0"
-    app.conf.snakepit_fail_open = False
+    app.conf.snakepit_fail_open = fail_open
     task = gated(app)
     retried: list[dict[str, Any]] = []
 
@@ -168,3 +172,14 @@ def test_fail_closed_a_store_that_does_not_answer_retries_the_task_keeping_its_c
     headers = retried[0]["headers"]
     assert (headers[HEADER_CRASHES], headers[HEADER_DEFERRALS]) == (2, 1)
     assert retried[0]["countdown"] > 0
+
+
+def test_fail_open_a_re_published_copy_runs_on_its_headers_count_while_the_store_is_down(
+    app: Celery,
+) -> None:
+    app.conf.snakepit_store_url = "redis://127.0.0.1:1/0"
+    task = gated(app)
+    fresh = SimpleNamespace(id="down-2", hostname="b@host", delivery_info={}, retries=0)
+    assert task._crash_ledger_gate(task.snakepit_runtime, fresh, {HEADER_CRASHES: 2}) == 2
+    with pytest.raises(WorkerCrashedError):  # max_restarts=2: a third crash stops it
+        task._crash_ledger_gate(task.snakepit_runtime, fresh, {HEADER_CRASHES: 3})
