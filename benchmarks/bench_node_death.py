@@ -64,7 +64,9 @@ class DeathBench:
         self.store = RedisStore(self.url)
         self.broker = broker
         self.client = Celery("death_client", set_as_current=False)
-        self.client.conf.update(broker_url=broker or self.url, task_serializer="json")
+        self.client.conf.update(
+            broker_url=broker or self.url, result_backend=self.url, task_serializer="json"
+        )
         tag = uuid.uuid4().hex[:6]
         self.nodes = {
             name: self._node(name)

@@ -61,7 +61,7 @@ def snake_idem() -> None:
 
 
 def _hang(seconds: float) -> None:
-    client = redis.Redis.from_url(str(app.conf.broker_url))
+    client = redis.Redis.from_url(str(app.conf.result_backend))
     client.rpush(HANG_PIDS, os.getpid())
     client.close()
     time.sleep(seconds)
@@ -87,7 +87,7 @@ def snake_marked() -> None:
 
 
 def _work(seconds: float) -> None:
-    client = redis.Redis.from_url(str(app.conf.broker_url))
+    client = redis.Redis.from_url(str(app.conf.result_backend))
     client.rpush(DEATH_STARTS, current_task_id())
     client.close()
     time.sleep(seconds)
