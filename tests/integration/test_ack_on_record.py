@@ -15,7 +15,6 @@ elsewhere as if nothing happened instead of being taken for crashes.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,11 +29,11 @@ from snakepit_celery.celery.bootsteps.registry import HEARTBEAT_TTL, REAP_EVERY
 from snakepit_celery.celery.task import SnakepitTask, snakepit_task
 from snakepit_celery.testing import wait_until
 from tests.support.chaos import VISIBILITY_TIMEOUT, ChaosFleet
+from tests.support.rabbitmq import AMQP_URL, require_rabbitmq
 
 pytestmark = pytest.mark.timeout(150)
 
 BARRIER: dict[str, Any] = {"enabled": True, "max_restarts": 2, "taint_duration": 1.0}
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 #: Longest wait for a final state after a node was killed: the message comes back after
 #: the visibility timeout, the reaper needs the record's TTL, grace and a reap round.
 END_BOUND = max(VISIBILITY_TIMEOUT, HEARTBEAT_TTL + REAP_GRACE + REAP_EVERY * 2.0) + 20.0
@@ -140,21 +139,12 @@ def test_node_killed_as_the_task_starts_leaves_it_failed_not_lost(fleet: ChaosFl
     assert fleet.executions()[task_id] == 1
 
 
-def rabbitmq_answers() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
 @pytest.fixture(params=["redis", "amqp"])
 def broker_fleet(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[ChaosFleet]:
     """A fleet on Redis, or on RabbitMQ (127.0.0.1:5672, skipped when it does not answer)."""
     extra: dict[str, Any] = {"worker_prefetch_multiplier": 4}
     if request.param == "amqp":
-        if not rabbitmq_answers():
-            pytest.skip("RabbitMQ does not answer on 127.0.0.1:5672")
+        require_rabbitmq()
         extra |= {"broker_url": AMQP_URL, "task_default_queue": f"chaos-{uuid.uuid4().hex[:8]}"}
     fleet = ChaosFleet.create(redis_base_url, "spack", BARRIER, extra=extra)
     yield fleet

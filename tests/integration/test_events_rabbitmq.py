@@ -9,7 +9,6 @@ Needs RabbitMQ on 127.0.0.1:5672 (skipped with the reason when it does not answe
 from __future__ import annotations
 
 import contextlib
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,20 +21,12 @@ from snakepit_celery.testing.workers import WorkerNode
 from tests.apps.observe_app import add_tasks
 from tests.support.events import Capture
 from tests.support.fleet import CPU_HARDWARE, ROOT, make_app, write_hardware
+from tests.support.rabbitmq import AMQP_URL, require_rabbitmq
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 NODE = f"rabbit-{uuid.uuid4().hex[:6]}@test"
 CRASHES = 4
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-def rabbitmq_answers() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(params=["redis", "amqp"])
@@ -47,8 +38,7 @@ def rabbit_app(
     app = add_tasks(make_app(redis_url, key_prefix))
     broker: dict[str, str] = {}
     if request.param == "amqp":
-        if not rabbitmq_answers():
-            pytest.skip("RabbitMQ does not answer on 127.0.0.1:5672")
+        require_rabbitmq()
         app.conf.broker_url = AMQP_URL
         app.conf.broker_transport_options = {}
         app.conf.task_default_queue = queue

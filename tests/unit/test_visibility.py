@@ -108,11 +108,11 @@ def test_short_lived_messages_cost_nothing_under_a_long_timeout(
     assert score(client, key, "young") == OLD
 
 
-def test_without_a_visibility_timeout_the_leases_of_long_runs_are_still_renewed(
+def test_without_a_visibility_timeout_running_tasks_hold_a_lease_from_the_first_beat(
     redis_url: str, key_prefix: str, held: list[FakeRequest]
 ) -> None:
-    """AMQP: no delivery time to move, but a copy redelivered on a connection loss must
-    find the running task's lease live (its holder then decides, ``celery.holders``)."""
+    """AMQP redelivers a message as soon as its consumer's connection drops, even while
+    its task runs on: the copy must find the run's lease (``ledger_gate`` then waits)."""
     app = Celery("keeper_amqp", broker="amqp://127.0.0.1:1//", set_as_current=False)
     app.conf.snakepit_store_url = redis_url
     app.conf.snakepit_key_prefix = key_prefix
@@ -127,16 +127,26 @@ def test_without_a_visibility_timeout_the_leases_of_long_runs_are_still_renewed(
     request = FakeRequest("amqp-1", "1", worker_pid=4321, task=long)
     held.append(request)
     worker_state.active_requests.add(request)
+    barrier = long.snakepit_runtime.barrier
+    calls: list[dict[str, str]] = []
+    hold = barrier.ledger_hold
+
+    def counted(holds: dict[str, str], lease: float) -> dict[str, bool]:
+        calls.append(dict(holds))
+        return hold(holds, lease)
+
+    barrier.ledger_hold = counted  # type: ignore[method-assign]
     try:
         keeper = VisibilityKeeper(SimpleNamespace(task_consumer=None, app=app), 0.5)
         assert keeper.threshold(4.0) == pytest.approx(1.0)
         keeper.keep()
-        barrier = long.snakepit_runtime.barrier
-        assert barrier.ledger_get("amqp-1") is None  # younger than the threshold: no cost
-        time.sleep(0.6)
-        keeper.keep()
         entry = barrier.ledger_get("amqp-1")
         assert entry is not None and entry.running_on == "node@test/4321"
+        keeper.keep()  # younger than the renewal threshold: nothing more to write
+        assert calls == [{"amqp-1": "node@test/4321"}]
+        time.sleep(0.6)
+        keeper.keep()
+        assert len(calls) == 2  # renewed
         worker_state.active_requests.discard(request)
         keeper.keep()
         after = barrier.ledger_get("amqp-1")  # let go: no run holds it (a bare entry reads None)

@@ -12,9 +12,13 @@ nothing for tasks shorter than that. It also takes or renews, in one store
 batch, the crash-ledger lease of each running crash-barrier task among them
 (``CrashBarrier.ledger_hold``), so a copy restored in a race is dropped by the
 ledger gate; it lets go of those leases when the tasks end. Other transports
-(AMQP) have no visibility timeout: the broker redelivers a message when its
-consumer's connection drops, so only the leases are kept, on the schedule
-of the app's configured (or kombu's default) timeout, as the lease is 0.8 x that.
+(AMQP) have no visibility timeout: the broker redelivers a message as soon
+as its consumer's connection drops, even while its task runs on, so there the
+keeper takes the lease of each running crash-barrier task at the first beat
+that sees it (one batched store call per beat, in this thread; nothing for a
+task that ends within a beat), renews it on the schedule of the app's
+configured (or kombu's default) timeout, as the lease is 0.8 x that, and a
+copy redelivered meanwhile waits for the run (``ledger_gate``).
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class VisibilityKeeper:
         self._leases: dict[str, str] = {}
         #: The runtime of a task that took a lease (its barrier and lease length).
         self._runtime: TaskRuntime | None = None
+        #: Ids of running tasks already offered an eager lease (brokers without a timeout).
+        self._seen: set[str] = set()
 
     def _channel(self) -> Any:
         task_consumer = getattr(self.consumer, "task_consumer", None)
@@ -95,7 +101,7 @@ class VisibilityKeeper:
             if now - self._fresh.setdefault(tag, now - self.interval) >= self.threshold(timeout)
         ]
         try:  # leases first: each then ends before the broker could restore its message
-            self._hold(due)
+            self._hold(due, eager=channel is None)
         finally:
             if due:
                 if channel is not None:
@@ -117,14 +123,24 @@ class VisibilityKeeper:
             pipe.execute()
         logger.debug("kept %d message(s) from being restored", len(tags))
 
-    def _hold(self, due: Iterable[Any]) -> None:
-        """Take or renew the ledger leases of the due running tasks; let go of ended ones."""
-        running = {str(r.id) for r in active_requests()}
-        ended = {t: w for t, w in self._leases.items() if t not in running}
+    def _hold(self, due: Iterable[Any], *, eager: bool = False) -> None:
+        """Take or renew the ledger leases of the due running tasks; let go of ended ones.
+
+        ``eager`` (a broker that redelivers at once on a connection loss):
+        also take the lease of every running task seen for the first time.
+        """
+        active = {str(r.id): r for r in active_requests()}
+        self._seen &= active.keys()
+        ended = {t: w for t, w in self._leases.items() if t not in active}
+        candidates = {str(r.id): r for r in due}
+        if eager:
+            for task_id in active.keys() - self._seen:
+                candidates.setdefault(task_id, active[task_id])
+            self._seen |= active.keys()
         holds = {
-            str(r.id): (f"{r.hostname}/{r.worker_pid}", r.task.snakepit_runtime)
-            for r in due
-            if str(r.id) in running and r.worker_pid and _gated(r)
+            task_id: (f"{r.hostname}/{r.worker_pid}", r.task.snakepit_runtime)
+            for task_id, r in candidates.items()
+            if task_id in active and r.worker_pid and _gated(r)
         }
         if holds:
             self._runtime = next(iter(holds.values()))[1]
