@@ -93,7 +93,8 @@ def crash_ledger_gate(
     """
     barrier = runtime.barrier
     worker_id = f"{request.hostname}/{os.getpid()}"
-    known = parse_headers(headers).crashes
+    parsed = parse_headers(headers)
+    known = parsed.crashes
     try:
         before = _start(task, runtime, request, worker_id, known)
     except StoreUnavailableError as exc:
@@ -105,9 +106,10 @@ def crash_ledger_gate(
         before = LedgerEntry(0, 0, 0)
     if before.running_on is not None and before.running_on != worker_id:
         _defer_duplicate(task, runtime, request, headers, before.running_on)
-    if known or before.starts or before.crashes or redelivered(request):
-        # Only a message that ran or came back before can have a final state already:
-        # a start-marked task's first delivery costs its one ledger write, no backend read.
+    if parsed.tracked or before.starts or before.crashes or redelivered(request):
+        # Only a message that ran, came back or was re-published (a deferred copy of a
+        # run, a retry) can have a final state already: a start-marked task's first
+        # delivery costs its one ledger write, no backend read.
         drop_if_ended(task, runtime, request)
     exact = before.released or barrier.config.start_marks
     crashes = max(message_crashes(request.delivery_info, headers, exact), before.crashes)

@@ -75,11 +75,18 @@ def hold(app: Celery, name: str) -> tuple[str, str]:
 
 
 def dead_node(
-    app: Celery, store: Store, name: str, held: list[list[str]], pids: tuple[int, ...] = (123,)
+    app: Celery,
+    store: Store,
+    name: str,
+    held: list[list[str]],
+    pids: tuple[int, ...] = (123,),
+    *,
+    running: tuple[str, ...] = (),
 ) -> None:
-    """A node whose last heartbeat listed ``held`` messages, and that then died."""
+    """A node whose last heartbeat listed ``held`` messages (``running``: of those, the
+    ids it was running), and that then died."""
     record = {
-        "in_flight": [],
+        "in_flight": list(running),
         "in_flight_tasks": {},
         "incarnation": "x",
         "held": held,
@@ -165,6 +172,39 @@ def test_start_marked_message_never_started_is_given_back_unstarted(
     entry = store.ledger_get(task_id)
     assert entry is not None
     assert (entry.released, entry.crashes) == (True, 0)
+
+
+def test_a_prefetched_idempotent_message_counts_a_death_of_its_node_not_a_crash(
+    app: Celery, store: Store, agent: OrphanReaper
+) -> None:
+    """Not running at the node's last heartbeat: it comes back released (no crash)."""
+    tag, task_id = hold(app, "restore.idem")
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]])
+    agent.reap()
+    entry = store.ledger_get(task_id)
+    assert entry is not None and (entry.released, entry.crashes) == (True, 0)
+
+
+def test_an_idempotent_message_its_node_was_running_is_left_for_the_gate_to_count(
+    app: Celery, store: Store, agent: OrphanReaper
+) -> None:
+    tag, task_id = hold(app, "restore.idem")
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]], running=(task_id,))
+    agent.reap()
+    assert store.ledger_get(task_id) is None  # redelivered, not released: the gate counts it
+
+
+def test_past_max_restarts_dying_holders_a_prefetched_message_counts_crashes_again(
+    app: Celery, store: Store, agent: OrphanReaper
+) -> None:
+    """A message that kills its node within a heartbeat of starting stays bounded."""
+    tag, task_id = hold(app, "restore.idem")
+    for _ in range(2):  # max_restarts deaths: still no crash
+        store.ledger_release(task_id, ttl=3600.0, died=True)
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]])
+    agent.reap()
+    entry = store.ledger_get(task_id)
+    assert entry is not None and (entry.released, entry.crashes) == (False, 1)
 
 
 def test_message_of_a_task_without_start_marks_leaves_the_ledger_alone(
