@@ -11,18 +11,31 @@ not reap each other. Driven in this process on a ``MemoryStore``.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.worker import state as worker_state
 
 from snakepit_celery import hardware
 from snakepit_celery.celery.bootsteps.in_flight import HeldDelivery
 from snakepit_celery.celery.bootsteps.queues import QueueReconciler
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
 from snakepit_celery.celery.bootsteps.registry import Heartbeat, NodeRegistry
+from snakepit_celery.celery.install import install
+from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.store import MemoryStore
 
 TTL = 0.2
+
+
+@dataclass(eq=False)
+class Running:
+    """What the record reads of a running Celery request."""
+
+    id: str
+    task: Any
+    name: str
 
 
 def heartbeat(store: MemoryStore, name: str, reaped: list[str], **kwargs: Any) -> Heartbeat:
@@ -77,3 +90,33 @@ def test_record_lists_the_delivery_tags_the_node_holds() -> None:
     assert beat.registry.new_messages_held() is False
     held.append(HeldDelivery("tag-2", "task-2", "app.task"))
     assert beat.registry.new_messages_held() is True
+
+
+def test_a_crash_barrier_task_that_starts_calls_for_a_record_early_acked_or_not() -> None:
+    """A reaper tells a running task (its loss a crash) from a prefetched one by the record:
+    any crash-barrier task that starts, idempotent (acked late) included, is listed within
+    one in-flight poll, not only at the next beat."""
+    app = Celery("started_test", set_as_current=False)
+    app.conf.snakepit_store_url = "memory://"
+    app.conf.snakepit_crash_barrier = {"enabled": True}
+    install(app)
+
+    @snakepit_task(app=app, name="started.idem", idempotent=True, shared=False)
+    def idem() -> None:
+        return None
+
+    store, reaped = MemoryStore(), []
+    beat = heartbeat(store, "n@test", reaped)
+    beat.beat()
+    assert beat.registry.barrier_task_started() is False
+    request = Running(id="running-1", task=idem, name="started.idem")
+    worker_state.active_requests.add(request)
+    try:
+        assert beat.registry.barrier_task_started() is True
+        beat.beat()
+        assert beat.registry.barrier_task_started() is False
+        [record] = store.node_list()
+        assert record["in_flight"] == ["running-1"]
+    finally:
+        worker_state.active_requests.discard(request)
+        app.close()

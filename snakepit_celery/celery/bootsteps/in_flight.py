@@ -25,11 +25,11 @@ __all__ = [
     "acked_early",
     "active_requests",
     "barrier_enabled",
+    "barrier_in_flight",
     "channel_deliveries",
     "held_deliveries",
     "in_flight_tasks",
     "orphanable",
-    "orphanable_in_flight",
 ]
 
 #: Request fields the reaper needs to fail a task as its pool parent would.
@@ -102,13 +102,17 @@ def in_flight_tasks() -> dict[str, dict[str, Any]]:
     return {str(request.id): _in_flight_entry(request) for request in active_requests()}
 
 
-def orphanable_in_flight() -> frozenset[str]:
-    """Ids of the running tasks a death of this node would orphan (cheap: no entries built)."""
+def barrier_in_flight() -> frozenset[str]:
+    """Ids of the running crash-barrier tasks (cheap: no entries built).
+
+    The record lists them within ``IN_FLIGHT_POLL`` of their start: a reaper
+    tells from it an early-acked task it must end, and a late-acked one that
+    was running (its loss a crash) from one that was only prefetched.
+    """
     return frozenset(
         str(request.id)
         for request in active_requests()
-        if acked_early(getattr(request, "task", None))
-        and barrier_enabled(getattr(request, "task", None))
+        if barrier_enabled(getattr(request, "task", None))
     )
 
 

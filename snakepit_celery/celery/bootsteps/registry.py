@@ -7,8 +7,8 @@ that record every ``HEARTBEAT_INTERVAL`` seconds (it expires after
 ``HEARTBEAT_TTL`` without one), re-decides the node's queues on each beat,
 keeps the messages of long tasks from being restored by the broker
 (``VisibilityKeeper``), runs the orphan reaper every ``REAP_EVERY`` beats,
-and writes the record again within ``IN_FLIGHT_POLL`` seconds when an
-early-acknowledged crash-barrier task starts or a new message arrives (one
+and writes the record again within ``IN_FLIGHT_POLL`` seconds when a
+crash-barrier task starts or a new message arrives (one
 write per poll at most, from this thread: nothing on the task's path). A
 thread, not the event loop's timer, so the heartbeat stays alive while a
 ``solo`` pool runs a long task.
@@ -40,9 +40,8 @@ from typing import Any
 from snakepit_celery import hardware
 from snakepit_celery.celery.bootsteps.in_flight import (
     HeldDelivery,
+    barrier_in_flight,
     in_flight_tasks,
-    orphanable,
-    orphanable_in_flight,
 )
 from snakepit_celery.celery.bootsteps.queues import QueueReconciler
 from snakepit_celery.celery.bootsteps.reaper import OrphanReaper
@@ -123,7 +122,7 @@ class NodeRegistry:
         self.incarnation = uuid.uuid4().hex
         self.identity = _identity_of(info)
         self.state = "running"
-        self._recorded_orphanable: frozenset[str] = frozenset()
+        self._recorded_barrier: frozenset[str] = frozenset()
         #: The messages this node holds unacknowledged (None: the broker does not say).
         self.held = held
         #: The pids of the pool's children (none for a solo or threads pool).
@@ -137,7 +136,9 @@ class NodeRegistry:
     def record(self) -> dict[str, Any]:
         """The JSON-safe record this node writes to the registry on every heartbeat."""
         in_flight = in_flight_tasks()
-        self._recorded_orphanable = orphanable(in_flight)
+        self._recorded_barrier = frozenset(
+            task_id for task_id, entry in in_flight.items() if entry.get("crash_barrier")
+        )
         held = list(self.held() or ())
         self._recorded_tags = frozenset(delivery.tag for delivery in held)
         return {
@@ -184,9 +185,9 @@ class NodeRegistry:
         except StoreUnavailableError as exc:
             report_store_error(exc, node=self.node)
 
-    def orphanable_started(self) -> bool:
-        """True when an early-acked barrier task started since the record was last written."""
-        return not orphanable_in_flight() <= self._recorded_orphanable
+    def barrier_task_started(self) -> bool:
+        """True when a crash-barrier task started since the record was last written."""
+        return not barrier_in_flight() <= self._recorded_barrier
 
     def new_messages_held(self) -> bool:
         """True when a message arrived that the last record does not list."""
@@ -306,7 +307,7 @@ class Heartbeat:
                 beats += 1
                 if self.reap_every > 0 and beats % self.reap_every == 0 and self.may_reap():
                     never_raise(self.reaper.reap, "orphan reaper of %s failed", self.node)
-            elif self.registry.orphanable_started() or self.registry.new_messages_held():
+            elif self.registry.barrier_task_started() or self.registry.new_messages_held():
                 never_raise(self._write, "registering %s failed", self.node)
 
     def _until_next_look(self, next_beat: float) -> float:
