@@ -109,6 +109,7 @@ def rerun_delays(fleet: ChaosFleet, kills: int) -> list[float]:
     return delays
 
 
+@pytest.mark.slow  # timed: measured in make bench (bench_node_death); the re-run is in test_reaper
 def test_idempotent_task_of_a_killed_node_runs_again_within_seconds(fleet: ChaosFleet) -> None:
     delays = rerun_delays(fleet, FEW_KILLS)
     assert max(delays) < MOVE_ON
