@@ -44,6 +44,7 @@ from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, HeldDelivery, orphanable
 from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
 from snakepit_celery.celery.crash import CrashOutcome, Observer, SeenCrash, handle_crash
+from snakepit_celery.celery.holders import split_holder
 from snakepit_celery.celery.ledger_gate import final_state
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
@@ -321,4 +322,4 @@ def _ran_on_dead(record: Mapping[str, Any], running_on: str, live: _LiveNodes) -
     pids = record.get("worker_pids")
     if isinstance(pids, list) and running_on in {f"{dead}/{pid}" for pid in pids}:
         return True
-    return running_on.startswith(f"{dead}/") and running_on not in live.workers
+    return split_holder(running_on)[0] == dead and running_on not in live.workers
