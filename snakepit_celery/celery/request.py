@@ -10,7 +10,10 @@ ledger), and then either re-publishes the task (same id and arguments, after
 the barrier's backoff, with the crash count in a header, routed by the router
 rather than back to this node's own queue) or ends it FAILURE with
 ``WorkerCrashedError``. The original message is acknowledged either way, so
-it is never redelivered on top of that. With the barrier disabled (the
+it is never redelivered on top of that; on snakepit's Redis transport the
+re-published message and that acknowledgement are one transaction
+(``transport.redis.publish_with_ack``), so a node that dies in between
+leaves neither two copies of the task nor none. With the barrier disabled (the
 default) Celery's own handling applies unchanged.
 """
 
@@ -45,6 +48,7 @@ from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.queues import live_untainted_others
 from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.store import report_store_error
+from snakepit_celery.transport.redis import publish_with_ack
 
 __all__ = ["SnakepitRequest"]
 
@@ -153,15 +157,18 @@ class SnakepitRequest(Request):  # type: ignore[misc]
                 signature.options.pop(option, None)
             if elsewhere is not None:
                 signature.options["queue"] = elsewhere
-        try:
-            signature.apply_async()
-        except Exception:
-            logger.exception("could not re-publish task %s[%s] after a crash", task.name, self.id)
-            return False
-        task_ready(self)
-        if self.store_errors:
-            task.backend.mark_as_retry(self.id, error, exc_info.traceback, request=request)
-        self.acknowledge()
+        with publish_with_ack(self.message):
+            try:
+                signature.apply_async()
+            except Exception:
+                logger.exception(
+                    "could not re-publish task %s[%s] after a crash", task.name, self.id
+                )
+                return False
+            task_ready(self)
+            if self.store_errors:
+                task.backend.mark_as_retry(self.id, error, exc_info.traceback, request=request)
+            self.acknowledge()  # on the Redis transport the new message goes out with it
         self.send_event("task-retried", exception=saferepr(error), traceback=exc_info.traceback)
         reason = Retry(exc=error, when=countdown)
         task.request_stack.push(request)

@@ -20,6 +20,13 @@ worker consumes several queues, so this transport splits the two jobs:
   wakes at once; a message from a publisher on stock kombu waits at most
   ``idle_poll_interval`` seconds (transport option, default 0.25).
 
+One more guarantee: :func:`publish_with_ack` sends the messages a thread
+publishes inside its block together with the acknowledgement of the message
+it was given, in one ``MULTI``/``EXEC`` transaction (the crash barrier
+re-publishes a crashed task that way: the new message and the end of the old
+one happen together or not at all, so a node dying between them leaves
+neither two copies nor none).
+
 Per delivery this costs one round trip instead of two. Select it with
 ``broker_transport = "snakepit_celery.transport.redis:Transport"``;
 ``install()`` makes every broker connection to a ``redis://``/``rediss://``
@@ -30,6 +37,9 @@ URL use it unless the app names its own transport (``broker_transport =
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from queue import Empty
 from time import monotonic
@@ -41,7 +51,16 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import NoScriptError
 
-__all__ = ["BELL_PREFIX", "POP_SCRIPT", "Channel", "Poller", "QoS", "Transport", "bell_key"]
+__all__ = [
+    "BELL_PREFIX",
+    "POP_SCRIPT",
+    "Channel",
+    "Poller",
+    "QoS",
+    "Transport",
+    "bell_key",
+    "publish_with_ack",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +81,75 @@ def bell_key(queue: str) -> str:
     return f"{BELL_PREFIX}{queue}"
 
 
+class _Fold:
+    """Where this thread's publishes go while :func:`publish_with_ack` holds them back."""
+
+    def __init__(self, channel: Channel, delivery_tag: str) -> None:
+        self.channel = channel
+        self.delivery_tag = delivery_tag
+
+    def takes(self, channel: Channel) -> bool:
+        """True when ``channel`` writes to the very server and keys of the acknowledging one."""
+        mine = self.channel
+        return channel.global_keyprefix == mine.global_keyprefix and _server(channel) == _server(
+            mine
+        )
+
+    def hold(self, commands: list[tuple[Any, ...]]) -> None:
+        """Keep ``commands`` for the acknowledgement of the message."""
+        qos = self.channel.qos
+        assert isinstance(qos, QoS)
+        qos.held.setdefault(self.delivery_tag, []).extend(commands)
+
+
+_folds = threading.local()
+
+
+def _fold() -> _Fold | None:
+    fold: _Fold | None = getattr(_folds, "fold", None)
+    return fold
+
+
+def _server(channel: Channel) -> tuple[Any, ...]:
+    client = channel.connection.client
+    return (client.hostname, client.port, client.virtual_host, client.userid)
+
+
+@contextmanager
+def publish_with_ack(message: Any) -> Iterator[bool]:
+    """Send what this thread publishes in the block with ``message``'s acknowledgement.
+
+    ``message`` is a delivered kombu message. When it came through this
+    transport, publishes to the same Redis server made by this thread inside
+    the block are held back and sent with the message's acknowledgement,
+    whenever that comes (Celery acknowledges on its event loop, after the
+    block), in one ``MULTI``/``EXEC``: both happen or neither. A message
+    given back instead (rejected, or its connection lost) comes back, and
+    the held publishes are dropped. The block yields True then; False
+    (publishes go out at once, as usual) for any other transport.
+    """
+    channel = getattr(message, "channel", None)
+    if not isinstance(channel, Channel) or _fold() is not None:
+        yield False
+        return
+    _folds.fold = _Fold(channel, str(message.delivery_tag))
+    try:
+        yield True
+    finally:
+        _folds.fold = None
+
+
 class QoS(kombu_redis.QoS):
-    """kombu's Redis QoS that does not write again what the atomic pop recorded."""
+    """kombu's Redis QoS that does not write again what the atomic pop recorded.
+
+    Its acknowledgement also sends the publishes :func:`publish_with_ack` held
+    back for it, in the same transaction.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: delivery tag -> publish commands to send with its acknowledgement.
+        self.held: dict[str, list[tuple[Any, ...]]] = {}
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         """Record a delivery (the pop script already wrote its unacknowledged record)."""
@@ -72,6 +158,23 @@ class QoS(kombu_redis.QoS):
             VirtualChannel.QoS.append(self, message, delivery_tag)
             return
         super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: Any) -> None:
+        """Forget the delivery, in one transaction with the publishes held back for it."""
+        held = self.held.pop(str(delivery_tag), None)
+        if not held:
+            super().ack(delivery_tag)
+            return
+        with self.pipe_or_acquire() as pipe:
+            for name, *args in held:
+                getattr(pipe, name)(*args)
+            self._remove_from_indices(delivery_tag, pipe).execute()
+        VirtualChannel.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        """kombu's; publishes held for the delivery's acknowledgement are dropped."""
+        self.held.pop(str(delivery_tag), None)
+        super().reject(delivery_tag, requeue=requeue)
 
 
 class Channel(kombu_redis.Channel):
@@ -157,7 +260,11 @@ class Channel(kombu_redis.Channel):
         return True
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """Publish as kombu does, and ring the queue's bell, in one round trip."""
+        """Publish as kombu does, and ring the queue's bell, in one round trip.
+
+        Inside :func:`publish_with_ack` (same server) the round trip is the
+        acknowledgement's.
+        """
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         bell = bell_key(queue)
         commands: list[tuple[Any, ...]] = [("lpush", key, dumps(message))]
@@ -165,10 +272,9 @@ class Channel(kombu_redis.Channel):
             ttl = self._expires[queue]
             commands += [("pexpire", self._q_for_pri(queue, p), ttl) for p in self.priority_steps]
         commands += [("rpush", bell, 1), ("pexpire", bell, _BELL_TTL_MS)]
-        batch = kwargs.get("_publish_batch")
-        if batch is not None:
-            for name, *args in commands:
-                batch.add(name, *args)
+        fold = _fold()
+        if fold is not None and fold.takes(self):
+            fold.hold(commands)
             return
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             for name, *args in commands:

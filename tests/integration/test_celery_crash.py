@@ -20,6 +20,7 @@ from snakepit_celery.hardware.types import Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
+from snakepit_celery.testing.monitor import CommandLog
 from tests.support.harness import Harness, harness_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -50,6 +51,27 @@ def test_idempotent_task_runs_again_after_its_process_crashes(harness: Harness, 
     result = harness.send("crash_once", harness.key("runs"), how)
     assert result.get(timeout=60) == 2
     assert harness.count("runs") == 2
+
+
+def test_crashed_task_is_re_published_in_one_transaction_with_its_ack(harness: Harness) -> None:
+    """A node dying between the two would leave two copies (or none) of the task."""
+    harness.worker("fold", conf=BARRIER)
+    with CommandLog(harness.redis_url) as log:
+        result = harness.send("crash_once", harness.key("runs"), "segv")
+        assert result.get(timeout=60) == 2
+        commands = log.commands
+    # MONITOR logs a transaction's commands together, right after its MULTI.
+    transactions = [
+        commands[i + 1 : i + 6] for i, c in enumerate(commands) if c.upper().startswith("MULTI")
+    ]
+    republish = [
+        t
+        for t in transactions
+        if t[0].upper().startswith("LPUSH")
+        and result.id in t[0]
+        and any(c.upper().startswith("HDEL") and "unacked" in c for c in t)
+    ]
+    assert len(republish) == 1, [t for t in transactions if result.id in " ".join(t)]
 
 
 def test_crashed_task_runs_again_on_another_node(harness: Harness) -> None:

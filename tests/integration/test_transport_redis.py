@@ -20,7 +20,8 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from snakepit_celery.celery.install import REDIS_TRANSPORT, install, use_redis_transport
-from snakepit_celery.transport.redis import POP_SCRIPT, Channel, bell_key
+from snakepit_celery.testing.monitor import CommandLog
+from snakepit_celery.transport.redis import POP_SCRIPT, Channel, bell_key, publish_with_ack
 
 
 @pytest.fixture
@@ -75,6 +76,79 @@ def test_message_of_a_consumer_dead_after_the_pop_is_restored_and_delivered_agai
     connection.default_channel.qos.restore_visible(num=10, interval=1)
     again = queue.get(no_ack=True)
     assert again is not None and again.payload == {"n": 2} and again.delivery_info["redelivered"]
+
+
+def _other_connection(conn: Connection, url: str) -> Connection:
+    """A second connection to the same server and keys (a producer pool's, say)."""
+    return Connection(url, transport=REDIS_TRANSPORT, transport_options=conn.transport_options)
+
+
+def test_publish_inside_publish_with_ack_goes_out_with_the_ack_in_one_transaction(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str, redis_url: str
+) -> None:
+    queue = _queue(connection)
+    _publish(connection, {"n": "old"})
+    message = queue.get()
+    assert message is not None
+    p = f"{key_prefix}:"
+    with _other_connection(connection, redis_url) as producer_conn, CommandLog(redis_url) as log:
+        with publish_with_ack(message) as folded:
+            _publish(producer_conn, {"n": "new"})
+            assert folded and redis_client.llen(f"{p}work") == 0  # held back
+            start = log.mark(redis_client)
+            message.ack()
+        end = log.mark(redis_client)
+    assert redis_client.hlen(f"{p}unacked") == 0
+    again = queue.get(no_ack=True)
+    assert again is not None and again.payload == {"n": "new"}
+    sent = [c.split()[0].strip('"').upper() for c in log.since(start, end)]
+    assert sent[0] == "MULTI" and sent[-1] == "EXEC", sent
+    assert {"LPUSH", "ZREM", "HDEL"} <= set(sent) and sent.count("MULTI") == 1, sent
+
+
+def test_publishes_held_for_an_ack_go_out_with_it_whenever_it_comes(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    queue = _queue(connection)
+    _publish(connection, {"n": "old"})
+    message = queue.get()
+    assert message is not None
+    with publish_with_ack(message):
+        _publish(connection, {"n": "new"})
+    assert redis_client.llen(f"{key_prefix}:work") == 0  # Celery acks later, on its loop
+    message.ack()
+    assert redis_client.llen(f"{key_prefix}:work") == 1
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 0
+
+
+def test_a_message_given_back_instead_drops_the_publishes_held_for_its_ack(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    queue = _queue(connection)
+    _publish(connection, {"n": "old"})
+    message = queue.get()
+    assert message is not None
+    with publish_with_ack(message):
+        _publish(connection, {"n": "new"})
+    message.reject(requeue=True)
+    again = queue.get(no_ack=True)
+    assert again is not None and again.payload == {"n": "old"}
+    assert queue.get(no_ack=True) is None
+
+
+def test_publish_with_ack_of_another_transport_publishes_at_once(
+    redis_url: str, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    options = {"global_keyprefix": f"{key_prefix}:"}
+    with Connection(redis_url, transport="redis", transport_options=options) as stock:
+        queue = _queue(stock)
+        _publish(stock, {"n": "old"})
+        message = queue.get()
+        assert message is not None
+        with publish_with_ack(message) as folded:
+            _publish(stock, {"n": "new"})
+            assert not folded and redis_client.llen(f"{key_prefix}:work") == 1
+        message.ack()
 
 
 def test_consumer_receives_acks_and_leaves_nothing_unacked(
