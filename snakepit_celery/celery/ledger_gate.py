@@ -17,7 +17,9 @@ after ``STORE_DOWN_COUNTDOWN``, its crashes (the lost delivery included) in
 the re-published message's header: always fail-closed, and fail-open for a
 message that came back (the broker re-sends it with the header it had, so a
 count kept only there would never grow). Fail-open, any other message runs on
-its header's count.
+its header's count. A message sent again goes out from the pool parent with
+the old one's acknowledgement (``celery.resend``), so a node dying between
+the two never leaves both.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from snakepit_celery.celery.headers import (
 )
 from snakepit_celery.celery.holders import holder_alive
 from snakepit_celery.celery.poison import quarantine_gave_up
+from snakepit_celery.celery.resend import retry_again, send_again
 from snakepit_celery.celery.runtime import TaskRuntime
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.store import fail_open, report_store_error
@@ -190,8 +193,7 @@ def _defer_duplicate(
         extra={"task_id": request.id, "running_on": holder},
     )
     later = {**forwarded(headers), HEADER_CRASHES: parse_headers(headers).crashes}
-    task.signature_from_request(request, countdown=countdown, headers=later).apply_async()
-    raise Ignore()
+    send_again(task, request, countdown, later)
 
 
 def _retry_later(
@@ -207,12 +209,7 @@ def _retry_later(
         HEADER_CRASHES: message_crashes(request.delivery_info, headers),
         HEADER_DEFERRALS: parse_headers(headers, request.retries).deferrals + 1,
     }
-    raise task.retry(
-        exc=exc,
-        countdown=STORE_DOWN_COUNTDOWN,
-        max_retries=(request.retries or 0) + 1,
-        headers=retry_headers,
-    )
+    retry_again(task, request, exc, STORE_DOWN_COUNTDOWN, retry_headers)
 
 
 def _give_up(task: GatedTask, runtime: TaskRuntime, request: Any, crashes: int) -> NoReturn:

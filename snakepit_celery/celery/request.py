@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery import signals as celery_signals
 from celery import states
+from celery.canvas import Signature
 from celery.exceptions import Retry
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
@@ -42,6 +45,7 @@ from snakepit_celery.celery.crash import (
 )
 from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded
 from snakepit_celery.celery.poison import quarantine_crashed
+from snakepit_celery.celery.resend import RetryAgain, SendAgain
 from snakepit_celery.celery.router import fleet_snapshot
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
@@ -59,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 class SnakepitRequest(Request):  # type: ignore[misc]
     """Celery ``Request`` whose failure path applies the task's crash barrier."""
+
+    #: It publishes the messages the crash-ledger gate sends again (``celery.resend``).
+    snakepit_sends_again = True
 
     def send_event(self, type: str, **fields: Any) -> None:
         """Celery's, but the success of a run re-published after a crash clears its error.
@@ -78,6 +85,8 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         exc = _unwrap(exc_info.exception)
         if isinstance(exc, ChildRecycled):
             return self._on_child_recycled(exc)
+        if isinstance(exc, SendAgain | RetryAgain) and not self._send_again(exc.signature):
+            return None
         task = self.task
         if (
             isinstance(task, SnakepitTask)
@@ -93,6 +102,36 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         return super().on_failure(
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )
+
+    # -- the crash-ledger gate sends the message again ------------------------------------
+    def _send_again(self, message: dict[str, Any]) -> bool:
+        """Publish the gate's new message with this one's acknowledgement (``celery.resend``).
+
+        False when the broker refused it: this message is given back instead.
+        """
+        try:
+            with self._acknowledged_with_publishes():
+                Signature.from_dict(message, app=self.task.app).apply_async()
+        except Exception:
+            logger.exception("could not send task %s[%s] again", self.task_name, self.id)
+            self.reject(requeue=True)
+            return False
+        return True
+
+    @contextmanager
+    def _acknowledged_with_publishes(self) -> Iterator[None]:
+        """Acknowledge this message after the block, with what the block publishes.
+
+        On snakepit's Redis transport both go in one transaction, whenever
+        Celery's event loop sends the acknowledgement. A message acknowledged
+        already (on record, or early) leaves the publishes as they are.
+        """
+        if self.acknowledged:
+            yield
+            return
+        with publish_with_ack(self.message):
+            yield
+        self.acknowledge()
 
     # -- a child died --------------------------------------------------------------------
     def _on_crash(self, task: SnakepitTask, exc: BaseException, exc_info: Any) -> None:
@@ -157,18 +196,15 @@ class SnakepitRequest(Request):  # type: ignore[misc]
                 signature.options.pop(option, None)
             if elsewhere is not None:
                 signature.options["queue"] = elsewhere
-        with publish_with_ack(self.message):
-            try:
+        try:
+            with self._acknowledged_with_publishes():
                 signature.apply_async()
-            except Exception:
-                logger.exception(
-                    "could not re-publish task %s[%s] after a crash", task.name, self.id
-                )
-                return False
-            task_ready(self)
-            if self.store_errors:
-                task.backend.mark_as_retry(self.id, error, exc_info.traceback, request=request)
-            self.acknowledge()  # on the Redis transport the new message goes out with it
+        except Exception:
+            logger.exception("could not re-publish task %s[%s] after a crash", task.name, self.id)
+            return False
+        task_ready(self)
+        if self.store_errors:
+            task.backend.mark_as_retry(self.id, error, exc_info.traceback, request=request)
         self.send_event("task-retried", exception=saferepr(error), traceback=exc_info.traceback)
         reason = Retry(exc=error, when=countdown)
         task.request_stack.push(request)

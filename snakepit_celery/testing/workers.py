@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["QUIET_FLAGS", "WorkerNode"]
+__all__ = ["QUIET_FLAGS", "WorkerNode", "stop_all"]
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +117,23 @@ class WorkerNode:
         Whatever is left of the group after ``timeout`` s is SIGKILLed. Returns
         the node's exit code (None when it was never started).
         """
+        self._signal(sig)
+        return self._reap(timeout)
+
+    def _signal(self, sig: int) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+
+    def _reap(self, timeout: float) -> int | None:
         process = self.process
         if process is None:
             return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(sig)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("worker did not stop in time; killing", extra={"node": self.name})
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("worker did not stop in time; killing", extra={"node": self.name})
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -138,3 +145,11 @@ class WorkerNode:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_all(nodes: Sequence[WorkerNode], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """``stop`` every node, all at once: each warm shutdown takes a second or two."""
+    for node in nodes:
+        node._signal(sig)
+    for node in nodes:
+        node._reap(timeout)

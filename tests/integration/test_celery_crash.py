@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from snakepit_celery.barrier import CrashBarrier
+from snakepit_celery.celery.app_context import app_group
+from snakepit_celery.celery.headers import HEADER_CRASHES
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.hardware.types import Device
 from snakepit_celery.health import HealthMonitor
@@ -60,18 +62,39 @@ def test_crashed_task_is_re_published_in_one_transaction_with_its_ack(harness: H
         result = harness.send("crash_once", harness.key("runs"), "segv")
         assert result.get(timeout=60) == 2
         commands = log.commands
-    # MONITOR logs a transaction's commands together, right after its MULTI.
+    assert len(_with_ack(commands, result.id)) == 1
+
+
+def test_a_copy_of_a_live_run_is_sent_again_in_one_transaction_with_its_ack(
+    harness: Harness,
+) -> None:
+    """The gate's deferral goes out from the pool parent, with the old message's ack."""
+    harness.worker("defer", conf=BARRIER)
+    store = store_from_url(harness.redis_url, key_prefix=harness.key_prefix)
+    record = {"incarnation": "other-1", "worker_pids": [4242], "heartbeat_interval": 0.1}
+    assert store.node_register("other@host", record, ttl=30.0, group=app_group(harness.client))
+    barrier = _barrier(harness)
+    task_id = "deferred-copy-1"
+    assert barrier.ledger_hold({task_id: "other@host/4242"}, 30.0) == {task_id: True}
+    with CommandLog(harness.redis_url) as log:
+        result = harness.send("noop_idempotent", task_id=task_id, headers={HEADER_CRASHES: 0})
+        wait_until(lambda: len(_with_ack(log.commands, task_id)) >= 1, 30, what="the deferral")
+        barrier.ledger_hold({task_id: "other@host/4242"}, 0.0)  # the first run ended
+        harness.wait_state(result, {"SUCCESS"}, timeout=30)
+
+
+def _with_ack(commands: list[str], task_id: str) -> list[list[str]]:
+    """Transactions that publish ``task_id`` and end a delivery (MONITOR logs one together)."""
     transactions = [
         commands[i + 1 : i + 6] for i, c in enumerate(commands) if c.upper().startswith("MULTI")
     ]
-    republish = [
+    return [
         t
         for t in transactions
         if t[0].upper().startswith("LPUSH")
-        and result.id in t[0]
+        and task_id in t[0]
         and any(c.upper().startswith("HDEL") and "unacked" in c for c in t)
     ]
-    assert len(republish) == 1, [t for t in transactions if result.id in " ".join(t)]
 
 
 def test_crashed_task_runs_again_on_another_node(harness: Harness) -> None:

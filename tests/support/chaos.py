@@ -27,7 +27,7 @@ from celery import Celery
 
 from snakepit_celery.celery.app_context import namespace
 from snakepit_celery.policy.routing import node_queue
-from snakepit_celery.testing.workers import WorkerNode
+from snakepit_celery.testing.workers import WorkerNode, stop_all
 from tests.support import ROOT
 from tests.support.harness import celery_conf
 
@@ -218,9 +218,8 @@ class ChaosFleet:
     # -- the end --------------------------------------------------------------------------
     def close(self) -> None:
         """Stop every node, then delete every key of the run."""
-        for node in [*self.nodes.values(), *self.retired]:
-            with contextlib.suppress(Exception):
-                node.stop(timeout=10)
+        with contextlib.suppress(Exception):
+            stop_all([*self.nodes.values(), *self.retired], timeout=10)
         for node in [*self.nodes.values(), *self.retired]:
             with contextlib.suppress(OSError):
                 os.unlink(node.log_path)

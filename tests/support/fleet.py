@@ -21,7 +21,7 @@ from snakepit_celery.celery.app_context import app_group, namespace
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.task import SnakepitTask
 from snakepit_celery.testing import wait_until
-from snakepit_celery.testing.workers import WorkerNode
+from snakepit_celery.testing.workers import WorkerNode, stop_all
 from tests.support import ROOT
 
 T = TypeVar("T")
@@ -208,8 +208,7 @@ class Fleet:
         return next(r for r in self.app.conf.task_routes if isinstance(r, SnakepitRouter))
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+        stop_all(self.workers)
         client = self.app.broker_connection().default_channel.client
         keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=500))
         for start in range(0, len(keys), 500):

@@ -27,7 +27,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from snakepit_celery.testing import wait_until
-from snakepit_celery.testing.workers import WorkerNode
+from snakepit_celery.testing.workers import WorkerNode, stop_all
 from tests.support import ROOT
 
 APP_MODULE = "tests.apps.snakepit_app"
@@ -153,8 +153,7 @@ class Harness:
         return wait_until(reached, timeout, what=f"task {result.id} to reach {states}")
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+        stop_all(self.workers)
         for worker in self.workers:
             print(f"===== log of {worker.name} =====\n{worker.logs()[-20000:]}")
         keys = list(self.redis.scan_iter(match=f"{self.key_prefix}*", count=1000))

@@ -20,6 +20,7 @@ from snakepit_celery.celery.app_context import app_group, app_store
 from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.ledger_gate import DUPLICATE_RECHECK
+from snakepit_celery.celery.resend import RetryAgain, SendAgain
 from snakepit_celery.celery.task import snakepit_task
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.store import set_default_store, set_fail_open
@@ -46,9 +47,17 @@ def gated(app: Celery) -> Any:
     return job
 
 
-def came_back(task_id: str, hostname: str = "b@host", retries: int = 0) -> Any:
+def came_back(
+    task_id: str, hostname: str = "b@host", retries: int = 0, *, redelivered: bool = True
+) -> Any:
+    """A request as a worker's pool child sees it (not eager, not called directly)."""
     return SimpleNamespace(
-        id=task_id, hostname=hostname, delivery_info={"redelivered": True}, retries=retries
+        id=task_id,
+        hostname=hostname,
+        delivery_info={"redelivered": True} if redelivered else {},
+        retries=retries,
+        is_eager=False,
+        called_directly=False,
     )
 
 
@@ -60,12 +69,12 @@ def beat(app: Celery, node: str, pids: list[int]) -> None:
 
 
 def deferrals(monkeypatch: pytest.MonkeyPatch, task: Any) -> list[dict[str, Any]]:
-    """The options of every re-publication of the task (none is sent)."""
+    """The options of every message the gate sends again (handed to the pool parent)."""
     sent: list[dict[str, Any]] = []
 
     def signature_from_request(request: Any, **options: Any) -> Any:
         sent.append(options)
-        return SimpleNamespace(apply_async=lambda: None)
+        return {"task": task.name, "options": options}
 
     monkeypatch.setattr(task, "signature_from_request", signature_from_request)
     return sent
@@ -79,9 +88,10 @@ def test_a_copy_of_a_task_whose_first_run_lives_is_deferred_not_run(
     beat(app, "a@host", [1])
     runtime.barrier.ledger_hold({"long-1": "a@host/1"}, 30.0)
     sent = deferrals(monkeypatch, task)
-    with pytest.raises(Ignore):
+    with pytest.raises(SendAgain) as raised:  # an Ignore: this delivery is dropped
         task._crash_ledger_gate(runtime, came_back("long-1"), {})
     assert sent == [{"countdown": DUPLICATE_RECHECK, "headers": {HEADER_CRASHES: 0}}]
+    assert isinstance(raised.value, Ignore) and raised.value.when == DUPLICATE_RECHECK
     assert app.AsyncResult("long-1").state == "PENDING"
     entry = runtime.barrier.ledger_get("long-1")
     assert entry is not None and (entry.running_on, entry.crashes) == ("a@host/1", 0)
@@ -160,6 +170,19 @@ def test_a_message_that_came_back_while_the_store_is_down_is_retried_its_loss_co
     app.conf.snakepit_store_url = "redis://127.0.0.1:1/0"
     app.conf.snakepit_fail_open = fail_open
     task = gated(app)
+    sent = deferrals(monkeypatch, task)
+    with pytest.raises(RetryAgain) as raised:
+        task._crash_ledger_gate(task.snakepit_runtime, came_back("down-1"), {HEADER_CRASHES: 1})
+    headers = sent[0]["headers"]
+    assert (headers[HEADER_CRASHES], headers[HEADER_DEFERRALS]) == (2, 1)
+    assert sent[0]["countdown"] > 0 and sent[0]["retries"] == 1
+    assert raised.value.signature["options"] == sent[0]  # published by the pool parent
+
+
+def test_an_eager_run_sends_its_retry_itself(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a worker's ``SnakepitRequest`` publishes what the gate sends again."""
+    app.conf.snakepit_store_url = "redis://127.0.0.1:1/0"
+    task = gated(app)
     retried: list[dict[str, Any]] = []
 
     def retry(**options: Any) -> Retry:
@@ -167,11 +190,12 @@ def test_a_message_that_came_back_while_the_store_is_down_is_retried_its_loss_co
         return Retry()
 
     monkeypatch.setattr(task, "retry", retry)
-    with pytest.raises(Retry):
-        task._crash_ledger_gate(task.snakepit_runtime, came_back("down-1"), {HEADER_CRASHES: 1})
-    headers = retried[0]["headers"]
-    assert (headers[HEADER_CRASHES], headers[HEADER_DEFERRALS]) == (2, 1)
-    assert retried[0]["countdown"] > 0
+    eager = came_back("down-3")
+    eager.is_eager = True
+    with pytest.raises(Retry) as raised:
+        task._crash_ledger_gate(task.snakepit_runtime, eager, {HEADER_CRASHES: 1})
+    assert not isinstance(raised.value, RetryAgain)
+    assert retried[0]["headers"][HEADER_CRASHES] == 2
 
 
 def test_fail_open_a_re_published_copy_runs_on_its_headers_count_while_the_store_is_down(
@@ -179,7 +203,7 @@ def test_fail_open_a_re_published_copy_runs_on_its_headers_count_while_the_store
 ) -> None:
     app.conf.snakepit_store_url = "redis://127.0.0.1:1/0"
     task = gated(app)
-    fresh = SimpleNamespace(id="down-2", hostname="b@host", delivery_info={}, retries=0)
+    fresh = came_back("down-2", redelivered=False)
     assert task._crash_ledger_gate(task.snakepit_runtime, fresh, {HEADER_CRASHES: 2}) == 2
     with pytest.raises(WorkerCrashedError):  # max_restarts=2: a third crash stops it
         task._crash_ledger_gate(task.snakepit_runtime, fresh, {HEADER_CRASHES: 3})
