@@ -108,7 +108,7 @@ def crash_ledger_gate(
         report_store_error(exc, task_id=request.id)
         before = LedgerEntry(0, 0, 0)
     if before.running_on is not None and before.running_on != worker_id:
-        _defer_duplicate(task, runtime, request, headers, before.running_on)
+        _defer_duplicate(task, runtime, request, headers, before)
     if parsed.tracked or before.starts or before.crashes or redelivered(request):
         # Only a message that ran, came back or was re-published (a deferred copy of a
         # run, a retry) can have a final state already: a start-marked task's first
@@ -174,15 +174,22 @@ def _holder_died(task: GatedTask, runtime: TaskRuntime, entry: LedgerEntry) -> b
 
 
 def _defer_duplicate(
-    task: GatedTask, runtime: TaskRuntime, request: Any, headers: Mapping[str, Any], holder: str
+    task: GatedTask,
+    runtime: TaskRuntime,
+    request: Any,
+    headers: Mapping[str, Any],
+    entry: LedgerEntry,
 ) -> NoReturn:
     """A copy of a task whose first run lives: send it again for later, drop this delivery.
 
     It never runs while that run lives; sent again (checked after
     ``DUPLICATE_RECHECK``, its stored state unchanged) rather than dropped,
     so the task is not lost should the holder die: a copy of a task that
-    ended is dropped then.
+    ended is dropped then. The copy carries the larger of its header's and
+    the ledger's crash counts (a store restarted from an older save keeps
+    it from counting lower).
     """
+    holder = entry.running_on
     countdown = min(runtime.lease, DUPLICATE_RECHECK)
     logger.warning(
         "task %s[%s] is still running on %s: duplicate delivery deferred %.1fs",
@@ -192,7 +199,8 @@ def _defer_duplicate(
         countdown,
         extra={"task_id": request.id, "running_on": holder},
     )
-    later = {**forwarded(headers), HEADER_CRASHES: parse_headers(headers).crashes}
+    crashes = max(parse_headers(headers).crashes, entry.crashes)
+    later = {**forwarded(headers), HEADER_CRASHES: crashes}
     send_again(task, request, countdown, later)
 
 

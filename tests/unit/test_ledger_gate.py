@@ -97,6 +97,22 @@ def test_a_copy_of_a_task_whose_first_run_lives_is_deferred_not_run(
     assert entry is not None and (entry.running_on, entry.crashes) == ("a@host/1", 0)
 
 
+def test_a_deferred_copy_carries_the_ledgers_count_when_its_header_is_behind(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the store lose the count later (restarted from an older save), the copy has it."""
+    task = gated(app)
+    runtime = task.snakepit_runtime
+    beat(app, "a@host", [1])
+    runtime.barrier.ledger_crash("long-2")
+    runtime.barrier.ledger_crash("long-2")
+    runtime.barrier.ledger_hold({"long-2": "a@host/1"}, 30.0)
+    sent = deferrals(monkeypatch, task)
+    with pytest.raises(SendAgain):
+        task._crash_ledger_gate(runtime, came_back("long-2"), {HEADER_CRASHES: 1})
+    assert sent[0]["headers"] == {HEADER_CRASHES: 2}
+
+
 def test_a_copy_runs_at_once_when_the_node_of_the_first_run_has_no_live_record(
     app: Celery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
