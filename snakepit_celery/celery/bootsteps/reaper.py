@@ -205,13 +205,12 @@ class OrphanReaper:
         A run the ledger shows on the dead node holds a lease that would make
         the restored delivery look like a duplicate: it is counted as a crash.
         A ``start_marks`` task whose ledger shows no live run never started:
-        its next delivery runs normally (``ledger_release``). So does an
-        idempotent task the node's last record did not list running (it was
-        prefetched): its loss counts as a death of the node holding it, not a
-        crash of the task, until more than ``max_restarts`` nodes died holding
-        it; from then on each loss is a crash again, so a message that kills
-        its node within a heartbeat of starting stays bounded. A task that is
-        not idempotent keeps counting the loss (it may have just started).
+        its next delivery runs normally (``ledger_release``). Any other
+        message comes back as it is and the gate counts its loss as a crash:
+        the node's last record not listing it running does not prove it never
+        started (the record follows a start by up to ``IN_FLIGHT_POLL``), and
+        a run that is not counted could take a task past ``max_restarts + 1``
+        runs. Only start marks tell a prefetched message from a started one.
         """
         task = self.app.tasks.get(delivery.name)
         if not isinstance(task, SnakepitTask):
@@ -225,10 +224,6 @@ class OrphanReaper:
             barrier.ledger_crash(delivery.task_id, holder=running_on)
         elif running_on is None and barrier.config.start_marks:
             barrier.ledger_release(delivery.task_id)
-        elif running_on is None and task.idempotent and delivery.task_id not in _running(record):
-            deaths = barrier.ledger_release(delivery.task_id, died=True)
-            if deaths > barrier.config.max_restarts:
-                barrier.ledger_crash(delivery.task_id)
 
     def _fail_orphan(
         self, dead: str, task_id: str, name: str, age: float, context: Any = None
@@ -303,12 +298,6 @@ class _LiveNodes(NamedTuple):
 
     tags: set[str]
     workers: set[str]
-
-
-def _running(record: Mapping[str, Any]) -> set[str]:
-    """Ids of the tasks the record's node was running at its last heartbeat."""
-    in_flight = record.get("in_flight")
-    return {str(task_id) for task_id in in_flight} if isinstance(in_flight, list) else set()
 
 
 def _ran_on_dead(record: Mapping[str, Any], running_on: str, live: _LiveNodes) -> bool:
