@@ -29,6 +29,7 @@ from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery import signals as celery_signals
 from celery import states
+from celery.backends.base import DisabledBackend
 from celery.canvas import Signature
 from celery.exceptions import Retry
 from celery.utils.saferepr import saferepr
@@ -52,7 +53,7 @@ from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.policy.queues import live_untainted_others
 from snakepit_celery.policy.routing import node_queue
 from snakepit_celery.store import report_store_error
-from snakepit_celery.transport.redis import publish_with_ack
+from snakepit_celery.transport.redis import ack_with_next_pop, publish_with_ack
 
 __all__ = ["SnakepitRequest"]
 
@@ -77,6 +78,29 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         if type == "task-succeeded" and HEADER_CRASHES in self._request_dict:
             fields = {"exception": None, "traceback": None, **fields}
         super().send_event(type, **fields)
+
+    def acknowledge(self) -> None:
+        """Celery's; a crash-barrier task's acknowledgement rides on the next pop.
+
+        Its message would come back should the node die before that pop, and
+        the crash-ledger gate drops such a copy: the task's state is stored.
+        So the event loop does not wait a round trip for it (snakepit's Redis
+        transport; others acknowledge as usual).
+        """
+        if not self.acknowledged and self._copy_would_be_dropped():
+            ack_with_next_pop(self.message)
+        super().acknowledge()
+
+    def _copy_would_be_dropped(self) -> bool:
+        """True when the gate would drop a copy of this message delivered after it ended."""
+        task = self.task
+        return (
+            isinstance(task, SnakepitTask)
+            and bool(task.acks_late)
+            and not task.ignore_result
+            and not isinstance(task.backend, DisabledBackend)
+            and task.snakepit_runtime.barrier.enabled
+        )
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False

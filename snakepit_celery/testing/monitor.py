@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["CommandLog"]
+__all__ = ["CommandLog", "transactions"]
 
 _MARK = "snakepit-monitor-mark-"
 _MARKER = re.compile(re.escape(_MARK) + r"(\w+)")
@@ -107,3 +107,22 @@ class CommandLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def transactions(commands: list[str], needle: str) -> list[list[str]]:
+    """The MULTI/EXEC blocks of a MONITOR log, each as its commands that contain ``needle``.
+
+    Commands of other clients that MONITOR logged in between are left out
+    (a key prefix as ``needle`` keeps one test's own); empty blocks are dropped.
+    """
+    blocks: list[list[str]] = []
+    current: list[str] = []
+    for command in commands:
+        name = command.split(maxsplit=1)[0].strip('"').upper() if command else ""
+        if name in ("MULTI", "EXEC"):
+            if name == "EXEC" and current:
+                blocks.append(current)
+            current = []
+        elif needle in command:
+            current.append(command)
+    return blocks

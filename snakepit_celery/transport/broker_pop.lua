@@ -1,13 +1,19 @@
 -- Not a store operation: the atomic pop of snakepit_celery.transport.redis (kombu's format).
 if redis.replicate_commands then redis.replicate_commands() end
 -- KEYS: kombu's unacked hash, its unacked_index zset, the queue lists in the order BRPOP
---       would take them, then the bell lists of those queues   ARGV: number of queue lists
+--       would take them, then the bell lists of those queues
+-- ARGV: number of queue lists, then delivery tags whose acknowledgement rides on this pop
+--       (removed from the unacked records first: an ack costs no round trip of its own)
 -- Pop the next message (RPOP, like BRPOP) and write kombu's unacknowledged record of it
 -- in the same atomic step, so a consumer that dies right after holds nothing only it
 -- knows: the message is restored from the unacked hash like any other.
 -- Returns {queue key, message, recorded (1/0)}; nil when every queue is empty (their bells,
 -- rung for messages already taken, are emptied then).
 local last = 2 + tonumber(ARGV[1])
+if #ARGV > 1 then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, 2))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+end
 for i = 3, last do
   local item = redis.call('RPOP', KEYS[i])
   if item then

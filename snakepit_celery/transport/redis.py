@@ -27,6 +27,11 @@ re-publishes a crashed task that way: the new message and the end of the old
 one happen together or not at all, so a node dying between them leaves
 neither two copies nor none).
 
+And one saving: :func:`ack_with_next_pop` lets an acknowledgement ride on the
+channel's next pop (the pop script removes its unacknowledged record first),
+so the event loop does not wait a round trip for it; the crash barrier uses
+it for the tasks whose copy it drops should the node die before.
+
 Per delivery this costs one round trip instead of two. Select it with
 ``broker_transport = "snakepit_celery.transport.redis:Transport"``;
 ``install()`` makes every broker connection to a ``redis://``/``rediss://``
@@ -58,6 +63,7 @@ __all__ = [
     "Poller",
     "QoS",
     "Transport",
+    "ack_with_next_pop",
     "bell_key",
     "publish_with_ack",
 ]
@@ -70,6 +76,8 @@ POP_SCRIPT = (
     .joinpath("broker_pop.lua")
     .read_text(encoding="utf-8")
 )
+#: Most acknowledgements one pop carries (the rest wait for the next one).
+_ACKS_PER_POP = 256
 #: Bell lists are named ``<BELL_PREFIX><queue>``.
 BELL_PREFIX = "_snakepit.bell."
 #: How long (ms) an unrung bell list lives.
@@ -150,6 +158,8 @@ class QoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)
         #: delivery tag -> publish commands to send with its acknowledgement.
         self.held: dict[str, list[tuple[Any, ...]]] = {}
+        #: Delivery tags whose acknowledgement may ride on the next pop (``ack_with_next_pop``).
+        self.deferrable: set[str] = set()
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         """Record a delivery (the pop script already wrote its unacknowledged record)."""
@@ -160,21 +170,48 @@ class QoS(kombu_redis.QoS):
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
-        """Forget the delivery, in one transaction with the publishes held back for it."""
-        held = self.held.pop(str(delivery_tag), None)
-        if not held:
+        """Forget the delivery: with the publishes held back for it, in one transaction;
+        on the next pop when it may wait (``ack_with_next_pop``); else as kombu does."""
+        tag = str(delivery_tag)
+        held = self.held.pop(tag, None)
+        deferrable = tag in self.deferrable
+        self.deferrable.discard(tag)
+        if held:
+            with self.pipe_or_acquire() as pipe:
+                for name, *args in held:
+                    getattr(pipe, name)(*args)
+                self._remove_from_indices(delivery_tag, pipe).execute()
+        elif deferrable:
+            self.channel.pending_acks.append(tag)
+        else:
             super().ack(delivery_tag)
             return
-        with self.pipe_or_acquire() as pipe:
-            for name, *args in held:
-                getattr(pipe, name)(*args)
-            self._remove_from_indices(delivery_tag, pipe).execute()
         VirtualChannel.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         """kombu's; publishes held for the delivery's acknowledgement are dropped."""
         self.held.pop(str(delivery_tag), None)
+        self.deferrable.discard(str(delivery_tag))
         super().reject(delivery_tag, requeue=requeue)
+
+
+def ack_with_next_pop(message: Any) -> bool:
+    """Let ``message``'s coming acknowledgement ride on its channel's next pop.
+
+    The consumer's event loop then does not wait a round trip for it: the
+    pop script removes the unacknowledged record first (or, with the queues
+    empty, a pipeline before the channel waits on its bells). Until then the
+    message would come back should the node die, so only a caller that drops
+    such a copy may ask (the crash-ledger gate drops a copy of a task whose
+    result is stored). False, changing nothing, on any other transport.
+    """
+    channel = getattr(message, "channel", None)
+    if not isinstance(channel, Channel):
+        return False
+    qos = channel.qos
+    assert isinstance(qos, QoS)
+    qos.deferrable.add(str(message.delivery_tag))
+    return True
 
 
 class Channel(kombu_redis.Channel):
@@ -195,6 +232,9 @@ class Channel(kombu_redis.Channel):
         self._idle = False
         self._sent: str | None = None
         self._pop_sha: str | None = None
+        #: Acknowledgements waiting for the next pop, and those the pop in flight carries.
+        self.pending_acks: list[str] = []
+        self._acks_sent: list[str] = []
         super().__init__(*args, **kwargs)
 
     def _prefixed(self, key: str) -> str:
@@ -204,12 +244,14 @@ class Channel(kombu_redis.Channel):
         """Send the next step: the atomic pop, or (queues were empty) a wait on the bells."""
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
+            self.flush_acks()
             return
         if self._pop_sha is None:
             self._pop_sha = str(bytes_to_str(self.client.script_load(POP_SCRIPT)))
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]
         if self._idle:
+            self.flush_acks()
             bells = [self._prefixed(bell_key(queue)) for queue in queues]
             wait = min(self.idle_poll_interval, timeout or self.brpop_timeout or 1)
             self._sent = "BRPOP"
@@ -222,9 +264,18 @@ class Channel(kombu_redis.Channel):
         ]
         unacked = [self._prefixed(self.unacked_key), self._prefixed(self.unacked_index_key)]
         bells = [self._prefixed(bell_key(queue)) for queue in queues]
+        acks = self._acks_sent = self.pending_acks[:_ACKS_PER_POP]
+        del self.pending_acks[:_ACKS_PER_POP]
         self._sent = "EVALSHA"
         self.client.connection.send_command(
-            "EVALSHA", self._pop_sha, len(keys) + len(bells) + 2, *unacked, *keys, *bells, len(keys)
+            "EVALSHA",
+            self._pop_sha,
+            len(keys) + len(bells) + 2,
+            *unacked,
+            *keys,
+            *bells,
+            len(keys),
+            *acks,
         )
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -237,10 +288,14 @@ class Channel(kombu_redis.Channel):
                 )
             except NoScriptError:
                 self._pop_sha = None  # the server lost its scripts: load again, then pop
+                self.pending_acks[:0] = self._acks_sent
                 raise Empty() from None
             except self.connection_errors:
+                self.pending_acks[:0] = self._acks_sent  # sent again once reconnected
                 self.client.connection.disconnect()
                 raise
+            finally:
+                self._acks_sent = []
             if sent != "EVALSHA" or not reply:
                 self._idle = sent == "EVALSHA"
                 raise Empty()
@@ -248,6 +303,34 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
+
+    def flush_acks(self) -> None:
+        """Send the acknowledgements waiting for a pop now, in one pipeline."""
+        if not self.pending_acks:
+            return
+        acks, self.pending_acks = self.pending_acks, []
+        try:
+            with self.conn_or_acquire() as client, client.pipeline() as pipe:
+                pipe.zrem(self.unacked_index_key, *acks)
+                pipe.hdel(self.unacked_key, *acks)
+                pipe.execute()
+        except Exception:
+            self.pending_acks[:0] = acks
+            raise
+
+    def basic_cancel(self, consumer_tag: Any) -> Any:
+        """kombu's; the acknowledgements waiting for a pop go first (pops may stop now)."""
+        self.flush_acks()
+        return super().basic_cancel(consumer_tag)
+
+    def close(self) -> None:
+        """kombu's, after the acknowledgements waiting for a pop (best effort)."""
+        try:
+            self.flush_acks()
+        except Exception:  # the connection is gone: those messages come back, and are dropped
+            logger.warning("%d acknowledgement(s) not sent before close", len(self.pending_acks))
+            self.pending_acks.clear()
+        super().close()
 
     def _deliver_popped(self, reply: Any) -> bool:
         key, item, recorded = reply

@@ -22,7 +22,7 @@ from snakepit_celery.hardware.types import Device
 from snakepit_celery.health import HealthMonitor
 from snakepit_celery.store import store_from_url
 from snakepit_celery.testing import wait_until
-from snakepit_celery.testing.monitor import CommandLog
+from snakepit_celery.testing.monitor import CommandLog, transactions
 from tests.support.harness import Harness, harness_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -62,7 +62,7 @@ def test_crashed_task_is_re_published_in_one_transaction_with_its_ack(harness: H
         result = harness.send("crash_once", harness.key("runs"), "segv")
         assert result.get(timeout=60) == 2
         commands = log.commands
-    assert len(_with_ack(commands, result.id)) == 1
+    assert len(_with_ack(commands, result.id, harness.key_prefix)) == 1
 
 
 def test_a_copy_of_a_live_run_is_sent_again_in_one_transaction_with_its_ack(
@@ -78,21 +78,21 @@ def test_a_copy_of_a_live_run_is_sent_again_in_one_transaction_with_its_ack(
     assert barrier.ledger_hold({task_id: "other@host/4242"}, 30.0) == {task_id: True}
     with CommandLog(harness.redis_url) as log:
         result = harness.send("noop_idempotent", task_id=task_id, headers={HEADER_CRASHES: 0})
-        wait_until(lambda: len(_with_ack(log.commands, task_id)) >= 1, 30, what="the deferral")
+        wait_until(
+            lambda: len(_with_ack(log.commands, task_id, harness.key_prefix)) >= 1,
+            30,
+            what="the deferral",
+        )
         barrier.ledger_hold({task_id: "other@host/4242"}, 0.0)  # the first run ended
         harness.wait_state(result, {"SUCCESS"}, timeout=30)
 
 
-def _with_ack(commands: list[str], task_id: str) -> list[list[str]]:
-    """Transactions that publish ``task_id`` and end a delivery (MONITOR logs one together)."""
-    transactions = [
-        commands[i + 1 : i + 6] for i, c in enumerate(commands) if c.upper().startswith("MULTI")
-    ]
+def _with_ack(commands: list[str], task_id: str, prefix: str) -> list[list[str]]:
+    """Transactions on ``prefix``'s keys that publish ``task_id`` and end a delivery."""
     return [
         t
-        for t in transactions
-        if t[0].upper().startswith("LPUSH")
-        and task_id in t[0]
+        for t in transactions(commands, prefix)
+        if any(c.upper().startswith("LPUSH") and task_id in c for c in t)
         and any(c.upper().startswith("HDEL") and "unacked" in c for c in t)
     ]
 

@@ -20,8 +20,14 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from snakepit_celery.celery.install import REDIS_TRANSPORT, install, use_redis_transport
-from snakepit_celery.testing.monitor import CommandLog
-from snakepit_celery.transport.redis import POP_SCRIPT, Channel, bell_key, publish_with_ack
+from snakepit_celery.testing.monitor import CommandLog, transactions
+from snakepit_celery.transport.redis import (
+    POP_SCRIPT,
+    Channel,
+    ack_with_next_pop,
+    bell_key,
+    publish_with_ack,
+)
 
 
 @pytest.fixture
@@ -101,9 +107,8 @@ def test_publish_inside_publish_with_ack_goes_out_with_the_ack_in_one_transactio
     assert redis_client.hlen(f"{p}unacked") == 0
     again = queue.get(no_ack=True)
     assert again is not None and again.payload == {"n": "new"}
-    sent = [c.split()[0].strip('"').upper() for c in log.since(start, end)]
-    assert sent[0] == "MULTI" and sent[-1] == "EXEC", sent
-    assert {"LPUSH", "ZREM", "HDEL"} <= set(sent) and sent.count("MULTI") == 1, sent
+    blocks = [{c.split()[0].upper() for c in t} for t in transactions(log.since(start, end), p)]
+    assert any({"LPUSH", "ZREM", "HDEL"} <= block for block in blocks), blocks
 
 
 def test_publishes_held_for_an_ack_go_out_with_it_whenever_it_comes(
@@ -149,6 +154,61 @@ def test_publish_with_ack_of_another_transport_publishes_at_once(
             _publish(stock, {"n": "new"})
             assert not folded and redis_client.llen(f"{key_prefix}:work") == 1
         message.ack()
+
+
+def test_acks_asked_to_wait_ride_on_the_next_pop_without_a_round_trip_of_their_own(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str, redis_url: str
+) -> None:
+    queue = _queue(connection)
+    received: list[object] = []
+
+    def on_message(body: object, message: object) -> None:
+        received.append(body)
+        assert ack_with_next_pop(message)
+        message.ack()  # type: ignore[attr-defined]
+
+    with CommandLog(redis_url) as log, connection.Consumer(queue, callbacks=[on_message]):
+        start = log.mark(redis_client)
+        for n in range(3):
+            _publish(connection, {"n": n})
+        for _ in range(30):
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=0.3)
+            if len(received) == 3 and redis_client.hlen(f"{key_prefix}:unacked") == 0:
+                break
+        commands = log.since(start)
+    assert received == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 0
+    assert redis_client.zcard(f"{key_prefix}:unacked_index") == 0
+    own = [c for c in commands if c.upper().startswith(("HDEL", "ZREM")) and key_prefix in c]
+    assert own == [], own  # every acknowledgement went with a pop (or the idle flush)
+
+
+def test_the_pop_script_removes_the_unacked_records_of_the_tags_it_carries(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    queue = _queue(connection)
+    _publish(connection, {"n": 1})
+    message = queue.get()
+    assert message is not None
+    p = f"{key_prefix}:"
+    keys = [f"{p}unacked", f"{p}unacked_index", f"{p}work", f"{p}{bell_key('work')}"]
+    assert redis_client.eval(POP_SCRIPT, 4, *keys, 1, message.delivery_tag) is None
+    assert redis_client.hlen(f"{p}unacked") == 0 and redis_client.zcard(f"{p}unacked_index") == 0
+
+
+def test_acks_waiting_for_a_pop_are_sent_when_the_channel_closes(
+    redis_url: str, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    options = {"global_keyprefix": f"{key_prefix}:"}
+    with Connection(redis_url, transport=REDIS_TRANSPORT, transport_options=options) as conn:
+        queue = _queue(conn)
+        _publish(conn, {"n": 1})
+        message = queue.get()
+        assert message is not None and ack_with_next_pop(message)
+        message.ack()
+        assert redis_client.hlen(f"{key_prefix}:unacked") == 1  # waiting for a pop
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 0
 
 
 def test_consumer_receives_acks_and_leaves_nothing_unacked(
