@@ -34,6 +34,7 @@ from benchmarks.apps import DEATH_STARTS, ENV_BROKER, ENV_URL
 from benchmarks.apps.fleet import machine_details
 from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.store import RedisStore
+from snakepit_celery.testing.rabbitmq import AMQP_URL, rabbitmq_answers
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from snakepit_celery.testing.workers import WorkerNode
 
@@ -47,7 +48,6 @@ WORK = 1.0
 POLL = 0.01
 TIMEOUT = 60.0
 TARGET = 5.0
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 KINDS = (("idempotent", "bench.work_idem"), ("not idempotent", "bench.work_once"))
 
 
@@ -162,14 +162,6 @@ def _ms(values: list[float]) -> str:
     )
 
 
-def _rabbitmq_answers() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
 def report(samples: dict[str, list[tuple[float, float | None, str]]], broker: str) -> str:
     lines = [
         f"**{broker}**: SIGKILL of a whole worker node (prefork, concurrency 2) while it runs a "
@@ -216,7 +208,7 @@ def run(broker: str | None) -> tuple[str, str]:
 def main() -> str:
     """Kill worker nodes on a private Redis, then with RabbitMQ; return the Markdown section."""
     machine, redis_report = run(None)
-    if _rabbitmq_answers():
+    if rabbitmq_answers():
         rabbit_report = run(AMQP_URL)[1]
     else:
         rabbit_report = "**RabbitMQ**: not measured (nothing answers on 127.0.0.1:5672)."

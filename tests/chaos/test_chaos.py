@@ -72,6 +72,7 @@ import pytest
 
 from benchmarks.__main__ import record
 from benchmarks.apps.fleet import machine_details
+from snakepit_celery.testing.rabbitmq import AMQP_URL
 from snakepit_celery.testing.redis_server import EmbeddedRedis, find_redis_server_binary
 from snakepit_celery.testing.workers import WorkerNode
 from tests.support.chaos import VISIBILITY_TIMEOUT, ChaosFleet, Execution, run_db
@@ -82,7 +83,7 @@ KILLS = int(os.environ.get("SNAKEPIT_CHAOS_KILLS") or 0)
 #: The broker of the run: ``redis`` or ``amqp`` (RabbitMQ, quorum queues).
 BROKER = os.environ.get("SNAKEPIT_CHAOS_BROKER") or "redis"
 AMQP_CONF: dict[str, Any] = {
-    "broker_url": "amqp://guest:guest@127.0.0.1:5672//",
+    "broker_url": AMQP_URL,
     "task_default_queue_type": "quorum",
     "worker_detect_quorum_queues": True,
     "broker_transport_options": {"confirm_publish": True},

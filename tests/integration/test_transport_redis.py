@@ -21,6 +21,7 @@ from kombu import Connection, Exchange, Queue
 
 from snakepit_celery.celery.install import REDIS_TRANSPORT, install, use_redis_transport
 from snakepit_celery.testing.monitor import CommandLog, transactions
+from snakepit_celery.testing.rabbitmq import AMQP_URL
 from snakepit_celery.transport.redis import (
     POP_SCRIPT,
     Channel,
@@ -260,7 +261,7 @@ def test_a_broker_url_changed_after_install_gets_its_own_transport(redis_url: st
     install(app)
     with app.connection_for_write() as conn:
         assert conn.transport_cls == REDIS_TRANSPORT
-    app.conf.broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+    app.conf.broker_url = AMQP_URL
     with app.connection_for_write() as conn:
         assert conn.transport_cls == "amqp"
         assert conn.clone().transport_cls == "amqp"

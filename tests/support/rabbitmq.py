@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-__all__ = ["AMQP_URL", "require_rabbitmq"]
+from snakepit_celery.testing.rabbitmq import AMQP_URL, rabbitmq_answers
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+__all__ = ["AMQP_URL", "require_rabbitmq"]
 
 
 def require_rabbitmq() -> None:
     """Skip the calling test unless RabbitMQ answers on 127.0.0.1:5672."""
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
-    except OSError:
+    if not rabbitmq_answers():
         pytest.skip("RabbitMQ does not answer on 127.0.0.1:5672")
