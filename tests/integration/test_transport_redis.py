@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -112,15 +113,21 @@ def test_publish_inside_publish_with_ack_goes_out_with_the_ack_in_one_transactio
     assert any({"LPUSH", "ZREM", "HDEL"} <= block for block in blocks), blocks
 
 
-def test_publishes_held_for_an_ack_go_out_with_it_whenever_it_comes(
-    connection: Connection, redis_client: redis.Redis, key_prefix: str
-) -> None:
-    queue = _queue(connection)
-    _publish(connection, {"n": "old"})
+def _old_with_new_held(conn: Connection) -> tuple[Queue, Any]:
+    """A delivered message ``{"n": "old"}``, and ``{"n": "new"}`` held for its ack."""
+    queue = _queue(conn)
+    _publish(conn, {"n": "old"})
     message = queue.get()
     assert message is not None
     with publish_with_ack(message):
-        _publish(connection, {"n": "new"})
+        _publish(conn, {"n": "new"})
+    return queue, message
+
+
+def test_publishes_held_for_an_ack_go_out_with_it_whenever_it_comes(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    _, message = _old_with_new_held(connection)
     assert redis_client.llen(f"{key_prefix}:work") == 0  # Celery acks later, on its loop
     message.ack()
     assert redis_client.llen(f"{key_prefix}:work") == 1
@@ -130,12 +137,7 @@ def test_publishes_held_for_an_ack_go_out_with_it_whenever_it_comes(
 def test_a_message_given_back_instead_drops_the_publishes_held_for_its_ack(
     connection: Connection, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    queue = _queue(connection)
-    _publish(connection, {"n": "old"})
-    message = queue.get()
-    assert message is not None
-    with publish_with_ack(message):
-        _publish(connection, {"n": "new"})
+    queue, message = _old_with_new_held(connection)
     message.reject(requeue=True)
     again = queue.get(no_ack=True)
     assert again is not None and again.payload == {"n": "old"}

@@ -68,6 +68,12 @@ def beat(app: Celery, node: str, pids: list[int]) -> None:
     assert store.node_register(node, record, ttl=30.0, group=app_group(app))
 
 
+def held_by_a_live_run(app: Celery, task: Any, task_id: str) -> None:
+    """``task_id``'s lease is held by process 1 of a@host, whose node record is live."""
+    beat(app, "a@host", [1])
+    task.snakepit_runtime.barrier.ledger_hold({task_id: "a@host/1"}, 30.0)
+
+
 def deferrals(monkeypatch: pytest.MonkeyPatch, task: Any) -> list[dict[str, Any]]:
     """The options of every message the gate sends again (handed to the pool parent)."""
     sent: list[dict[str, Any]] = []
@@ -85,8 +91,7 @@ def test_a_copy_of_a_task_whose_first_run_lives_is_deferred_not_run(
 ) -> None:
     task = gated(app)
     runtime = task.snakepit_runtime
-    beat(app, "a@host", [1])
-    runtime.barrier.ledger_hold({"long-1": "a@host/1"}, 30.0)
+    held_by_a_live_run(app, task, "long-1")
     sent = deferrals(monkeypatch, task)
     with pytest.raises(SendAgain) as raised:  # an Ignore: this delivery is dropped
         task._crash_ledger_gate(runtime, came_back("long-1"), {})
@@ -103,10 +108,9 @@ def test_a_deferred_copy_carries_the_ledgers_count_when_its_header_is_behind(
     """Should the store lose the count later (restarted from an older save), the copy has it."""
     task = gated(app)
     runtime = task.snakepit_runtime
-    beat(app, "a@host", [1])
     runtime.barrier.ledger_crash("long-2")
     runtime.barrier.ledger_crash("long-2")
-    runtime.barrier.ledger_hold({"long-2": "a@host/1"}, 30.0)
+    held_by_a_live_run(app, task, "long-2")
     sent = deferrals(monkeypatch, task)
     with pytest.raises(SendAgain):
         task._crash_ledger_gate(runtime, came_back("long-2"), {HEADER_CRASHES: 1})
