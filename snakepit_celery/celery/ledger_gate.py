@@ -19,7 +19,9 @@ message that came back (the broker re-sends it with the header it had, so a
 count kept only there would never grow). Fail-open, any other message runs on
 its header's count. A message sent again goes out from the pool parent with
 the old one's acknowledgement (``celery.resend``), so a node dying between
-the two never leaves both.
+the two never leaves both. A message that came back runs as such a new
+message, its header holding its crashes so far (the broker re-sends the
+old header), so a crash seen while the store is down counts from there.
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ def crash_ledger_gate(
     try:
         before = _start(task, runtime, request, worker_id, known)
     except StoreUnavailableError as exc:
+        if parsed.tracked or redelivered(request):
+            # Never retry (a RETRY state over the final one) a task that ended.
+            drop_if_ended(task, runtime, request)
         # A message that came back carries a stale count (the broker re-sends its bytes):
         # only a re-published copy, its lost delivery counted in the header, keeps it growing.
         if redelivered(request) or not fail_open():
@@ -118,16 +123,48 @@ def crash_ledger_gate(
     crashes = max(message_crashes(request.delivery_info, headers, exact), before.crashes)
     if crashes == 0:
         return 0
-    if barrier.retry_allowed(bool(task.idempotent), crashes - 1):
-        logger.warning(
-            "task %s[%s] came back after its worker crashed; running it again (crash %d)",
-            task.name,
-            request.id,
-            crashes,
-            extra={"task_id": request.id, "crashes": crashes},
-        )
-        return crashes
-    _give_up(task, runtime, request, crashes)
+    if not barrier.retry_allowed(bool(task.idempotent), crashes - 1):
+        _give_up(task, runtime, request, crashes)
+    if crashes > known and redelivered(request):
+        _send_with_count(task, runtime, request, headers, worker_id=worker_id, crashes=crashes)
+    logger.warning(
+        "task %s[%s] came back after its worker crashed; running it again (crash %d)",
+        task.name,
+        request.id,
+        crashes,
+        extra={"task_id": request.id, "crashes": crashes},
+    )
+    return crashes
+
+
+def _send_with_count(
+    task: GatedTask,
+    runtime: TaskRuntime,
+    request: Any,
+    headers: Mapping[str, Any],
+    *,
+    worker_id: str,
+    crashes: int,
+) -> NoReturn:
+    """Run a message that came back as a new one whose header holds its crashes so far.
+
+    The broker re-sends the bytes it has, so the header of a message that
+    came back is behind its count (its lost delivery, crashes only the
+    ledger saw). Run as it is, a crash seen while the store is down would be
+    counted from that stale header, and the task could run past
+    ``max_restarts + 1``; sent again (with this delivery's acknowledgement,
+    ``celery.resend``), the count travels with the message. This run lets go
+    of its lease first, so the new message is not taken for a duplicate.
+    """
+    runtime.barrier.ledger_hold({request.id: worker_id}, 0.0)
+    logger.info(
+        "task %s[%s] came back (crash %d): sent again with its crash count",
+        task.name,
+        request.id,
+        crashes,
+        extra={"task_id": request.id, "crashes": crashes},
+    )
+    send_again(task, request, 0.0, {**forwarded(headers), HEADER_CRASHES: crashes})
 
 
 def _start(
@@ -250,7 +287,10 @@ def drop_if_ended(task: GatedTask, runtime: TaskRuntime, request: Any) -> None:
     state = final_state(task.app, request.id)
     if state is None:
         return
-    runtime.barrier.ledger_finish(request.id)
+    try:
+        runtime.barrier.ledger_finish(request.id)
+    except StoreUnavailableError as exc:
+        report_store_error(exc, task_id=request.id)
     logger.warning(
         "task %s[%s] came back but already ended %s: not run again",
         task.name,

@@ -186,20 +186,20 @@ def test_tracked_message_runs_and_is_recorded_in_the_crash_ledger(app: Celery) -
 
 
 def test_untracked_message_that_came_back_counts_its_lost_delivery_as_one_crash(
-    app: Celery,
+    app: Celery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from types import SimpleNamespace
-
+    from snakepit_celery.celery.headers import HEADER_CRASHES
+    from snakepit_celery.celery.resend import SendAgain
     from snakepit_celery.errors import WorkerCrashedError
 
     task = _gate_task(app)
-    came_back = {"redelivered": True}
-    first = SimpleNamespace(id="poison-1", hostname="b@host", delivery_info=came_back)
-    task._crash_ledger_gate(task.snakepit_runtime, first, {})  # crash 1 <= max_restarts: runs
+    monkeypatch.setattr(task, "signature_from_request", lambda request, **options: options)
+    with pytest.raises(SendAgain) as sent:  # crash 1 <= max_restarts: sent again to run
+        task._crash_ledger_gate(task.snakepit_runtime, _came_back("poison-1"), {})
+    assert sent.value.signature["headers"] == {HEADER_CRASHES: 1}
     task.snakepit_runtime.barrier.ledger_crash("poison-1")
-    again = SimpleNamespace(id="poison-1", hostname="c@host", delivery_info=came_back)
     with pytest.raises(WorkerCrashedError, match="max_restarts=1"):
-        task._crash_ledger_gate(task.snakepit_runtime, again, {})
+        task._crash_ledger_gate(task.snakepit_runtime, _came_back("poison-1"), {})
 
 
 def _once_task(app: Celery) -> Any:
@@ -216,7 +216,13 @@ def _once_task(app: Celery) -> Any:
 def _came_back(task_id: str) -> Any:
     from types import SimpleNamespace
 
-    return SimpleNamespace(id=task_id, hostname="d@host", delivery_info={"redelivered": True})
+    return SimpleNamespace(
+        id=task_id,
+        hostname="d@host",
+        delivery_info={"redelivered": True},
+        is_eager=False,
+        called_directly=False,
+    )
 
 
 def test_message_given_back_unstarted_runs_without_counting_a_crash(app: Celery) -> None:

@@ -86,6 +86,34 @@ def deferrals(monkeypatch: pytest.MonkeyPatch, task: Any) -> list[dict[str, Any]
     return sent
 
 
+def runs_after_one_send_with_its_count(task: Any, task_id: str, sent: list[Any]) -> int:
+    """A message that came back is sent again at once, its header holding its count; the
+    new message (``sent``'s last) then runs: its crash count."""
+    runtime = task.snakepit_runtime
+    with pytest.raises(SendAgain):
+        task._crash_ledger_gate(runtime, came_back(task_id), {})
+    assert sent[-1]["countdown"] == 0.0
+    entry = runtime.barrier.ledger_get(task_id)
+    assert entry is not None and entry.running_on is None  # its lease let go
+    headers = sent[-1]["headers"]
+    count: int = task._crash_ledger_gate(runtime, came_back(task_id, redelivered=False), headers)
+    assert count == headers[HEADER_CRASHES]
+    return count
+
+
+def test_a_message_that_came_back_is_sent_again_with_the_ledgers_count_in_its_header(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash seen while the store is down then counts from the full count, not the
+    stale header the broker re-sent."""
+    task = gated(app)
+    for _ in range(2):  # two crashes its pool parents saw; the message's header says none
+        task.snakepit_runtime.barrier.ledger_crash("back-1")
+    sent = deferrals(monkeypatch, task)
+    assert runs_after_one_send_with_its_count(task, "back-1", sent) == 2
+    assert len(sent) == 1
+
+
 def test_a_copy_of_a_task_whose_first_run_lives_is_deferred_not_run(
     app: Celery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,8 +153,7 @@ def test_a_copy_runs_at_once_when_the_node_of_the_first_run_has_no_live_record(
     runtime = task.snakepit_runtime
     runtime.barrier.ledger_hold({"gone-1": "dead@host/7"}, 3000.0)
     sent = deferrals(monkeypatch, task)
-    assert task._crash_ledger_gate(runtime, came_back("gone-1"), {}) == 1
-    assert sent == []
+    assert runs_after_one_send_with_its_count(task, "gone-1", sent) == 1
     entry = runtime.barrier.ledger_get("gone-1")
     assert entry is not None
     assert (entry.crashes, entry.running_on) == (1, f"b@host/{os.getpid()}")
@@ -142,8 +169,7 @@ def test_a_copy_runs_when_the_record_written_since_the_lease_no_longer_lists_its
     time.sleep(0.4)
     beat(app, "a@host", [1, 8])
     sent = deferrals(monkeypatch, task)
-    assert task._crash_ledger_gate(runtime, came_back("child-1"), {}) == 1
-    assert sent == []
+    assert runs_after_one_send_with_its_count(task, "child-1", sent) == 1
 
 
 def test_a_copy_waits_for_a_child_younger_than_its_nodes_last_record(
@@ -197,6 +223,24 @@ def test_a_message_that_came_back_while_the_store_is_down_is_retried_its_loss_co
     assert (headers[HEADER_CRASHES], headers[HEADER_DEFERRALS]) == (2, 1)
     assert sent[0]["countdown"] > 0 and sent[0]["retries"] == 1
     assert raised.value.signature["options"] == sent[0]  # published by the pool parent
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_a_message_of_an_ended_task_that_came_back_while_the_store_is_down_is_dropped(
+    app: Celery, fail_open: bool
+) -> None:
+    """Not retried: its RETRY state would overwrite the final one (and it would run again)."""
+    app.conf.snakepit_store_url = "redis://127.0.0.1:1/0"
+    app.conf.snakepit_fail_open = fail_open
+    task = gated(app)
+    task.backend.mark_as_failure("ended-down", WorkerCrashedError("segfault"))
+    try:
+        with pytest.raises(Ignore) as raised:
+            task._crash_ledger_gate(task.snakepit_runtime, came_back("ended-down"), {})
+        assert not isinstance(raised.value, SendAgain | RetryAgain)
+        assert app.AsyncResult("ended-down").state == "FAILURE"
+    finally:
+        task.backend.forget("ended-down")
 
 
 def test_an_eager_run_sends_its_retry_itself(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
