@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
+    "HEADER_COPY",
     "HEADER_CRASHES",
     "HEADER_DEFERRALS",
     "HEADER_FIRST_TRY",
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 #: Message header: every crash of this task so far (merged with the store's crash ledger,
 #: whichever counts more), so ``max_restarts`` holds while the store is down.
 HEADER_CRASHES = "snakepit_crashes"
+#: Message header: this message is a copy of a run that may still live (the worker holding
+#: the task's lease, ``?`` when unknown): it runs only once the store has said that run is
+#: over, never on its header's count alone while the store is down.
+HEADER_COPY = "snakepit_copy_of"
 #: Message header: re-queues caused by an open breaker (they spend no retry attempt).
 HEADER_DEFERRALS = "snakepit_deferrals"
 #: Message header: epoch seconds of the first attempt (for ``retry_*`` signal durations).
@@ -41,8 +46,9 @@ HEADER_FIRST_TRY = "snakepit_first_try"
 HEADER_RETRIES = "retries"
 #: Largest count a header is read as (a larger one is clamped to it).
 MAX_HEADER_COUNT = 1_000_000
-#: Headers kombu adds to a restored message; never copied into a re-published one.
-_TRANSPORT_HEADERS = frozenset({"redelivered"})
+#: Headers never copied into a re-published message as they are: kombu's mark of a restored
+#: one, and the copy mark (a message the gate let run is no copy; the gate marks its own).
+_NOT_FORWARDED = frozenset({"redelivered", HEADER_COPY})
 
 #: Header names already logged as bad in this process.
 _logged: set[str] = set()
@@ -57,6 +63,8 @@ class MessageHeaders:
     crashes: int = 0
     deferrals: int = 0
     first_try: float | None = None
+    #: The worker whose run this message may be a copy of (``HEADER_COPY``), if any.
+    copy_of: str | None = None
 
     @property
     def tracked(self) -> bool:
@@ -111,12 +119,23 @@ def parse_headers(headers: Mapping[str, Any] | None, retries: Any = None) -> Mes
         crashes=_count(HEADER_CRASHES, raw.get(HEADER_CRASHES)),
         deferrals=deferrals,
         first_try=_epoch(raw.get(HEADER_FIRST_TRY)),
+        copy_of=_copy_of(raw.get(HEADER_COPY)),
     )
 
 
+def _copy_of(value: Any) -> str | None:
+    """The copy mark: a worker id (``?``: unknown); anything else marks a copy of unknown."""
+    if value is None:
+        return None
+    if isinstance(value, str) and 0 < len(value) <= 300:
+        return value
+    _log_bad(HEADER_COPY, value, "not a worker id; read as a copy of an unknown run")
+    return "?"
+
+
 def forwarded(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The custom headers a re-published message keeps (not kombu's transport ones)."""
-    return {k: v for k, v in headers.items() if k not in _TRANSPORT_HEADERS}
+    """The custom headers a re-published message keeps (not kombu's, nor the copy mark)."""
+    return {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
 
 
 def message_crashes(

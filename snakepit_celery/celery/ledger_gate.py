@@ -37,6 +37,7 @@ from celery.exceptions import Ignore
 
 from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.headers import (
+    HEADER_COPY,
     HEADER_CRASHES,
     HEADER_DEFERRALS,
     forwarded,
@@ -106,9 +107,10 @@ def crash_ledger_gate(
         if parsed.tracked or redelivered(request):
             # Never retry (a RETRY state over the final one) a task that ended.
             drop_if_ended(task, runtime, request)
-        # A message that came back carries a stale count (the broker re-sends its bytes):
-        # only a re-published copy, its lost delivery counted in the header, keeps it growing.
-        if redelivered(request) or not fail_open():
+        # A message that came back carries a stale count (the broker re-sends its bytes),
+        # and may be a copy of a run that lives, like a deferred copy: those wait for the
+        # store (sent again every STORE_DOWN_COUNTDOWN, the loss counted in the header).
+        if redelivered(request) or parsed.copy_of or not fail_open():
             _retry_later(task, request, headers, exc)
         report_store_error(exc, task_id=request.id)
         before = LedgerEntry(0, 0, 0)
@@ -237,23 +239,29 @@ def _defer_duplicate(
         extra={"task_id": request.id, "running_on": holder},
     )
     crashes = max(parse_headers(headers).crashes, entry.crashes)
-    later = {**forwarded(headers), HEADER_CRASHES: crashes}
+    later = {**forwarded(headers), HEADER_CRASHES: crashes, HEADER_COPY: holder}
     send_again(task, request, countdown, later)
 
 
 def _retry_later(
     task: GatedTask, request: Any, headers: Mapping[str, Any], exc: StoreUnavailableError
 ) -> NoReturn:
-    """Fail-closed: the ledger cannot be read, so retry later, the crashes kept in the header.
+    """The ledger cannot be read, so retry later, the crashes kept in the header.
 
-    Like a breaker's deferral, the retry spends no attempt of the retry policy.
+    A message that came back, or a copy of a run that may live, stays marked
+    as a copy (``HEADER_COPY``): it runs once the store answers. Like a
+    breaker's deferral, the retry spends no attempt of the retry policy.
     """
     report_store_error(exc, task_id=request.id)
+    parsed = parse_headers(headers, request.retries)
     retry_headers = {
         **forwarded(headers),
         HEADER_CRASHES: message_crashes(request.delivery_info, headers),
-        HEADER_DEFERRALS: parse_headers(headers, request.retries).deferrals + 1,
+        HEADER_DEFERRALS: parsed.deferrals + 1,
     }
+    copy_of = parsed.copy_of or ("?" if redelivered(request) else None)
+    if copy_of is not None:
+        retry_headers[HEADER_COPY] = copy_of
     retry_again(task, request, exc, STORE_DOWN_COUNTDOWN, retry_headers)
 
 

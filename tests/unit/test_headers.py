@@ -15,6 +15,7 @@ import pytest
 
 from snakepit_celery.celery import headers as headers_module
 from snakepit_celery.celery.headers import (
+    HEADER_COPY,
     HEADER_CRASHES,
     HEADER_DEFERRALS,
     HEADER_FIRST_TRY,
@@ -120,3 +121,14 @@ def test_retry_of_a_message_carries_snakepits_headers_as_read() -> None:
         HEADER_FIRST_TRY: None,
         "custom": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [(None, None), ("node@host/12", "node@host/12"), ("?", "?"), (5, "?"), ("", "?")],
+)
+def test_the_copy_mark_is_a_worker_id_and_anything_else_marks_a_copy_of_unknown(
+    value: Any, read: str | None
+) -> None:
+    raw = {} if value is None else {HEADER_COPY: value}
+    assert parse_headers(raw).copy_of == read

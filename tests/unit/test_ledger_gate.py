@@ -17,7 +17,7 @@ from celery import Celery
 from celery.exceptions import Ignore, Retry
 
 from snakepit_celery.celery.app_context import app_group, app_store
-from snakepit_celery.celery.headers import HEADER_CRASHES, HEADER_DEFERRALS
+from snakepit_celery.celery.headers import HEADER_COPY, HEADER_CRASHES, HEADER_DEFERRALS
 from snakepit_celery.celery.install import install
 from snakepit_celery.celery.ledger_gate import DUPLICATE_RECHECK
 from snakepit_celery.celery.resend import RetryAgain, SendAgain
@@ -123,7 +123,8 @@ def test_a_copy_of_a_task_whose_first_run_lives_is_deferred_not_run(
     sent = deferrals(monkeypatch, task)
     with pytest.raises(SendAgain) as raised:  # an Ignore: this delivery is dropped
         task._crash_ledger_gate(runtime, came_back("long-1"), {})
-    assert sent == [{"countdown": DUPLICATE_RECHECK, "headers": {HEADER_CRASHES: 0}}]
+    copy = {HEADER_CRASHES: 0, HEADER_COPY: "a@host/1"}  # a copy of that run
+    assert sent == [{"countdown": DUPLICATE_RECHECK, "headers": copy}]
     assert isinstance(raised.value, Ignore) and raised.value.when == DUPLICATE_RECHECK
     assert app.AsyncResult("long-1").state == "PENDING"
     entry = runtime.barrier.ledger_get("long-1")
@@ -142,7 +143,7 @@ def test_a_deferred_copy_carries_the_ledgers_count_when_its_header_is_behind(
     sent = deferrals(monkeypatch, task)
     with pytest.raises(SendAgain):
         task._crash_ledger_gate(runtime, came_back("long-2"), {HEADER_CRASHES: 1})
-    assert sent[0]["headers"] == {HEADER_CRASHES: 2}
+    assert sent[0]["headers"] == {HEADER_CRASHES: 2, HEADER_COPY: "a@host/1"}
 
 
 def test_a_copy_runs_at_once_when_the_node_of_the_first_run_has_no_live_record(
@@ -221,6 +222,7 @@ def test_a_message_that_came_back_while_the_store_is_down_is_retried_its_loss_co
         task._crash_ledger_gate(task.snakepit_runtime, came_back("down-1"), {HEADER_CRASHES: 1})
     headers = sent[0]["headers"]
     assert (headers[HEADER_CRASHES], headers[HEADER_DEFERRALS]) == (2, 1)
+    assert headers[HEADER_COPY] == "?"  # it may be a copy of a run that lives: waits again
     assert sent[0]["countdown"] > 0 and sent[0]["retries"] == 1
     assert raised.value.signature["options"] == sent[0]  # published by the pool parent
 
@@ -241,6 +243,32 @@ def test_a_message_of_an_ended_task_that_came_back_while_the_store_is_down_is_dr
         assert app.AsyncResult("ended-down").state == "FAILURE"
     finally:
         task.backend.forget("ended-down")
+
+
+def test_fail_open_a_copy_of_a_run_that_may_live_waits_for_the_store(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred copy (or a message that came back) never runs on its header alone: the
+    run it copies may live, or have died uncounted."""
+    app.conf.snakepit_store_url = "redis://127.0.0.1:1/0"
+    task = gated(app)
+    sent = deferrals(monkeypatch, task)
+    copy = came_back("copy-1", redelivered=False)
+    with pytest.raises(RetryAgain):
+        task._crash_ledger_gate(
+            task.snakepit_runtime, copy, {HEADER_CRASHES: 1, HEADER_COPY: "a@host/1"}
+        )
+    assert sent[0]["headers"][HEADER_COPY] == "a@host/1"
+    assert sent[0]["headers"][HEADER_CRASHES] == 1
+
+
+def test_a_copy_the_gate_let_run_is_re_published_without_the_copy_mark() -> None:
+    from snakepit_celery.celery.headers import forwarded
+
+    assert forwarded({HEADER_COPY: "a@host/1", HEADER_CRASHES: 2, "x": 1}) == {
+        HEADER_CRASHES: 2,
+        "x": 1,
+    }
 
 
 def test_an_eager_run_sends_its_retry_itself(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
