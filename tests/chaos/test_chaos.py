@@ -151,6 +151,9 @@ SMALL = Size(tasks=80, work=(0.1, 0.4), chaos=15.0, drain=35.0)
 LARGE = Size(tasks=1000, work=(0.05, 0.25), chaos=120.0 + KILLS * 6.0, drain=150.0, kills=KILLS)
 
 
+#: Seconds after a run's end record within which a kill of its process still destroys the
+#: run (its result is stored, and its message acknowledged, right after the body returns).
+RESULT_WINDOW = 1.0
 #: A node's section in ``ChaosFleet.logs``, and Celery's log line of a delivery.
 _SECTION = re.compile(r"^===== (\S+) \(pid (\d+)\)")
 _RECEIVED = re.compile(
@@ -243,13 +246,18 @@ class ChaosRun:
     def losses(self, task_id: str) -> int:
         """Deliveries of the task the chaos loop destroyed.
 
-        Its runs the loop killed, and its messages a node held when the loop
-        SIGKILLed that node, without a run there in between (a prefetched
-        message; the crash barrier cannot tell it from a run that just
-        started, so it counts as a crash without start marks).
+        Its runs the loop killed (before their end record, or within
+        ``RESULT_WINDOW`` after it: the body returned, its result was not
+        stored yet), and its messages a node held when the loop SIGKILLed
+        that node, without a run there in between (a prefetched message; the
+        crash barrier cannot tell it from a run that just started, so it
+        counts as a crash without start marks).
         """
         runs = self.runs.get(task_id, [])
-        lost = sum(1 for run in runs if run.end is None and self.ended(run) is not None)
+        lost = 0
+        for run in runs:
+            until = float("inf") if run.end is None else run.end + RESULT_WINDOW
+            lost += any(run.start <= k <= until for k in self.deaths.get(run.pid, []))
         for node, pid, at in self.receipts.get(task_id, []):
             killed = min((k for k in self.deaths.get(pid, []) if k >= at), default=None)
             if killed is not None and not any(
