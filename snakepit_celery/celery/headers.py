@@ -25,6 +25,7 @@ __all__ = [
     "MAX_HEADER_COUNT",
     "MessageHeaders",
     "forwarded",
+    "marked_copy",
     "message_crashes",
     "parse_headers",
 ]
@@ -131,6 +132,15 @@ def _copy_of(value: Any) -> str | None:
         return value
     _log_bad(HEADER_COPY, value, "not a worker id; read as a copy of an unknown run")
     return "?"
+
+
+def marked_copy(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``headers`` marked as a copy of an unknown run (``HEADER_COPY`` ``?``), unless marked.
+
+    For a message published next to another copy that may come back: it
+    never runs on its header's count alone while the store is down.
+    """
+    return {HEADER_COPY: "?", **(headers or {})}
 
 
 def forwarded(headers: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,11 @@ rather than back to this node's own queue) or ends it FAILURE with
 it is never redelivered on top of that; on snakepit's Redis transport the
 re-published message and that acknowledgement are one transaction
 (``transport.redis.publish_with_ack``), so a node that dies in between
-leaves neither two copies of the task nor none. With the barrier disabled (the
-default) Celery's own handling applies unchanged.
+leaves neither two copies of the task nor none. Other brokers (RabbitMQ) cannot
+make the two one transaction: there the re-published message is marked a copy
+(``headers.HEADER_COPY``), so while the store is down it waits for the store
+rather than run beside the original come back, each counting its own crashes.
+With the barrier disabled (the default) Celery's own handling applies unchanged.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from snakepit_celery.celery.crash import (
     SeenCrash,
     handle_crash,
 )
-from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded
+from snakepit_celery.celery.headers import HEADER_CRASHES, forwarded, marked_copy
 from snakepit_celery.celery.poison import quarantine_crashed
 from snakepit_celery.celery.resend import RetryAgain, SendAgain
 from snakepit_celery.celery.router import fleet_snapshot
@@ -58,8 +61,6 @@ from snakepit_celery.transport.redis import ack_with_next_pop, publish_with_ack
 __all__ = ["SnakepitRequest"]
 
 logger = logging.getLogger(__name__)
-
-#: Queues bound to one node: a crashed task re-published from one is routed afresh.
 
 
 class SnakepitRequest(Request):  # type: ignore[misc]
@@ -134,8 +135,11 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         False when the broker refused it: this message is given back instead.
         """
         try:
-            with self._acknowledged_with_publishes():
-                Signature.from_dict(message, app=self.task.app).apply_async()
+            with self._acknowledged_with_publishes() as single:
+                signature = Signature.from_dict(message, app=self.task.app)
+                if not single:
+                    _mark_copy(signature)
+                signature.apply_async()
         except Exception:
             logger.exception("could not send task %s[%s] again", self.task_name, self.id)
             self.reject(requeue=True)
@@ -143,18 +147,22 @@ class SnakepitRequest(Request):  # type: ignore[misc]
         return True
 
     @contextmanager
-    def _acknowledged_with_publishes(self) -> Iterator[None]:
+    def _acknowledged_with_publishes(self) -> Iterator[bool]:
         """Acknowledge this message after the block, with what the block publishes.
 
         On snakepit's Redis transport both go in one transaction, whenever
         Celery's event loop sends the acknowledgement. A message acknowledged
         already (on record, or early) leaves the publishes as they are.
+        Yields True when this message cannot come back beside what the block
+        publishes (acknowledged already, or one transaction); False on other
+        brokers (RabbitMQ), where the node may die between the publish and the
+        acknowledgement: the caller marks its message a copy (``marked_copy``).
         """
         if self.acknowledged:
-            yield
+            yield True
             return
-        with publish_with_ack(self.message):
-            yield
+        with publish_with_ack(self.message) as single:
+            yield single
         self.acknowledge()
 
     # -- a child died --------------------------------------------------------------------
@@ -221,7 +229,9 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             if elsewhere is not None:
                 signature.options["queue"] = elsewhere
         try:
-            with self._acknowledged_with_publishes():
+            with self._acknowledged_with_publishes() as single:
+                if not single:
+                    _mark_copy(signature)
                 signature.apply_async()
         except Exception:
             logger.exception("could not re-publish task %s[%s] after a crash", task.name, self.id)
@@ -295,6 +305,15 @@ class SnakepitRequest(Request):  # type: ignore[misc]
             exc.state,
             extra={"task_id": self.id, "state": exc.state},
         )
+
+
+def _mark_copy(signature: Signature) -> None:
+    """Mark ``signature``'s message a copy: the message it replaces may come back beside it.
+
+    Both would then run on their headers' counts while the store is down, each
+    counting its own crashes; marked, this one waits for the store instead.
+    """
+    signature.options["headers"] = marked_copy(signature.options.get("headers"))
 
 
 def _unwrap(exc: Any) -> Any:

@@ -12,7 +12,9 @@ is dropped, no state is written) or :class:`RetryAgain` (Celery stores
 signature, and ``SnakepitRequest`` publishes it in the parent together with
 the old message's acknowledgement: on snakepit's Redis transport in one
 transaction (``transport.redis.publish_with_ack``); on other brokers right
-before it, as Celery's own retry does. A task run outside such a request
+before it, as Celery's own retry does, the new message marked a copy
+(``headers.HEADER_COPY``: it waits for the store rather than run on its
+header beside the old one, should that come back). A task run outside such a request
 (eagerly, or with a request class of its own) publishes in place, as before.
 """
 

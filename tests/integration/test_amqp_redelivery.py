@@ -9,7 +9,6 @@ result backend and store on Redis; skipped when RabbitMQ does not answer.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +17,7 @@ from snakepit_celery.celery.headers import HEADER_CRASHES
 from snakepit_celery.celery.ledger_gate import DUPLICATE_RECHECK
 from snakepit_celery.testing import wait_until
 from tests.support.chaos import ChaosFleet
-from tests.support.rabbitmq import AMQP_URL, require_rabbitmq
+from tests.support.rabbitmq import amqp_conf
 
 BARRIER = {"enabled": True, "retry": "idempotent", "max_restarts": 2}
 WORK = 6.0
@@ -28,15 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 @pytest.fixture
 def fleet(redis_base_url: str) -> Iterator[ChaosFleet]:
-    require_rabbitmq()
-    extra = {
-        "broker_url": AMQP_URL,
-        "broker_transport_options": {},
-        "task_default_queue": f"amqp-{uuid.uuid4().hex[:8]}",
-        "task_default_queue_type": "quorum",
-        "worker_detect_quorum_queues": True,
-    }
-    fleet = ChaosFleet.create(redis_base_url, "spamqp", BARRIER, extra=extra)
+    fleet = ChaosFleet.create(redis_base_url, "spamqp", BARRIER, extra=amqp_conf())
     yield fleet
     fleet.close()
 

@@ -21,6 +21,7 @@ from snakepit_celery.errors import ConfigError
 from snakepit_celery.testing import wait_until
 from snakepit_celery.testing.redis_server import EmbeddedRedis
 from tests.support.chaos import ChaosFleet, chaos_conf
+from tests.support.rabbitmq import amqp_conf
 
 MAX_RESTARTS = 2
 BARRIER: dict[str, Any] = {
@@ -31,10 +32,19 @@ BARRIER: dict[str, Any] = {
 }
 
 
-def fleet_on(redis_base_url: str, store: EmbeddedRedis, fail_open: bool) -> ChaosFleet:
+def fleet_on(
+    redis_base_url: str,
+    store: EmbeddedRedis,
+    fail_open: bool,
+    broker: dict[str, Any] | None = None,
+) -> ChaosFleet:
     redis_url = f"{redis_base_url}/{1 + os.getpid() % 14}"
     key_prefix = f"spstoredown-{uuid.uuid4().hex[:10]}"
-    extra = {"snakepit_store_url": f"{store.url}/0", "snakepit_fail_open": fail_open}
+    extra = {
+        "snakepit_store_url": f"{store.url}/0",
+        "snakepit_fail_open": fail_open,
+        **(broker or {}),
+    }
     fleet = ChaosFleet(redis_url, key_prefix, chaos_conf(redis_url, key_prefix, BARRIER, extra))
     fleet.start_all(1)
     return fleet
@@ -69,6 +79,34 @@ def test_fail_closed_retries_while_the_store_is_down_then_stops_the_poison_task(
     redis_base_url: str, private_redis: EmbeddedRedis
 ) -> None:
     fleet = fleet_on(redis_base_url, private_redis, fail_open=False)
+    try:
+        private_redis.stop(keep_data=True)
+        task_id = fleet.send("chaos.poison", 0.0)
+        wait_until(lambda: fleet.executions()[task_id] == 1, 30, what="first run")
+        time.sleep(6.0)
+        assert status(fleet, task_id) == "RETRY", fleet.logs()
+        assert fleet.executions()[task_id] == 1, fleet.logs()
+        private_redis.start()
+        wait_until(lambda: status(fleet, task_id) == "FAILURE", 60, what="poison task FAILURE")
+        time.sleep(2.0)
+        assert fleet.executions()[task_id] == MAX_RESTARTS + 1, fleet.logs()
+    finally:
+        fleet.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+def test_on_rabbitmq_a_crashed_task_waits_for_the_store_then_stops_after_max_restarts(
+    redis_base_url: str, private_redis: EmbeddedRedis
+) -> None:
+    """RabbitMQ cannot publish the re-run with the ack in one transaction: the copy waits.
+
+    Should the node die between the two, the original comes back beside the
+    re-published message; run on their headers while the store is down, each
+    would count only its own crashes. So the copy, marked, waits for the store
+    (fail-open too), and the count is whole once it answers.
+    """
+    fleet = fleet_on(redis_base_url, private_redis, fail_open=True, broker=amqp_conf())
     try:
         private_redis.stop(keep_data=True)
         task_id = fleet.send("chaos.poison", 0.0)

@@ -21,6 +21,7 @@ from snakepit_celery.celery.headers import (
     HEADER_FIRST_TRY,
     MAX_HEADER_COUNT,
     forwarded,
+    marked_copy,
     parse_headers,
 )
 
@@ -132,3 +133,17 @@ def test_the_copy_mark_is_a_worker_id_and_anything_else_marks_a_copy_of_unknown(
 ) -> None:
     raw = {} if value is None else {HEADER_COPY: value}
     assert parse_headers(raw).copy_of == read
+
+
+@pytest.mark.parametrize(
+    ("headers", "mark"),
+    [(None, "?"), ({"x": 1}, "?"), ({HEADER_COPY: "node@host/12"}, "node@host/12")],
+)
+def test_marked_copy_marks_an_unknown_run_and_keeps_a_known_holder(
+    headers: dict[str, Any] | None, mark: str
+) -> None:
+    marked = marked_copy(headers)
+    assert parse_headers(marked).copy_of == mark
+    assert {k: v for k, v in marked.items() if k != HEADER_COPY} == {
+        k: v for k, v in (headers or {}).items() if k != HEADER_COPY
+    }
