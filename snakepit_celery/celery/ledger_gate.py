@@ -19,9 +19,11 @@ message that came back (the broker re-sends it with the header it had, so a
 count kept only there would never grow). Fail-open, any other message runs on
 its header's count. A message sent again goes out from the pool parent with
 the old one's acknowledgement (``celery.resend``), so a node dying between
-the two never leaves both. A message that came back runs as such a new
-message, its header holding its crashes so far (the broker re-sends the
-old header), so a crash seen while the store is down counts from there.
+the two never leaves both. A message whose header is behind its count (it
+came back: the broker re-sends the old header; or the ledger counted a dead
+run the header does not know) runs as such a new message, its header
+holding its crashes so far, so a crash seen while the store is down counts
+from there.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def crash_ledger_gate(
         return 0
     if not barrier.retry_allowed(bool(task.idempotent), crashes - 1):
         _give_up(task, runtime, request, crashes)
-    if crashes > known and redelivered(request):
+    if crashes > known:
         _send_with_count(task, runtime, request, headers, worker_id=worker_id, crashes=crashes)
     logger.warning(
         "task %s[%s] came back after its worker crashed; running it again (crash %d)",
@@ -148,19 +150,21 @@ def _send_with_count(
     worker_id: str,
     crashes: int,
 ) -> NoReturn:
-    """Run a message that came back as a new one whose header holds its crashes so far.
+    """Run a message whose header is behind its count as a new one whose header holds it.
 
     The broker re-sends the bytes it has, so the header of a message that
-    came back is behind its count (its lost delivery, crashes only the
-    ledger saw). Run as it is, a crash seen while the store is down would be
-    counted from that stale header, and the task could run past
-    ``max_restarts + 1``; sent again (with this delivery's acknowledgement,
-    ``celery.resend``), the count travels with the message. This run lets go
-    of its lease first, so the new message is not taken for a duplicate.
+    came back is behind its count (its lost delivery); and any message's
+    header lacks the crashes only the ledger saw (a dead run another copy or
+    the reaper counted). Run as it is, a crash seen while the store is down
+    would be counted from that stale header (the pool parent has only the
+    header then), and the task could run past ``max_restarts + 1``; sent
+    again (with this delivery's acknowledgement, ``celery.resend``), the
+    count travels with the message. This run lets go of its lease first, so
+    the new message is not taken for a duplicate.
     """
     runtime.barrier.ledger_hold({request.id: worker_id}, 0.0)
     logger.info(
-        "task %s[%s] came back (crash %d): sent again with its crash count",
+        "task %s[%s]: its header is behind its count (crash %d): sent again with it",
         task.name,
         request.id,
         crashes,
