@@ -160,6 +160,11 @@ _RECEIVED = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
     r"Task \S+\[([0-9a-f-]+)\] received"
 )
+#: The pool parent's log line of a child that died with the task (``SnakepitRequest``).
+_CHILD_LOST = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ERROR/MainProcess\] "
+    r"task \S+\[([0-9a-f-]+)\] lost its worker process"
+)
 
 
 @dataclass
@@ -231,37 +236,62 @@ class ChaosRun:
         return min((at for at in kills if at >= execution.start), default=None)
 
     @cached_property
-    def receipts(self) -> dict[str, list[tuple[str, int, float]]]:
-        """Each task's deliveries its nodes logged: (node, node's main pid, when received)."""
-        found: dict[str, list[tuple[str, int, float]]] = defaultdict(list)
+    def _node_lines(self) -> dict[str, dict[str, list[tuple[str, int, float]]]]:
+        """Per kind of line (``received``, ``child_lost``), each task's (node, main pid, when)."""
+        found: dict[str, dict[str, list[tuple[str, int, float]]]] = {
+            "received": defaultdict(list),
+            "child_lost": defaultdict(list),
+        }
         node, pid = "", 0
         for line in self.logs.splitlines():
             if header := _SECTION.match(line):
                 node, pid = header.group(1), int(header.group(2))
-            elif received := _RECEIVED.match(line):
-                at = datetime.strptime(received.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                found[received.group(2)].append((node, pid, at))
+                continue
+            for kind, pattern in (("received", _RECEIVED), ("child_lost", _CHILD_LOST)):
+                if seen := pattern.match(line):
+                    at = datetime.strptime(seen.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    found[kind][seen.group(2)].append((node, pid, at))
         return found
+
+    @property
+    def receipts(self) -> dict[str, list[tuple[str, int, float]]]:
+        """Each task's deliveries its nodes logged: (node, node's main pid, when received)."""
+        return self._node_lines["received"]
 
     def losses(self, task_id: str) -> int:
         """Deliveries of the task the chaos loop destroyed.
 
-        Its runs the loop killed (before their end record, or within
-        ``RESULT_WINDOW`` after it: the body returned, its result was not
-        stored yet), and its messages a node held when the loop SIGKILLed
-        that node, without a run there in between (a prefetched message; the
-        crash barrier cannot tell it from a run that just started, so it
-        counts as a crash without start marks).
+        Its runs the loop killed (their process, or their node's main
+        process, before their end record or within ``RESULT_WINDOW`` after
+        it: the body returned, its result was not stored yet); its messages a
+        node held when the loop SIGKILLed that node, without a run there in
+        between (a prefetched message; the crash barrier cannot tell it from
+        a run that just started, so it counts as a crash without start
+        marks); and its deliveries whose pool child the loop killed before
+        the run's start record (the node logged the child lost with the task,
+        and no run there since the delivery).
         """
         runs = self.runs.get(task_id, [])
+        receipts = self.receipts.get(task_id, [])
         lost = 0
         for run in runs:
             until = float("inf") if run.end is None else run.end + RESULT_WINDOW
-            lost += any(run.start <= k <= until for k in self.deaths.get(run.pid, []))
-        for node, pid, at in self.receipts.get(task_id, []):
+            main = max(
+                ((at, pid) for node, pid, at in receipts if node == run.node and at <= run.start),
+                default=(0.0, 0),
+            )[1]
+            killers = [*self.deaths.get(run.pid, []), *self.deaths.get(main, [])]
+            lost += any(run.start <= k <= until for k in killers)
+        for node, pid, at in receipts:
             killed = min((k for k in self.deaths.get(pid, []) if k >= at), default=None)
             if killed is not None and not any(
                 run.node == node and at <= run.start <= killed for run in runs
+            ):
+                lost += 1
+        for node, _, at in self._node_lines["child_lost"].get(task_id, []):
+            since = max((r for n, _, r in receipts if n == node and r <= at), default=None)
+            if since is not None and not any(
+                run.node == node and since <= run.start <= at for run in runs
             ):
                 lost += 1
         return lost
