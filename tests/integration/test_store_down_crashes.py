@@ -2,8 +2,9 @@
 
 The crash count travels in the message's header, so a poison task stops
 after ``max_restarts + 1`` runs with the store dead (fail-open); fail-closed,
-it is retried while the store is down and runs again once it is back. Real
-nodes; the store is a private redis-server the test stops.
+or re-run on RabbitMQ, it is retried while the store is down and runs again
+once it is back. Real nodes; the store is a private redis-server the test
+stops.
 """
 
 from __future__ import annotations
@@ -75,38 +76,23 @@ def test_poison_task_stops_after_max_restarts_with_the_store_dead(
 
 @pytest.mark.integration
 @pytest.mark.timeout(150)
-def test_fail_closed_retries_while_the_store_is_down_then_stops_the_poison_task(
-    redis_base_url: str, private_redis: EmbeddedRedis
+@pytest.mark.parametrize("broker", ["redis-fail-closed", "rabbitmq-fail-open"])
+def test_a_crashed_task_waits_for_the_store_then_stops_after_max_restarts(
+    redis_base_url: str, private_redis: EmbeddedRedis, broker: str
 ) -> None:
-    fleet = fleet_on(redis_base_url, private_redis, fail_open=False)
-    try:
-        private_redis.stop(keep_data=True)
-        task_id = fleet.send("chaos.poison", 0.0)
-        wait_until(lambda: fleet.executions()[task_id] == 1, 30, what="first run")
-        time.sleep(6.0)
-        assert status(fleet, task_id) == "RETRY", fleet.logs()
-        assert fleet.executions()[task_id] == 1, fleet.logs()
-        private_redis.start()
-        wait_until(lambda: status(fleet, task_id) == "FAILURE", 60, what="poison task FAILURE")
-        time.sleep(2.0)
-        assert fleet.executions()[task_id] == MAX_RESTARTS + 1, fleet.logs()
-    finally:
-        fleet.close()
+    """Fail-closed, tasks retry while the store is down; so does a re-run on RabbitMQ.
 
-
-@pytest.mark.integration
-@pytest.mark.timeout(150)
-def test_on_rabbitmq_a_crashed_task_waits_for_the_store_then_stops_after_max_restarts(
-    redis_base_url: str, private_redis: EmbeddedRedis
-) -> None:
-    """RabbitMQ cannot publish the re-run with the ack in one transaction: the copy waits.
-
-    Should the node die between the two, the original comes back beside the
-    re-published message; run on their headers while the store is down, each
-    would count only its own crashes. So the copy, marked, waits for the store
-    (fail-open too), and the count is whole once it answers.
+    RabbitMQ cannot publish the re-run with the acknowledgement of the crashed
+    delivery in one transaction. Should the node die between the two, the
+    original comes back beside the re-published message; run on their headers
+    while the store is down, each would count only its own crashes. So the
+    re-run, marked a copy, waits for the store (fail-open too), and the count
+    is whole once it answers.
     """
-    fleet = fleet_on(redis_base_url, private_redis, fail_open=True, broker=amqp_conf())
+    if broker == "redis-fail-closed":
+        fleet = fleet_on(redis_base_url, private_redis, fail_open=False)
+    else:
+        fleet = fleet_on(redis_base_url, private_redis, fail_open=True, broker=amqp_conf())
     try:
         private_redis.stop(keep_data=True)
         task_id = fleet.send("chaos.poison", 0.0)
