@@ -12,7 +12,7 @@ Backends: ``RedisStore`` (``store/redis.py``) and ``MemoryStore``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from snakepit_celery.store.records import (
@@ -29,6 +29,7 @@ from snakepit_celery.store.records import (
 __all__ = [
     "DEFAULT_GROUP",
     "NODE_RETENTION",
+    "REAP_RECLAIM",
     "Store",
 ]
 
@@ -39,6 +40,10 @@ DEFAULT_GROUP = "default"
 #: expired, hidden from ``node_list``, for ``node_reap`` to claim: long enough for
 #: a fleet that was down as a whole (power loss) to restart and reap its own dead.
 NODE_RETENTION = 3600.0
+#: How long (s) a dead incarnation ``node_reap`` handed out stays claimed: not given
+#: back by the caller as done (``done=``) by then (the caller died, or the store's reply
+#: was lost), it is handed out again.
+REAP_RECLAIM = 15.0
 
 
 def node_incarnation(data: Mapping[str, Any]) -> str:
@@ -258,13 +263,24 @@ class Store(Protocol):
         """Drop a node's record and its current incarnation's (clean shutdown: nothing to reap)."""
         ...
 
-    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
+    def node_reap(
+        self,
+        *,
+        grace: float,
+        group: str = DEFAULT_GROUP,
+        done: Iterable[tuple[str, str]] = (),
+    ) -> list[dict[str, Any]]:
         """Claim the last records of dead node incarnations (heartbeat expired > ``grace`` ago).
 
         Each returned record (with ``node``, ``incarnation`` and
-        ``heartbeat_age`` added) is removed in the same atomic step, so exactly
-        one caller fleet-wide gets each dead incarnation, and the incarnation is
-        fenced: ``node_register`` refuses it from then on. Sorted by node, oldest first.
+        ``heartbeat_age`` added) is claimed in the same atomic step, so one
+        caller fleet-wide gets each dead incarnation, and the incarnation is
+        fenced: ``node_register`` refuses it from then on. A claimed record is
+        dropped once a caller gives its ``(node, incarnation)`` back in
+        ``done`` (the next call, no round trip of its own); until then it is
+        hidden, and handed out again after ``REAP_RECLAIM`` s (its claimer died
+        before it was done, or the reply of the claim was lost with the
+        store). Sorted by node, oldest first.
         """
         ...
 

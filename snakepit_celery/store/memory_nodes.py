@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from snakepit_celery.store.base import DEFAULT_GROUP, NODE_RETENTION, node_incarnation
+from snakepit_celery.store.base import (
+    DEFAULT_GROUP,
+    NODE_RETENTION,
+    REAP_RECLAIM,
+    node_incarnation,
+)
 from snakepit_celery.store.memory_state import ForkSafeRLock
 
 __all__ = ["MemoryNodes"]
@@ -24,7 +29,8 @@ class MemoryNodes:
     _lock: ForkSafeRLock
     # (group, node) -> (heartbeat, expiry, record, incarnation)
     _nodes: dict[tuple[str, str], tuple[float, float, dict[str, Any], str]]
-    # (group, node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry
+    # (group, node, incarnation) -> (heartbeat, expiry, record): kept NODE_RETENTION past expiry;
+    # a claimed one's expiry is moved REAP_RECLAIM ahead (handed out again unless done by then)
     _incarnations: dict[tuple[str, str, str], tuple[float, float, dict[str, Any]]]
     # (group, node, incarnation) -> when node_reap claimed it (fenced for NODE_RETENTION)
     _reaped: dict[tuple[str, str, str], float]
@@ -79,9 +85,17 @@ class MemoryNodes:
             if entry is not None:
                 self._incarnations.pop((group, node, entry[3]), None)
 
-    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
+    def node_reap(
+        self,
+        *,
+        grace: float,
+        group: str = DEFAULT_GROUP,
+        done: Iterable[tuple[str, str]] = (),
+    ) -> list[dict[str, Any]]:
         """Claim the last records of the group's incarnations expired > ``grace`` ago."""
         with self._lock:
+            for node, incarnation in done:
+                self._incarnations.pop((group, node, incarnation), None)
             now = self.now()
             self._prune_incarnations(now)
             cutoff = now - max(0.0, grace)
@@ -95,7 +109,8 @@ class MemoryNodes:
             )
             claimed = []
             for key in dead:
-                beat, _, record = self._incarnations.pop(key)
+                beat, _, record = self._incarnations[key]
+                self._incarnations[key] = (beat, now + REAP_RECLAIM, record)
                 self._reaped[key] = now
                 claimed.append(
                     {

@@ -8,10 +8,15 @@ of reaped incarnations.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from snakepit_celery.store.base import DEFAULT_GROUP, NODE_RETENTION, node_incarnation
+from snakepit_celery.store.base import (
+    DEFAULT_GROUP,
+    NODE_RETENTION,
+    REAP_RECLAIM,
+    node_incarnation,
+)
 from snakepit_celery.store.redis_connect import RedisConnection
 from snakepit_celery.store.redis_schema import node_record, seconds_arg, text
 
@@ -58,12 +63,19 @@ class RedisNodes(RedisConnection):
         """Drop a node's record and its current incarnation's (clean shutdown)."""
         self._run("node_remove", self._node_keys(group)[:4], [node])
 
-    def node_reap(self, *, grace: float, group: str = DEFAULT_GROUP) -> list[dict[str, Any]]:
+    def node_reap(
+        self,
+        *,
+        grace: float,
+        group: str = DEFAULT_GROUP,
+        done: Iterable[tuple[str, str]] = (),
+    ) -> list[dict[str, Any]]:
         """Claim (atomically, once fleet-wide) records of incarnations dead > ``grace`` s."""
+        finished = [f"{node}|{incarnation}" for node, incarnation in done]
         reply = self._run(
             "node_reap",
             self._node_keys(group)[2:],
-            [seconds_arg("grace", max(0.0, grace)), NODE_RETENTION],
+            [seconds_arg("grace", max(0.0, grace)), NODE_RETENTION, REAP_RECLAIM, *finished],
         )
         now = float(reply[0])
         records = []

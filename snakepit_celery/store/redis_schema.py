@@ -108,7 +108,10 @@ SCRIPTS: Mapping[str, str] = {
     "node_register": "write a node record + expiry (live, per incarnation) unless reaped; prune",
     "node_list": "prune dead nodes, list the live records",
     "node_remove": "drop a node record and its current incarnation's",
-    "node_reap": "claim (return, drop, mark reaped) incarnations expired more than grace ago",
+    "node_reap": (
+        "claim (return, hide for a while, mark reaped) incarnations expired more than grace "
+        "ago; drop those named done"
+    ),
     "gpu_reserve": "reserve MB on a GPU when its live reservations leave room; prune expired",
     "gpu_reservations": "MB reserved per GPU over live reservations; no writes",
     "quarantine_add": "keep a message until now+ttl; drop expired ones, then the oldest over cap",

@@ -35,7 +35,7 @@ from snakepit_celery.celery.bootsteps.registry import (
 )
 from snakepit_celery.errors import WorkerCrashedError
 from snakepit_celery.health import HealthMonitor
-from snakepit_celery.store import Store, store_from_url
+from snakepit_celery.store import Store, redis_nodes, store_from_url
 from snakepit_celery.testing import wait_until
 from tests.support.chaos import ChaosFleet
 from tests.support.reaping import BARRIER, SHORT_TTL, reaper_app
@@ -164,6 +164,22 @@ def test_a_dead_node_is_reaped_by_one_live_node_only(
     other = OrphanReaper(app, "other@test", store, grace=0.0)
     dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
     assert agent.reap() + other.reap() == ["t-orphan"]
+
+
+def test_a_claim_whose_reaper_died_before_reaping_is_reaped_by_another_node(
+    app: Celery, store: Store, agent: OrphanReaper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's reply lost with the store (seen in a chaos run) is the same case."""
+    monkeypatch.setattr(redis_nodes, "REAP_RECLAIM", 0.5)
+    dead_node(store, "dead@test", {"t-orphan": entry("reap.once")}, app_group(agent.app))
+    assert [r["node"] for r in store.node_reap(grace=0.0, group=app_group(app))] == ["dead@test"]
+    assert agent.reap() == []  # claimed by a reaper that died at once
+    time.sleep(0.6)
+    assert agent.reap() == ["t-orphan"]
+    assert app.AsyncResult("t-orphan").state == "FAILURE"
+    agent.reap()  # gives the incarnation back as done
+    time.sleep(0.6)
+    assert store.node_reap(grace=0.0, group=app_group(app)) == []
 
 
 def test_live_node_is_not_reaped(app: Celery, store: Store, agent: OrphanReaper) -> None:

@@ -75,6 +75,25 @@ def test_a_dead_node_is_reaped_only_once(store: Store) -> None:
     assert reaped(store) == []
 
 
+def test_a_claim_not_given_back_as_done_is_handed_out_again_after_the_reclaim_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its reaper died, or the store went down before the claim's reply arrived: not lost."""
+    monkeypatch.setattr(memory_module, "REAP_RECLAIM", 0.3)
+    monkeypatch.setattr(redis_module, "REAP_RECLAIM", 0.3)
+    register(store, "n1", "a", in_flight_tasks=IN_FLIGHT)
+    time.sleep(PAST_SHORT)
+    assert reaped(store) == [("n1", "a")]
+    assert reaped(store) == []  # claimed: hidden meanwhile
+    time.sleep(0.4)
+    [again] = store.node_reap(grace=0.0)
+    assert (again["node"], again["incarnation"], again["in_flight_tasks"]) == ("n1", "a", IN_FLIGHT)
+    assert store.node_reap(grace=0.0, done=[("n1", "a")]) == []
+    time.sleep(0.4)
+    assert reaped(store) == []  # done: dropped for good
+    assert store.node_register("n1", {"incarnation": "a"}, ttl=SHORT) is False  # still fenced
+
+
 def test_live_node_is_not_reaped(store: Store) -> None:
     register(store, "n1", "a", ttl=30.0)
     assert reaped(store) == []

@@ -4,8 +4,10 @@ A task that is not idempotent is acknowledged before it ends, so when its
 whole node dies (SIGKILL of the parent, OOM killer, power loss) no message
 comes back and no pool parent is left to store ``WorkerCrashedError``. Every
 ``REAP_EVERY`` heartbeats a live node claims dead node incarnations from the
-store (``Store.node_reap``: exactly one node gets each; the claimed
-incarnation is fenced) and
+store (``Store.node_reap``: one node gets each; the claimed incarnation is
+fenced; it is given back as done with the next claim, so one whose reaper died
+or whose claim's reply was lost with the store is handed out again after
+``store.base.REAP_RECLAIM``) and
 
 - ends their early-acknowledged barrier tasks that have no final state
   FAILURE with ``WorkerCrashedError`` naming the dead node, through the one
@@ -85,6 +87,8 @@ class OrphanReaper:
         self.restorer = restorer if restorer is not None else UnackedRestorer(app)
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
+        #: Incarnations reaped since the last claim: given back as done with the next one.
+        self._done: list[tuple[str, str]] = []
 
     def reap(self) -> list[str]:
         """Claim dead nodes and end their orphaned tasks FAILURE; returns those tasks' ids.
@@ -94,10 +98,13 @@ class OrphanReaper:
         barrier, and has no final state in the result backend.
         """
         failed: list[str] = []
-        for record in self.store.node_reap(grace=self.grace, group=app_group(self.app)):
+        records = self.store.node_reap(grace=self.grace, group=app_group(self.app), done=self._done)
+        self._done = []
+        for record in records:
             reaped = self._reap_node(record)
             failed.extend(reaped)
             self._restore_held(record, set(reaped))
+            self._done.append((str(record.get("node")), str(record.get("incarnation"))))
         return failed
 
     def send_events(self, dispatcher: Any) -> None:
