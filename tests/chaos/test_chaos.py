@@ -40,10 +40,10 @@ body ends; see ``tests/apps/chaos_app.py``):
 - neither app's tasks reach the other's result backend or nodes.
 
 The small run (about 80 + 40 tasks, bounded at 150 s) is part of ``make
-test``: there a breach of the four run-count invariants (idempotent success,
-non-idempotent once, at most ``max_restarts + 1`` runs, no overlap), which
-store outages still cause a few times per full run (README, Known limits),
-is reported XFAIL with its details; lost tasks always fail. The full run
+test``, with the same invariants, strict, save one: an idempotent task that
+failed with fewer destroyed deliveries than this module can see (a message
+a node popped and died before logging it, README Known limits) is reported
+XFAIL there, with its details; the full run keeps that one strict too. The full run
 (1,000 + 500 tasks, bounded at 6 minutes) runs with ``make chaos``
 (``SNAKEPIT_CHAOS_FULL=1 pytest -m slow tests/chaos/test_chaos.py``). Knobs: ``CHAOS_KILLS=N`` (env
 ``SNAKEPIT_CHAOS_KILLS``) keeps the full run going, with more tasks, until N
@@ -698,34 +698,29 @@ def test_no_message_is_lost_by_the_broker_transport(run: ChaosRun) -> None:
     assert not lost, f"{len(lost)} message(s) never received by any node: {run.describe(lost)}"
 
 
-def _holds(run: ChaosRun, broken: list[str], message: str) -> None:
-    """Assert a run-count invariant: strict in the full run, an xfail in ``make test``'s small one.
-
-    Store outages combined with node kills break these invariants a few
-    times per full run (README, Known limits: counts per copy while the
-    store is down, billiard's re-sent jobs): rare enough that the small run
-    meets them almost always, but not always. The full run (``make chaos``)
-    keeps them strict; the small one reports a breach as XFAIL, with its details.
-    """
-    if broken and run.small:
-        pytest.xfail(f"known limit (README, Known limits), see make chaos: {message}")
-    assert not broken, message
-
-
 def test_every_idempotent_task_that_does_not_crash_itself_succeeds(run: ChaosRun) -> None:
-    """Unless the chaos loop killed each of its ``max_restarts + 1`` runs (see ``unsuccessful``)."""
+    """Unless the chaos loop destroyed ``max_restarts + 1`` of its deliveries (``losses``).
+
+    Strict in the full run; XFAIL with its details in ``make test``'s small
+    one: a delivery the loop destroyed before any node logged it (a message
+    a node popped, then was SIGKILLed) is one ``losses`` cannot see, and the
+    crash barrier counts it, as it must (README, Known limits).
+    """
     failed = run.unsuccessful()
-    _holds(run, failed, f"{len(failed)} idempotent task(s) failed: {run.describe_runs(failed)}")
+    message = f"{len(failed)} idempotent task(s) failed: {run.describe_runs(failed)}"
+    if failed and run.small:
+        pytest.xfail(f"known limit (README, Known limits), see make chaos: {message}")
+    assert not failed, message
 
 
 def test_no_non_idempotent_task_runs_twice(run: ChaosRun) -> None:
     twice = [t for t in run.ids(idempotent=False) if run.executions[t] > 1]
-    _holds(run, twice, f"{len(twice)} non-idempotent task(s) ran twice: {run.describe_runs(twice)}")
+    assert not twice, f"{len(twice)} non-idempotent task(s) ran twice: {run.describe_runs(twice)}"
 
 
 def test_no_task_runs_more_than_max_restarts_plus_one_times(run: ChaosRun) -> None:
     over = [t for t in run.kinds if run.executions[t] > MAX_RESTARTS + 1]
-    _holds(run, over, f"{len(over)} task(s) ran > {MAX_RESTARTS + 1} times: {run.describe(over)}")
+    assert not over, f"{len(over)} task(s) ran > {MAX_RESTARTS + 1} times: {run.describe(over)}"
 
 
 def test_no_task_has_two_executions_that_overlap_in_time(run: ChaosRun) -> None:
@@ -741,8 +736,9 @@ def test_no_task_has_two_executions_that_overlap_in_time(run: ChaosRun) -> None:
     is only compared as the later run. Times are ``time.time()`` of one machine.
     """
     overlapping = run.overlapping()
-    message = f"{len(overlapping)} task(s) ran twice at once: {run.describe_runs(overlapping)}"
-    _holds(run, overlapping, message)
+    assert not overlapping, (
+        f"{len(overlapping)} task(s) ran twice at once: {run.describe_runs(overlapping)}"
+    )
 
 
 def test_task_crashing_its_process_every_time_ends_failure(run: ChaosRun) -> None:
