@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_GROUP",
     "NODE_RETENTION",
     "REAP_RECLAIM",
+    "STORE_SILENCE",
     "Store",
 ]
 
@@ -44,6 +45,10 @@ NODE_RETENTION = 3600.0
 #: back by the caller as done (``done=``) by then (the caller died, or the store's reply
 #: was lost), it is handed out again.
 REAP_RECLAIM = 15.0
+#: A node group none of whose nodes wrote its record for longer than this (s) was cut off
+#: from the store (down, restarting) or stopped as a whole: that silence counts against
+#: no node's heartbeat (each beats every 0.5 s), so no live node is reaped for it.
+STORE_SILENCE = 1.0
 
 
 def node_incarnation(data: Mapping[str, Any]) -> str:

@@ -59,6 +59,7 @@ class MemoryStore(MemoryNodes, MemoryQuarantine):
         self._nodes: dict[tuple[str, str], tuple[float, float, dict[str, Any], str]] = {}
         self._incarnations: dict[tuple[str, str, str], tuple[float, float, dict[str, Any]]] = {}
         self._reaped: dict[tuple[str, str, str], float] = {}
+        self._pulse: dict[str, float] = {}
         self._quarantine: dict[str, QuarantineEntry] = {}
         self._crash_history: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 

@@ -16,6 +16,7 @@ from snakepit_celery.store.base import (
     DEFAULT_GROUP,
     NODE_RETENTION,
     REAP_RECLAIM,
+    STORE_SILENCE,
     node_incarnation,
 )
 from snakepit_celery.store.memory_state import ForkSafeRLock
@@ -34,6 +35,8 @@ class MemoryNodes:
     _incarnations: dict[tuple[str, str, str], tuple[float, float, dict[str, Any]]]
     # (group, node, incarnation) -> when node_reap claimed it (fenced for NODE_RETENTION)
     _reaped: dict[tuple[str, str, str], float]
+    # group -> store time of its last node write (``_resume``)
+    _pulse: dict[str, float]
 
     @abstractmethod
     def now(self) -> float:
@@ -46,6 +49,20 @@ class MemoryNodes:
             del self._incarnations[key]
         for key in [k for k, reaped_at in self._reaped.items() if reaped_at <= cutoff]:
             del self._reaped[key]
+
+    def _resume(self, group: str, now: float) -> None:
+        """Forgive a silence of the group longer than ``STORE_SILENCE`` (see ``_common.lua``)."""
+        pulse = self._pulse.get(group)
+        self._pulse[group] = now
+        if pulse is None or now - pulse <= STORE_SILENCE:
+            return
+        silence = now - pulse
+        for key, (beat, exp, record, incarnation) in list(self._nodes.items()):
+            if key[0] == group and exp > pulse:
+                self._nodes[key] = (beat, exp + silence, record, incarnation)
+        for ikey, (beat, exp, record) in list(self._incarnations.items()):
+            if ikey[0] == group and exp > pulse:
+                self._incarnations[ikey] = (beat, exp + silence, record)
 
     def node_register(
         self, node: str, data: Mapping[str, Any], *, ttl: float, group: str = DEFAULT_GROUP
@@ -61,6 +78,7 @@ class MemoryNodes:
             incarnation = node_incarnation(data)
             if (group, node, incarnation) in self._reaped:
                 return False
+            self._resume(group, now)
             self._nodes[(group, node)] = (now, now + ttl, record, incarnation)
             self._incarnations[(group, node, incarnation)] = (now, now + ttl, record)
             self._prune_incarnations(now)
@@ -97,6 +115,7 @@ class MemoryNodes:
             for node, incarnation in done:
                 self._incarnations.pop((group, node, incarnation), None)
             now = self.now()
+            self._resume(group, now)
             self._prune_incarnations(now)
             cutoff = now - max(0.0, grace)
             dead = sorted(

@@ -15,6 +15,7 @@ from snakepit_celery.store.base import (
     DEFAULT_GROUP,
     NODE_RETENTION,
     REAP_RECLAIM,
+    STORE_SILENCE,
     node_incarnation,
 )
 from snakepit_celery.store.redis_connect import RedisConnection
@@ -34,6 +35,7 @@ class RedisNodes(RedisConnection):
             self.key("nodes", group, part="incarnations"),
             self.key("nodes", group, part="incarnation_records"),
             self.key("nodes", group, part="reaped"),
+            self.key("nodes", group, part="pulse"),
         ]
 
     def node_register(
@@ -48,7 +50,14 @@ class RedisNodes(RedisConnection):
             self._run(
                 "node_register",
                 self._node_keys(group),
-                [node, seconds_arg("ttl", ttl), payload, node_incarnation(data), NODE_RETENTION],
+                [
+                    node,
+                    seconds_arg("ttl", ttl),
+                    payload,
+                    node_incarnation(data),
+                    NODE_RETENTION,
+                    STORE_SILENCE,
+                ],
             )
         )
 
@@ -72,10 +81,17 @@ class RedisNodes(RedisConnection):
     ) -> list[dict[str, Any]]:
         """Claim (atomically, once fleet-wide) records of incarnations dead > ``grace`` s."""
         finished = [f"{node}|{incarnation}" for node, incarnation in done]
+        keys = self._node_keys(group)
         reply = self._run(
             "node_reap",
-            self._node_keys(group)[2:],
-            [seconds_arg("grace", max(0.0, grace)), NODE_RETENTION, REAP_RECLAIM, *finished],
+            [*keys[2:], keys[0]],
+            [
+                seconds_arg("grace", max(0.0, grace)),
+                NODE_RETENTION,
+                REAP_RECLAIM,
+                STORE_SILENCE,
+                *finished,
+            ],
         )
         now = float(reply[0])
         records = []

@@ -78,6 +78,8 @@ KEY_SCHEMA: Mapping[str, str] = {
     "gpu_reservation_sizes": "{gpumem}:mb",
     # zset: '<node>|<incarnation>' -> when node_reap claimed it (fenced; kept NODE_RETENTION)
     "node_reaped": "{nodes:<group>}:reaped",
+    # hash: 'at' -> store time of the group's last node write (a longer silence is forgiven)
+    "node_pulse": "{nodes:<group>}:pulse",
     # zset: quarantined message id (task id, or digest of a message without one) -> expiry
     "quarantine": "{quarantine}",
     # hash: quarantined message id -> '<quarantined at>|<record JSON>' (message, crashes)

@@ -94,6 +94,39 @@ def test_a_claim_not_given_back_as_done_is_handed_out_again_after_the_reclaim_ti
     assert store.node_register("n1", {"incarnation": "a"}, ttl=SHORT) is False  # still fenced
 
 
+def test_a_silence_of_the_whole_group_counts_against_no_node(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store was down (no node could beat): the first write after it forgives the gap.
+
+    Else the first node back would reap every other live node (a chaos run
+    fenced 32 live nodes so, one per store restart).
+    """
+    monkeypatch.setattr(memory_module, "STORE_SILENCE", 0.3)
+    monkeypatch.setattr(redis_module, "STORE_SILENCE", 0.3)
+    register(store, "n1", "a", ttl=0.5)
+    time.sleep(0.8)  # n1's record would have expired meanwhile
+    register(store, "n2", "b", ttl=30.0)  # the first write after the silence
+    assert [r["node"] for r in store.node_list()] == ["n1", "n2"]
+    assert reaped(store) == []
+    for _ in range(3):  # n2 beats on; n1 never again: dead once its remaining TTL ran out
+        time.sleep(0.2)
+        register(store, "n2", "b", ttl=30.0)
+    assert reaped(store) == [("n1", "a")]
+
+
+def test_a_node_that_stops_beating_while_others_beat_is_reaped_after_its_ttl(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_module, "STORE_SILENCE", 0.3)
+    monkeypatch.setattr(redis_module, "STORE_SILENCE", 0.3)
+    register(store, "n1", "a", ttl=0.5)
+    for _ in range(4):
+        time.sleep(0.2)
+        register(store, "n2", "b", ttl=30.0)
+    assert reaped(store) == [("n1", "a")]
+
+
 def test_live_node_is_not_reaped(store: Store) -> None:
     register(store, "n1", "a", ttl=30.0)
     assert reaped(store) == []
@@ -186,6 +219,8 @@ def test_racing_reapers_in_processes_claim_each_dead_node_exactly_once(
     start = time.time() + 1.0
     with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_reap_at, redis_url, key_prefix, start) for _ in range(4)]
+        time.sleep(max(0.0, start - 0.2 - time.time()))
+        register(store, "alive", "a", ttl=30.0)  # the group beats on: n0..n5 alone went quiet
         claims = [c for f in futures for c in f.result(timeout=60)]
     assert Counter(claims) == {(f"n{i}", "a"): 1 for i in range(6)}
     drop_keys(store)

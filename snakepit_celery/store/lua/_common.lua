@@ -57,3 +57,22 @@ local function add_records(out, records, members)
   end
   return out
 end
+-- A node group silent for more than `quiet` seconds (none of its nodes could write: the
+-- store was down or cut off, or the whole fleet stopped) counts that silence against
+-- none of them: every heartbeat expiry in the zsets `expiries` still running when the
+-- silence began moves on by its length, so live nodes are not taken for dead (and
+-- reaped) before they could beat again. Hash `pulse_key` holds the group's last write.
+local function resume(pulse_key, expiries, now, quiet, keep)
+  local pulse = tonumber(redis.call('HGET', pulse_key, 'at'))
+  if pulse and now - pulse > quiet then
+    local silence = now - pulse
+    for _, zset in ipairs(expiries) do
+      local running = redis.call('ZRANGEBYSCORE', zset, '(' .. fmt(pulse), '+inf', 'WITHSCORES')
+      for i = 1, #running, 2 do
+        redis.call('ZADD', zset, tonumber(running[i + 1]) + silence, running[i])
+      end
+    end
+  end
+  redis.call('HSET', pulse_key, 'at', fmt(now))
+  expire_at(pulse_key, now + keep)
+end

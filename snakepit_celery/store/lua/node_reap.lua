@@ -1,17 +1,21 @@
--- KEYS: incarnation expiry zset, incarnation record hash, reaped incarnations zset
--- ARGV: grace, retention, reclaim, done 'node|incarnation'...
+-- KEYS: incarnation expiry zset, incarnation record hash, reaped incarnations zset,
+--       group pulse, node expiry zset
+-- ARGV: grace, retention, reclaim, quiet, done 'node|incarnation'...
 -- Claims (returns) the last records of incarnations whose heartbeat expired more
 -- than `grace` seconds ago: one caller gets each, atomically. A claimed record is
 -- hidden for `reclaim` seconds and dropped once a caller names it done (a later
 -- call); not done by then (its claimer died, or this reply was lost), it is handed
 -- out again. Each claimed incarnation is remembered as reaped for `retention`
--- seconds, so it is fenced (node_register refuses it) should it come back.
+-- seconds, so it is fenced (node_register refuses it) should it come back. A group
+-- silent for more than `quiet` s first moves its running expiries on (resume): a
+-- store outage makes no live node look dead.
 -- -> {now, 'node|incarnation', 'heartbeat|incarnation|JSON', ...}
-check_writes(KEYS, {'HDEL', 'ZREM', 'ZREMRANGEBYSCORE', 'ZADD', 'PEXPIREAT'})
+check_writes(KEYS, {'HDEL', 'HSET', 'ZREM', 'ZREMRANGEBYSCORE', 'ZADD', 'PEXPIREAT'})
 local now = store_now()
 local retention = tonumber(ARGV[2])
 local reclaim = tonumber(ARGV[3])
-for i = 4, #ARGV do
+resume(KEYS[4], {KEYS[5], KEYS[1]}, now, tonumber(ARGV[4]), retention)
+for i = 5, #ARGV do
   redis.call('ZREM', KEYS[1], ARGV[i])
   redis.call('HDEL', KEYS[2], ARGV[i])
 end

@@ -1,9 +1,10 @@
 -- KEYS: node expiry zset, node record hash, incarnation expiry zset, incarnation record hash,
---       reaped incarnations zset
--- ARGV: node, ttl, record JSON, incarnation, retention
+--       reaped incarnations zset, group pulse
+-- ARGV: node, ttl, record JSON, incarnation, retention, quiet
 -- Live records leave at once when they expire; each incarnation's last record
 -- stays (hidden) `retention` seconds longer, for node_reap. An incarnation that
--- was reaped is fenced: nothing is written and 0 is returned (else 1).
+-- was reaped is fenced: nothing is written and 0 is returned (else 1). A group
+-- silent for more than `quiet` s first moves its running expiries on (resume).
 check_writes(KEYS, {'HDEL', 'ZREMRANGEBYSCORE', 'ZADD', 'HSET', 'PEXPIREAT'})
 local member = ARGV[1] .. '|' .. ARGV[4]
 if redis.call('ZSCORE', KEYS[5], member) then
@@ -11,6 +12,7 @@ if redis.call('ZSCORE', KEYS[5], member) then
 end
 local now = store_now()
 local retention = tonumber(ARGV[5])
+resume(KEYS[6], {KEYS[1], KEYS[3]}, now, tonumber(ARGV[6]), retention)
 prune(KEYS[1], KEYS[2], now)
 prune(KEYS[3], KEYS[4], now - retention)
 local expiry = now + tonumber(ARGV[2])
