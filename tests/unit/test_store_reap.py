@@ -49,6 +49,12 @@ def drop_keys(store: RedisStore) -> None:
         store.client.delete(*keys)
 
 
+def on_both_stores(monkeypatch: pytest.MonkeyPatch, name: str, value: float) -> None:
+    """Set the store module constant ``name`` for both ``MemoryStore`` and ``RedisStore``."""
+    monkeypatch.setattr(memory_module, name, value)
+    monkeypatch.setattr(redis_module, name, value)
+
+
 def register(store: Store, node: str, incarnation: str, ttl: float = SHORT, **data: Any) -> None:
     store.node_register(node, {"incarnation": incarnation, **data}, ttl=ttl)
 
@@ -79,8 +85,7 @@ def test_a_claim_not_given_back_as_done_is_handed_out_again_after_the_reclaim_ti
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its reaper died, or the store went down before the claim's reply arrived: not lost."""
-    monkeypatch.setattr(memory_module, "REAP_RECLAIM", 0.3)
-    monkeypatch.setattr(redis_module, "REAP_RECLAIM", 0.3)
+    on_both_stores(monkeypatch, "REAP_RECLAIM", 0.3)
     register(store, "n1", "a", in_flight_tasks=IN_FLIGHT)
     time.sleep(PAST_SHORT)
     assert reaped(store) == [("n1", "a")]
@@ -102,8 +107,7 @@ def test_a_silence_of_the_whole_group_counts_against_no_node(
     Else the first node back would reap every other live node (a chaos run
     fenced 32 live nodes so, one per store restart).
     """
-    monkeypatch.setattr(memory_module, "STORE_SILENCE", 0.3)
-    monkeypatch.setattr(redis_module, "STORE_SILENCE", 0.3)
+    on_both_stores(monkeypatch, "STORE_SILENCE", 0.3)
     register(store, "n1", "a", ttl=0.5)
     time.sleep(0.8)  # n1's record would have expired meanwhile
     register(store, "n2", "b", ttl=30.0)  # the first write after the silence
@@ -118,8 +122,7 @@ def test_a_silence_of_the_whole_group_counts_against_no_node(
 def test_a_node_that_stops_beating_while_others_beat_is_reaped_after_its_ttl(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(memory_module, "STORE_SILENCE", 0.3)
-    monkeypatch.setattr(redis_module, "STORE_SILENCE", 0.3)
+    on_both_stores(monkeypatch, "STORE_SILENCE", 0.3)
     register(store, "n1", "a", ttl=0.5)
     for _ in range(4):
         time.sleep(0.2)
@@ -176,8 +179,7 @@ def test_records_without_incarnation_are_one_incarnation(store: Store) -> None:
 def test_dead_records_are_dropped_after_the_retention(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(memory_module, "NODE_RETENTION", 0.1)
-    monkeypatch.setattr(redis_module, "NODE_RETENTION", 0.1)
+    on_both_stores(monkeypatch, "NODE_RETENTION", 0.1)
     register(store, "n1", "a")
     time.sleep(PAST_SHORT + 0.1)
     assert reaped(store) == []
