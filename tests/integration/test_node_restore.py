@@ -138,6 +138,30 @@ def test_acknowledged_message_is_not_restored(
     assert queued(app, key_prefix) == []
 
 
+def test_entry_ages_are_checked_only_where_the_broker_clock_wrote_them(
+    app: Celery, key_prefix: str
+) -> None:
+    """snakepit's transport scores deliveries with the broker's clock; kombu's stock one with
+    the consumer's, against which a broker-clock age means nothing (it is not checked)."""
+    tag, _ = hold(app, "restore.idem")
+    stock = Celery("stock_transport", set_as_current=False)
+    stock.conf.update(
+        broker_url=app.conf.broker_url,
+        broker_transport_options=app.conf.broker_transport_options,
+        broker_transport="redis",
+    )
+    ours, theirs = UnackedRestorer(app), UnackedRestorer(stock)
+    try:
+        assert ours.restore([tag], min_age=60.0) == []  # taken under a second ago
+        assert tag in unacked_tags(app, key_prefix)
+        assert theirs.restore([tag], min_age=60.0) == [tag]
+    finally:
+        ours.close()
+        theirs.close()
+        stock.close()
+    assert len(queued(app, key_prefix)) == 1
+
+
 def test_a_message_is_restored_once_however_often_it_is_asked(app: Celery, key_prefix: str) -> None:
     tag, _ = hold(app, "restore.idem")
     first, second = UnackedRestorer(app), UnackedRestorer(app)
@@ -209,6 +233,30 @@ def test_a_tag_a_live_node_holds_again_is_not_restored_nor_its_run_counted(
     assert tag in unacked_tags(app, key_prefix)
     entry = store.ledger_get(task_id)
     assert entry is not None and (entry.crashes, entry.running_on) == (0, "dead@test/456")
+
+
+def take_again(app: Celery, tag: str) -> None:
+    """kombu restores the message of ``tag`` (visibility timeout) and a live node takes it."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        channel.qos.restore_by_tag(tag, leftmost=True)
+        message = channel.basic_get(QUEUE, no_ack=False)
+        assert message is not None and str(message.delivery_tag) == tag
+        channel.qos._delivered.clear()  # held on: closing this connection restores nothing
+
+
+def test_a_tag_taken_again_after_the_dead_nodes_last_beat_is_left_to_its_new_holder(
+    app: Celery, store: Store, agent: OrphanReaper, key_prefix: str
+) -> None:
+    """A node restarted under the dead one's name: kombu restored the message at its start and
+    the node took it within its first heartbeat, so no live record lists the tag yet."""
+    tag, task_id = hold(app, "restore.idem")
+    dead_node(app, store, "dead@test", [[tag, task_id, "restore.idem"]])
+    time.sleep(0.5)
+    take_again(app, tag)
+    agent.reap()
+    assert queued(app, key_prefix) == []
+    assert tag in unacked_tags(app, key_prefix)
 
 
 def test_a_tag_the_reapers_own_node_holds_is_not_restored(

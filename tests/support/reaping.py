@@ -1,7 +1,8 @@
 """The in-process app and reaper of the reaper and node-restore tests (no worker node runs).
 
-``reaper_app`` builds an app whose broker, result backend and store live
-under the test's key prefix (``chaos_conf``), with no-op crash-barrier tasks
+``reaper_app`` builds an app whose broker (snakepit's Redis transport, as in a
+worker), result backend and store live under the test's key prefix
+(``chaos_conf``), with no-op crash-barrier tasks
 of the given options, and deletes every key of the test afterwards.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from snakepit_celery.celery.install import use_redis_transport
 from snakepit_celery.celery.task import snakepit_task
 from tests.support.chaos import chaos_conf
 
@@ -31,6 +33,7 @@ def reaper_app(
     """Generator behind an ``app`` fixture: ``tasks`` maps task names to snakepit options."""
     app = Celery("reaper_test", set_as_current=False)
     app.conf.update(chaos_conf(redis_url, key_prefix, BARRIER))
+    use_redis_transport(app)  # as install() does in a worker
     for name, options in tasks.items():
         snakepit_task(app=app, name=name, shared=False, **options)(noop)
     yield app

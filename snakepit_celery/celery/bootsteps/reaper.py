@@ -25,10 +25,12 @@ A delivery tag names a message, not one delivery of it: kombu restores a
 message (visibility timeout) with its tag, so by the time a late reaper runs
 (the store was down, say) a live node may hold the dead node's message again
 under the same tag. The reaper leaves alone every tag its own node holds
-(read in-process) or a live node's record lists, and settles a ledger run
-only when it names a process of the dead incarnation (``worker_pids`` of its
-record: a node restarted under the same name runs its tasks in new
-processes).
+(read in-process) or a live node's record lists, and every entry taken after
+the dead node's last heartbeat (younger than its ``heartbeat_age``: the live
+holder took it within its own last beat, so no record lists it yet), and
+settles a ledger run only when it names a process of the dead incarnation
+(``worker_pids`` of its record: a node restarted under the same name runs its
+tasks in new processes).
 """
 
 from __future__ import annotations
@@ -53,12 +55,16 @@ from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
 
-__all__ = ["REAP_GRACE", "OrphanReaper"]
+__all__ = ["REAP_GRACE", "TAKEN_AGAIN_SLACK", "OrphanReaper"]
 
 logger = logging.getLogger(__name__)
 
 #: A node is reaped this many seconds after its record expired (a slow node may still beat).
 REAP_GRACE = 0.5
+#: A tag the dead node's last record lists was taken before that heartbeat, so its entry
+#: is at least ``heartbeat_age`` old; one younger by more than this many seconds (the
+#: store's and the broker's clocks measure the two) was taken again since: not restored.
+TAKEN_AGAIN_SLACK = 0.25
 
 
 class OrphanReaper:
@@ -169,7 +175,10 @@ class OrphanReaper:
             for delivery in deliveries:
                 if delivery.tag in unacked and delivery.task_id not in failed:
                     self._settle_ledger(record, delivery, live)
-            restored = self.restorer.restore(d.tag for d in deliveries if d.tag in unacked)
+            restored = self.restorer.restore(
+                (d.tag for d in deliveries if d.tag in unacked),
+                min_age=max(0.0, float(record.get("heartbeat_age") or 0.0) - TAKEN_AGAIN_SLACK),
+            )
         except StoreUnavailableError as exc:
             report_store_error(exc, node=self.node)
             return []

@@ -12,6 +12,16 @@ reaper, is left alone, so no copy is ever pushed twice. The restored message is
 marked ``redelivered`` as kombu marks its own, so the crash-ledger gate of the
 node that receives it counts the lost delivery.
 
+A delivery tag names a message, not one delivery of it: a message restored
+(by kombu's visibility timeout at a node's start, say) and taken again keeps
+its tag, and its new holder's entry looks like the dead node's. A restore may
+therefore name a minimum age: the seconds the entry must have been
+unacknowledged (its ``unacked_index`` score against the broker's clock), so a
+younger entry, taken again since the dead node could last have held it, is
+left to its new holder. Only snakepit's transport scores with the broker's
+clock (its pop script reads ``TIME``); on kombu's stock transport the score is
+the consumer's clock and the age is not checked.
+
 Other brokers need none of this: AMQP brokers (RabbitMQ) redeliver a dead
 consumer's unacknowledged messages when its connection drops.
 """
@@ -27,15 +37,29 @@ from typing import Any
 from celery import Celery
 from kombu.utils.json import dumps, loads
 
+from snakepit_celery.transport.redis import Channel as BrokerTimedChannel
+
 __all__ = ["RESTORE_SCRIPT", "UnackedRestorer"]
 
 logger = logging.getLogger(__name__)
 
 #: KEYS: kombu's unacked hash, its unacked_index zset, then the queue list(s) to restore to;
-#: ARGV: delivery tag, the unacked entry as read, the message to push. 1 when moved.
+#: ARGV: delivery tag, the unacked entry as read, the message to push, the minimum age (s)
+#: of the entry (0: any). 1 when moved, 0 when the entry changed, -1 when it is younger.
 RESTORE_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
   return 0
+end
+local min_age = tonumber(ARGV[4])
+if min_age > 0 then
+  local taken = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if taken then
+    local t = redis.call('TIME')
+    if tonumber(t[1]) + tonumber(t[2]) / 1000000 - tonumber(taken) < min_age then
+      return -1
+    end
+  end
 end
 for i = 3, #KEYS do
   redis.call('RPUSH', KEYS[i], ARGV[3])
@@ -59,10 +83,15 @@ class UnackedRestorer:
         self._connection: Any = None
         self._channel: Any = None
 
-    def restore(self, tags: Iterable[str]) -> list[str]:
-        """Move the messages of ``tags`` still unacknowledged back to their queues; their tags."""
+    def restore(self, tags: Iterable[str], *, min_age: float = 0.0) -> list[str]:
+        """Move the messages of ``tags`` still unacknowledged back to their queues; their tags.
+
+        ``min_age``: leave alone an entry unacknowledged for fewer seconds (it
+        was taken again since; checked on snakepit's transport only).
+        """
         return self._on_channel(
-            tags, lambda channel, wanted: [t for t in wanted if self._restore_one(channel, t)]
+            tags,
+            lambda channel, wanted: [t for t in wanted if self._restore_one(channel, t, min_age)],
         )
 
     def unacked(self, tags: Iterable[str]) -> list[str]:
@@ -118,7 +147,7 @@ class UnackedRestorer:
             except Exception:
                 logger.debug("could not close the restorer's broker connection", exc_info=True)
 
-    def _restore_one(self, channel: Any, tag: str) -> bool:
+    def _restore_one(self, channel: Any, tag: str, min_age: float) -> bool:
         client = channel.client
         raw = client.hget(channel.unacked_key, tag)
         if raw is None:
@@ -139,5 +168,14 @@ class UnackedRestorer:
         keys += [prefix + queue for queue in queues]
         # EVAL: kombu's prefixing client leaves its keys alone, so they are given prefixed.
         pushed = dumps(payload)  # type: ignore[no-untyped-call]
-        moved = client.execute_command("EVAL", RESTORE_SCRIPT, len(keys), *keys, tag, raw, pushed)
-        return bool(moved)
+        age = repr(min_age) if isinstance(channel, BrokerTimedChannel) else "0"
+        moved = client.execute_command(
+            "EVAL", RESTORE_SCRIPT, len(keys), *keys, tag, raw, pushed, age
+        )
+        if int(moved) < 0:
+            logger.info(
+                "message %s was taken again less than %.2fs ago: left to its new holder",
+                tag,
+                min_age,
+            )
+        return int(moved) > 0
