@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from queue import Empty
@@ -58,6 +58,7 @@ from redis.exceptions import NoScriptError
 
 __all__ = [
     "BELL_PREFIX",
+    "KEEP_SCRIPT",
     "POP_SCRIPT",
     "Channel",
     "Poller",
@@ -76,6 +77,16 @@ POP_SCRIPT = (
     .joinpath("broker_pop.lua")
     .read_text(encoding="utf-8")
 )
+#: ``Channel.keep_visible``: KEYS: kombu's unacked_index zset; ARGV: delivery tags.
+KEEP_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
+end
+return #ARGV
+"""
 #: Most acknowledgements one pop carries (the rest wait for the next one).
 _ACKS_PER_POP = 256
 #: Bell lists are named ``<BELL_PREFIX><queue>``.
@@ -160,9 +171,13 @@ class QoS(kombu_redis.QoS):
         self.held: dict[str, list[tuple[Any, ...]]] = {}
         #: Delivery tags whose acknowledgement may ride on the next pop (``ack_with_next_pop``).
         self.deferrable: set[str] = set()
+        #: delivery tag -> ``monotonic()`` when this channel last stamped its delivery time
+        #: (took it, or kept it visible), until its ack or reject.
+        self.stamped_at: dict[str, float] = {}
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         """Record a delivery (the pop script already wrote its unacknowledged record)."""
+        self.stamped_at[str(delivery_tag)] = monotonic()
         if self.channel.recorded_tag is not None and delivery_tag == self.channel.recorded_tag:
             self.channel.recorded_tag = None
             VirtualChannel.QoS.append(self, message, delivery_tag)
@@ -173,6 +188,7 @@ class QoS(kombu_redis.QoS):
         """Forget the delivery: with the publishes held back for it, in one transaction;
         on the next pop when it may wait (``ack_with_next_pop``); else as kombu does."""
         tag = str(delivery_tag)
+        self.stamped_at.pop(tag, None)
         held = self.held.pop(tag, None)
         deferrable = tag in self.deferrable
         self.deferrable.discard(tag)
@@ -192,6 +208,7 @@ class QoS(kombu_redis.QoS):
         """kombu's; publishes held for the delivery's acknowledgement are dropped."""
         self.held.pop(str(delivery_tag), None)
         self.deferrable.discard(str(delivery_tag))
+        self.stamped_at.pop(str(delivery_tag), None)
         super().reject(delivery_tag, requeue=requeue)
 
 
@@ -317,6 +334,18 @@ class Channel(kombu_redis.Channel):
         except Exception:
             self.pending_acks[:0] = acks
             raise
+
+    def keep_visible(self, tags: Sequence[str]) -> None:
+        """Move the delivery time of ``tags`` to the broker's now (``XX``: an acknowledged
+        one stays gone), as the pop stamps it, in one round trip."""
+        if not tags:
+            return
+        with self.conn_or_acquire() as client:
+            client.execute_command(
+                "EVAL", KEEP_SCRIPT, 1, self._prefixed(self.unacked_index_key), *tags
+            )
+        stamped, known = monotonic(), self.qos.stamped_at
+        known.update({tag: stamped for tag in tags if tag in known})
 
     def basic_cancel(self, consumer_tag: Any) -> Any:
         """kombu's; the acknowledgements waiting for a pop go first (pops may stop now)."""

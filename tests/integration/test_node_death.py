@@ -171,3 +171,28 @@ def test_node_frozen_until_declared_dead_is_fenced_when_it_wakes(fleet: ChaosFle
     meta = fleet.states([task_id])[task_id] or {}
     assert meta["result"]["exc_type"] == "WorkerCrashedError"
     assert fleet.executions()[task_id] == 1
+
+
+def test_a_fenced_node_leaves_its_message_to_the_node_that_took_it_again(
+    fleet: ChaosFleet,
+) -> None:
+    """The reaper restored the frozen node's message and a live node took it again under the
+    same delivery tag (it waits for its countdown there): the fenced node gives back nothing
+    (it used to restore a second copy)."""
+    frozen = fleet.start(fleet.node_name(0), concurrency=1).wait_ready(60)
+    task_id = str(fleet.client.send_task("chaos.idempotent", args=(0.1,), countdown=12).id)
+    wait_until(lambda: held_by(fleet, frozen, task_id), 30, interval=0.05, what="held")
+    other = fleet.start(fleet.node_name(1)).wait_ready(60)
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: held_by(fleet, other, task_id), 30, interval=0.05, what="taken again")
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    assert frozen.process is not None
+    assert frozen.process.wait(timeout=30) == FENCED_EXIT_CODE
+    logs = frozen.logs()
+    assert "fenced: 0 unrestored message(s) given back" in logs
+    assert "was taken again" in logs
+    wait_until(lambda: not fleet.unfinished([task_id]), 60, interval=0.1, what=f"{task_id} end")
+    assert (fleet.states([task_id])[task_id] or {})["status"] == "SUCCESS"
+    assert fleet.executions()[task_id] == 1

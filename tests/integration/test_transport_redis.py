@@ -200,6 +200,25 @@ def test_the_pop_script_removes_the_unacked_records_of_the_tags_it_carries(
     assert redis_client.hlen(f"{p}unacked") == 0 and redis_client.zcard(f"{p}unacked_index") == 0
 
 
+def test_keep_visible_moves_delivery_times_of_held_messages_to_the_brokers_now(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    queue = _queue(connection)
+    _publish(connection, {"n": 1})
+    message = queue.get()
+    assert message is not None
+    tag, index = str(message.delivery_tag), f"{key_prefix}:unacked_index"
+    channel = connection.default_channel
+    redis_client.zadd(index, {tag: 1.0})  # delivered long ago
+    seconds, micros = redis_client.time()
+    channel.keep_visible([tag, "acknowledged-meanwhile"])
+    assert (redis_client.zscore(index, tag) or 0.0) >= seconds + micros / 1e6
+    assert redis_client.zscore(index, "acknowledged-meanwhile") is None  # XX: stays gone
+    assert set(channel.qos.stamped_at) == {tag}
+    message.ack()
+    assert channel.qos.stamped_at == {}
+
+
 def test_acks_waiting_for_a_pop_are_sent_when_the_channel_closes(
     redis_url: str, redis_client: redis.Redis, key_prefix: str
 ) -> None:

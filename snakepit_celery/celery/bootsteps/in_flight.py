@@ -13,6 +13,7 @@ assume the event loop's thread.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from time import monotonic
 from typing import Any, NamedTuple
 
 from celery.worker import state as worker_state
@@ -27,6 +28,7 @@ __all__ = [
     "barrier_enabled",
     "barrier_in_flight",
     "channel_deliveries",
+    "held_ages",
     "held_deliveries",
     "in_flight_tasks",
     "orphanable",
@@ -81,6 +83,17 @@ def held_deliveries(consumer: Any) -> list[HeldDelivery] | None:
         if tag not in acked and headers.get("id") and headers.get("task"):
             held.append(HeldDelivery(str(tag), str(headers["id"]), str(headers["task"])))
     return held
+
+
+def held_ages(consumer: Any) -> Mapping[str, float]:
+    """Seconds since the consumer's channel last stamped the delivery time of each message
+    it holds, by tag: it took it, or kept it visible (snakepit's Redis transport; {} else)."""
+    qos = getattr(getattr(getattr(consumer, "task_consumer", None), "channel", None), "qos", None)
+    stamped = getattr(qos, "stamped_at", None)
+    if not isinstance(stamped, dict):
+        return {}
+    now = monotonic()
+    return {tag: now - at for tag, at in tuple(stamped.items())}
 
 
 def active_requests() -> tuple[Any, ...]:

@@ -46,7 +46,7 @@ from celery.backends.base import DisabledBackend
 
 from snakepit_celery.celery.app_context import app_group
 from snakepit_celery.celery.bootsteps.in_flight import CONTEXT_FIELDS, HeldDelivery, orphanable
-from snakepit_celery.celery.bootsteps.restore import UnackedRestorer
+from snakepit_celery.celery.bootsteps.restore import TAKEN_AGAIN_SLACK, UnackedRestorer
 from snakepit_celery.celery.crash import CrashOutcome, Observer, SeenCrash, handle_crash
 from snakepit_celery.celery.holders import split_holder
 from snakepit_celery.celery.ledger_gate import final_state
@@ -55,16 +55,12 @@ from snakepit_celery.errors import StoreUnavailableError, WorkerCrashedError
 from snakepit_celery.store import report_store_error
 from snakepit_celery.store.base import Store
 
-__all__ = ["REAP_GRACE", "TAKEN_AGAIN_SLACK", "OrphanReaper"]
+__all__ = ["REAP_GRACE", "OrphanReaper"]
 
 logger = logging.getLogger(__name__)
 
 #: A node is reaped this many seconds after its record expired (a slow node may still beat).
 REAP_GRACE = 0.5
-#: A tag the dead node's last record lists was taken before that heartbeat, so its entry
-#: is at least ``heartbeat_age`` old; one younger by more than this many seconds (the
-#: store's and the broker's clocks measure the two) was taken again since: not restored.
-TAKEN_AGAIN_SLACK = 0.25
 
 
 class OrphanReaper:
@@ -175,6 +171,7 @@ class OrphanReaper:
             for delivery in deliveries:
                 if delivery.tag in unacked and delivery.task_id not in failed:
                     self._settle_ledger(record, delivery, live)
+            # Taken before the record's heartbeat: an entry younger was taken again since.
             restored = self.restorer.restore(
                 (d.tag for d in deliveries if d.tag in unacked),
                 min_age=max(0.0, float(record.get("heartbeat_age") or 0.0) - TAKEN_AGAIN_SLACK),

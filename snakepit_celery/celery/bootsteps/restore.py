@@ -39,9 +39,16 @@ from kombu.utils.json import dumps, loads
 
 from snakepit_celery.transport.redis import Channel as BrokerTimedChannel
 
-__all__ = ["RESTORE_SCRIPT", "UnackedRestorer"]
+__all__ = ["RESTORE_SCRIPT", "TAKEN_AGAIN_SLACK", "UnackedRestorer"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds by which an entry may look younger than its holder knows it to be: the ages
+#: are read on different clocks, and a node extends its messages' visibility just after
+#: its heartbeat (one store call in between). An entry younger by more was taken again
+#: since, which needs a restore first: a reap (a heartbeat TTL and a grace after the
+#: holder's last beat) or kombu's (a visibility timeout after the holder's last stamp).
+TAKEN_AGAIN_SLACK = 0.5
 
 #: KEYS: kombu's unacked hash, its unacked_index zset, then the queue list(s) to restore to;
 #: ARGV: delivery tag, the unacked entry as read, the message to push, the minimum age (s)

@@ -7,8 +7,9 @@ so a task running longer than that would start a second time elsewhere. From
 the heartbeat thread (never the task's path), ``VisibilityKeeper.keep`` moves
 the delivery time of every message this node still holds (reserved, waiting
 for its countdown, or running) to now, once it is older than half the
-timeout: one ``ZADD XX`` per such message and half-timeout, in one pipeline,
-nothing for tasks shorter than that. It also takes or renews, in one store
+timeout: one ``ZADD XX`` per such message and half-timeout, in one round trip,
+nothing for tasks shorter than that (on snakepit's transport "now" is the
+broker's clock, as its pop stamps deliveries). It also takes or renews, in one store
 batch, the crash-ledger lease of each running crash-barrier task among them
 (``CrashBarrier.ledger_hold``), so a copy restored in a race is dropped by the
 ledger gate; it lets go of those leases when the tasks end. Other transports
@@ -33,6 +34,7 @@ from celery.worker import state as worker_state
 from snakepit_celery.celery.bootsteps.in_flight import active_requests, barrier_enabled
 from snakepit_celery.celery.runtime import TaskRuntime, visibility_timeout
 from snakepit_celery.celery.task import SnakepitTask
+from snakepit_celery.transport.redis import Channel as BrokerTimedChannel
 
 __all__ = ["VisibilityKeeper", "held_requests"]
 
@@ -114,13 +116,17 @@ class VisibilityKeeper:
         return max(0.0, timeout / 2 - 2 * self.interval)
 
     def _extend(self, channel: Any, tags: list[str]) -> None:
-        """Move the delivery time of ``tags`` to now (``XX``: an acknowledged one stays gone)."""
-        stamp = time.time()
-        with channel.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            for tag in tags:
-                pipe.zadd(channel.unacked_index_key, {tag: stamp}, xx=True)
-            pipe.execute()
+        """Move the delivery time of ``tags`` to now (``XX``: an acknowledged one stays gone):
+        the broker's now on snakepit's transport (whose pop stamps it so), else this host's."""
+        if isinstance(channel, BrokerTimedChannel):
+            channel.keep_visible(tags)
+        else:
+            stamp = time.time()
+            with channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for tag in tags:
+                    pipe.zadd(channel.unacked_index_key, {tag: stamp}, xx=True)
+                pipe.execute()
         logger.debug("kept %d message(s) from being restored", len(tags))
 
     def _hold(self, due: Iterable[Any], *, eager: bool = False) -> None:
