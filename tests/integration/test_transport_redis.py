@@ -52,8 +52,17 @@ def _queue(conn: Connection) -> Queue:
     return queue
 
 
-def _publish(conn: Connection, body: dict[str, int]) -> None:
+def _publish(conn: Connection, body: dict[str, Any]) -> None:
     conn.Producer().publish(body, exchange="work", routing_key="work", serializer="json")
+
+
+def _taken(conn: Connection, body: dict[str, Any]) -> tuple[Queue, Any]:
+    """The work queue, and ``body`` published to it and taken (held unacknowledged)."""
+    queue = _queue(conn)
+    _publish(conn, body)
+    message = queue.get()
+    assert message is not None
+    return queue, message
 
 
 def test_popped_message_is_in_the_unacked_hash_before_any_client_code_runs(
@@ -94,10 +103,7 @@ def _other_connection(conn: Connection, url: str) -> Connection:
 def test_publish_inside_publish_with_ack_goes_out_with_the_ack_in_one_transaction(
     connection: Connection, redis_client: redis.Redis, key_prefix: str, redis_url: str
 ) -> None:
-    queue = _queue(connection)
-    _publish(connection, {"n": "old"})
-    message = queue.get()
-    assert message is not None
+    queue, message = _taken(connection, {"n": "old"})
     p = f"{key_prefix}:"
     with _other_connection(connection, redis_url) as producer_conn, CommandLog(redis_url) as log:
         with publish_with_ack(message) as folded:
@@ -115,10 +121,7 @@ def test_publish_inside_publish_with_ack_goes_out_with_the_ack_in_one_transactio
 
 def _old_with_new_held(conn: Connection) -> tuple[Queue, Any]:
     """A delivered message ``{"n": "old"}``, and ``{"n": "new"}`` held for its ack."""
-    queue = _queue(conn)
-    _publish(conn, {"n": "old"})
-    message = queue.get()
-    assert message is not None
+    queue, message = _taken(conn, {"n": "old"})
     with publish_with_ack(message):
         _publish(conn, {"n": "new"})
     return queue, message
@@ -149,10 +152,7 @@ def test_publish_with_ack_of_another_transport_publishes_at_once(
 ) -> None:
     options = {"global_keyprefix": f"{key_prefix}:"}
     with Connection(redis_url, transport="redis", transport_options=options) as stock:
-        queue = _queue(stock)
-        _publish(stock, {"n": "old"})
-        message = queue.get()
-        assert message is not None
+        _, message = _taken(stock, {"n": "old"})
         with publish_with_ack(message) as folded:
             _publish(stock, {"n": "new"})
             assert not folded and redis_client.llen(f"{key_prefix}:work") == 1
@@ -190,10 +190,7 @@ def test_acks_asked_to_wait_ride_on_the_next_pop_without_a_round_trip_of_their_o
 def test_the_pop_script_removes_the_unacked_records_of_the_tags_it_carries(
     connection: Connection, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    queue = _queue(connection)
-    _publish(connection, {"n": 1})
-    message = queue.get()
-    assert message is not None
+    _, message = _taken(connection, {"n": 1})
     p = f"{key_prefix}:"
     keys = [f"{p}unacked", f"{p}unacked_index", f"{p}work", f"{p}{bell_key('work')}"]
     assert redis_client.eval(POP_SCRIPT, 4, *keys, 1, message.delivery_tag) is None
@@ -203,10 +200,7 @@ def test_the_pop_script_removes_the_unacked_records_of_the_tags_it_carries(
 def test_keep_visible_moves_delivery_times_of_held_messages_to_the_brokers_now(
     connection: Connection, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    queue = _queue(connection)
-    _publish(connection, {"n": 1})
-    message = queue.get()
-    assert message is not None
+    _, message = _taken(connection, {"n": 1})
     tag, index = str(message.delivery_tag), f"{key_prefix}:unacked_index"
     channel = connection.default_channel
     redis_client.zadd(index, {tag: 1.0})  # delivered long ago
