@@ -242,6 +242,11 @@ class Channel(kombu_redis.Channel):
 
     #: Seconds an idle consumer waits on its bells before it looks at the queues again.
     idle_poll_interval = 0.25
+    #: Expiry (s) of the lock kombu's visibility-timeout restore takes for its scan (kombu:
+    #: 300). A consumer killed inside the scan keeps it that long, and until then no node
+    #: restores anything. Scans that overlap are safe (each message moves in its own
+    #: ``WATCH`` transaction), so a short expiry costs nothing (transport option).
+    unacked_mutex_expire = 5
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         #: Delivery tag whose unacknowledged record the last pop wrote (for ``QoS.append``).

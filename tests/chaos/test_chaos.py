@@ -160,10 +160,11 @@ _RECEIVED = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
     r"Task \S+\[([0-9a-f-]+)\] received"
 )
-#: The pool parent's log line of a child that died with the task (``SnakepitRequest``).
+#: The pool parent's log lines of a child that died with the task: after it accepted the
+#: task (``SnakepitRequest``), or before (``bootsteps/putback.py``: sent to another child).
 _CHILD_LOST = re.compile(
-    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ERROR/MainProcess\] "
-    r"task \S+\[([0-9a-f-]+)\] lost its worker process"
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): (?:ERROR|WARNING)/MainProcess\] "
+    r"task (?:\S+\[)?([0-9a-f-]+)(?:\] lost its worker process|: its pool child died before)"
 )
 
 

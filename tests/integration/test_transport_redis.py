@@ -95,6 +95,26 @@ def test_message_of_a_consumer_dead_after_the_pop_is_restored_and_delivered_agai
     assert again is not None and again.payload == {"n": 2} and again.delivery_info["redelivered"]
 
 
+def test_a_consumer_killed_inside_the_restore_scan_holds_up_restores_for_seconds_only(
+    connection: Connection, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """kombu's scan lock lives 300 s; a consumer SIGKILLed holding it stopped every restore."""
+    queue = _queue(connection)
+    _publish(connection, {"n": 3})
+    p = f"{key_prefix}:"
+    redis_client.eval(POP_SCRIPT, 3, f"{p}unacked", f"{p}unacked_index", f"{p}work", 1)
+    channel = connection.default_channel
+    expire = float(channel.unacked_mutex_expire)
+    redis_client.set(f"{p}unacked_mutex", "a-killed-consumer", px=int(expire * 1000))
+    again = None
+    deadline = time.monotonic() + 30
+    while again is None and time.monotonic() < deadline:
+        time.sleep(0.25)
+        channel.qos.restore_visible(num=10, interval=1)
+        again = queue.get(no_ack=True)
+    assert again is not None and again.payload == {"n": 3}, f"lock kept {expire} s"
+
+
 def _other_connection(conn: Connection, url: str) -> Connection:
     """A second connection to the same server and keys (a producer pool's, say)."""
     return Connection(url, transport=REDIS_TRANSPORT, transport_options=conn.transport_options)
