@@ -32,6 +32,13 @@ channel's next pop (the pop script removes its unacknowledged record first),
 so the event loop does not wait a round trip for it; the crash barrier uses
 it for the tasks whose copy it drops should the node die before.
 
+Delivery times are the broker's clock: the pop stamps them with ``TIME``, and
+so does :meth:`Channel.keep_visible` (the visibility keeper), so a restorer
+can tell a message taken again from its first delivery by age alone. kombu's
+own visibility-timeout restore locks its scan for 300 s; a consumer killed
+inside it stopped every node's restores that long, so here the lock expires
+after 5 s (``unacked_mutex_expire``).
+
 Per delivery this costs one round trip instead of two. Select it with
 ``broker_transport = "snakepit_celery.transport.redis:Transport"``;
 ``install()`` makes every broker connection to a ``redis://``/``rediss://``
