@@ -105,11 +105,17 @@ def check_url(url: str, schemes: tuple[str, ...]) -> str:
 
 
 def client_from_url(url: str, socket_timeout: float, connect_timeout: float) -> Any:
-    """A redis-py client for ``url`` (made lazily by ``RedisStore``: Cluster connects here)."""
+    """A redis-py client for ``url`` (made lazily by ``RedisStore``: Cluster connects here).
+
+    A command is sent again once after a connection error (a pooled connection
+    the server closed: it restarted), never after a timeout: the server may
+    have run the script it timed out on, and most store scripts count
+    (crashes, failures, starts), so running one twice counts twice.
+    """
     timeouts: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
-        "retry": Retry(NoBackoff(), 1),
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
     }
     scheme = url.split("://", 1)[0].lower()
     if scheme == "redis+sentinel":

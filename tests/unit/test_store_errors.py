@@ -6,6 +6,7 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -149,6 +150,38 @@ def test_a_migration_longer_than_the_wait_is_an_outage(monkeypatch: pytest.Monke
 
 
 # -- ranges -----------------------------------------------------------------------------
+
+
+#: Holds the server for 0.75 s: commands sent meanwhile wait, then run.
+_BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 750000
+return 1
+"""
+
+
+def test_a_script_whose_reply_timed_out_is_not_run_again(
+    redis_url: str, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """The server runs a script whose reply the client gave up on; sent again, it counts twice.
+
+    The server is busy 0.75 s; the call times out after 0.5 s; a call sent again then
+    would run at 0.75 s, within its own timeout, and succeed: two crashes, no error.
+    """
+    store = RedisStore(redis_url, key_prefix=key_prefix, socket_timeout=0.5)
+    try:
+        store.ledger_crash("warm-up", ttl=60.0)  # the script is loaded: one command below
+        busy = threading.Thread(target=redis_client.eval, args=(_BUSY, 0))
+        busy.start()
+        time.sleep(0.05)
+        with pytest.raises(StoreUnavailableError):
+            store.ledger_crash("t", ttl=60.0)
+        busy.join()
+        entry = store.ledger_get("t")
+    finally:
+        store.close()
+    assert entry is not None and entry.crashes == 1
 
 
 def test_huge_max_restarts_keeps_a_bounded_ledger_ttl(
