@@ -81,14 +81,22 @@ def test_popped_message_is_in_the_unacked_hash_before_any_client_code_runs(
     assert redis_client.zscore(f"{p}unacked_index", tag) is not None
 
 
+def _held_by_a_dead_consumer(
+    conn: Connection, redis_client: redis.Redis, key_prefix: str, body: dict[str, Any]
+) -> Queue:
+    """The work queue, ``body`` popped from it by a consumer that then died holding it."""
+    queue = _queue(conn)
+    _publish(conn, body)
+    p = f"{key_prefix}:"
+    redis_client.eval(POP_SCRIPT, 3, f"{p}unacked", f"{p}unacked_index", f"{p}work", 1)
+    return queue
+
+
 def test_message_of_a_consumer_dead_after_the_pop_is_restored_and_delivered_again(
     connection: Connection, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    queue = _queue(connection)
-    _publish(connection, {"n": 2})
-    p = f"{key_prefix}:"
-    redis_client.eval(POP_SCRIPT, 3, f"{p}unacked", f"{p}unacked_index", f"{p}work", 1)
-    assert queue.get(no_ack=True) is None  # the consumer died holding it
+    queue = _held_by_a_dead_consumer(connection, redis_client, key_prefix, {"n": 2})
+    assert queue.get(no_ack=True) is None
     time.sleep(0.6)  # past the visibility timeout
     connection.default_channel.qos.restore_visible(num=10, interval=1)
     again = queue.get(no_ack=True)
@@ -99,13 +107,10 @@ def test_a_consumer_killed_inside_the_restore_scan_holds_up_restores_for_seconds
     connection: Connection, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     """kombu's scan lock lives 300 s; a consumer SIGKILLed holding it stopped every restore."""
-    queue = _queue(connection)
-    _publish(connection, {"n": 3})
-    p = f"{key_prefix}:"
-    redis_client.eval(POP_SCRIPT, 3, f"{p}unacked", f"{p}unacked_index", f"{p}work", 1)
+    queue = _held_by_a_dead_consumer(connection, redis_client, key_prefix, {"n": 3})
     channel = connection.default_channel
     expire = float(channel.unacked_mutex_expire)
-    redis_client.set(f"{p}unacked_mutex", "a-killed-consumer", px=int(expire * 1000))
+    redis_client.set(f"{key_prefix}:unacked_mutex", "a-killed-consumer", px=int(expire * 1000))
     again = None
     deadline = time.monotonic() + 30
     while again is None and time.monotonic() < deadline:
