@@ -46,13 +46,18 @@ class HeldDelivery(NamedTuple):
     name: str
 
 
+def _task_qos(consumer: Any) -> Any:
+    """The QoS of the consumer's task channel (None when it has none)."""
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    return getattr(channel, "qos", None)
+
+
 def channel_deliveries(consumer: Any) -> Mapping[Any, Any] | None:
     """kombu's delivered, unacknowledged messages of the task channel by tag (``qos._delivered``).
 
     None for a transport that does not keep them (AMQP).
     """
-    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
-    delivered = getattr(getattr(channel, "qos", None), "_delivered", None)
+    delivered = getattr(_task_qos(consumer), "_delivered", None)
     return delivered if isinstance(delivered, Mapping) else None
 
 
@@ -64,7 +69,7 @@ def held_deliveries(consumer: Any) -> list[HeldDelivery] | None:
     broker itself redelivers on connection loss). Acknowledged deliveries not
     yet dropped from ``_delivered`` are left out.
     """
-    qos = getattr(getattr(getattr(consumer, "task_consumer", None), "channel", None), "qos", None)
+    qos = _task_qos(consumer)
     delivered = channel_deliveries(consumer)
     if delivered is None:
         return None
@@ -88,8 +93,7 @@ def held_deliveries(consumer: Any) -> list[HeldDelivery] | None:
 def held_ages(consumer: Any) -> Mapping[str, float]:
     """Seconds since the consumer's channel last stamped the delivery time of each message
     it holds, by tag: it took it, or kept it visible (snakepit's Redis transport; {} else)."""
-    qos = getattr(getattr(getattr(consumer, "task_consumer", None), "channel", None), "qos", None)
-    stamped = getattr(qos, "stamped_at", None)
+    stamped = getattr(_task_qos(consumer), "stamped_at", None)
     if not isinstance(stamped, dict):
         return {}
     now = monotonic()
